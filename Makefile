@@ -1,0 +1,46 @@
+# MASF Edge. `make test` works on a fresh machine: it builds .venv first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+DATA ?= ../shared/data/mvtec_ad/bottle
+
+.PHONY: venv test lint format demo bench-quality clean
+
+# torch goes in first, alone, so that pip never resolves a second torch (DEVELOPERS.md).
+$(VENV)/.torch-stamp:
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	touch $@
+
+$(VENV)/.project-stamp: $(VENV)/.torch-stamp pyproject.toml
+	$(PIP) install -q -e '.[trainer,test]'
+	touch $@
+
+venv: $(VENV)/.project-stamp
+
+test: venv
+	$(VPY) -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check trainer tests benchmarks
+	$(VENV)/bin/ruff format --check trainer tests benchmarks
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff format trainer tests benchmarks
+	$(VENV)/bin/ruff check --fix trainer tests benchmarks
+
+demo: venv
+	@echo "make demo arrives with the edge daemon (issue 4). Until then, train and evaluate with:"
+	@echo "  $(VENV)/bin/masf-train fit --config configs/train/masf_lite0.yaml --data $(DATA) --out runs/demo"
+	@echo "  $(VENV)/bin/masf-train evaluate --run runs/demo --data $(DATA) --json runs/demo/eval.json --report runs/demo/report"
+
+bench-quality: venv
+	$(VPY) benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

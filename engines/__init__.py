@@ -1,0 +1,1 @@
+"""Bundles, export and inference backends. Torch-free except engines.export."""

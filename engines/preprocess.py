@@ -1,0 +1,461 @@
+"""Preprocessing contract shared by the trainer, the exported bundle and the edge daemon.
+
+This module depends on numpy and OpenCV only; it must never import torch. A
+:class:`PreprocessSpec` travels inside every model bundle (``to_dict`` / ``from_dict``) so that the same
+input pixels give the same model-frame pixels, and therefore the same score, on every machine.
+
+Pipeline of :func:`preprocess` (input uint8 ``(h, w)``, ``(h, w, 3)`` RGB or ``(h, w, 4)`` RGBA):
+
+1. Colour: RGBA drops alpha. With ``color == "gray"`` any input is converted to one luminance channel
+   (``cv2.COLOR_RGB2GRAY``, fixed-point BT.601 weights; a 3-channel image whose channels are equal maps
+   to exactly that channel). With ``color == "rgb"`` a gray input is replicated to 3 channels.
+2. Resize to the model frame ``(spec.height, spec.width)``:
+
+   * ``"stretch"``: both axes are scaled independently to fill the frame (aspect ratio not kept).
+   * ``"letterbox"``: one scale ``s = min(H / h, W / w)`` for both axes; the placed size is
+     ``(max(1, floor(h * s + 0.5)), max(1, floor(w * s + 0.5)))`` (round half up, float64) clipped to
+     the frame; the image is centred (``top = (H - ph) // 2``, ``left = (W - pw) // 2``) and the rest
+     is filled with ``pad_value``.
+
+   Interpolation rule (``interpolation == "area"``, the default): if no axis is enlarged
+   (placed height <= h and placed width <= w) ``cv2.INTER_AREA`` is used, otherwise ``cv2.INTER_LINEAR``.
+   ``interpolation == "linear"`` always uses ``cv2.INTER_LINEAR``. No resize at all happens when the
+   placed size equals the input size.
+3. Output: uint8 ``(H, W, 3)`` RGB, C-contiguous (gray models get the luminance in all 3 channels).
+
+The returned :class:`Geometry` records what was done, so maps computed in the model frame can be brought
+back to the original image (:meth:`Geometry.to_original`) and ground-truth masks can be brought into the
+model frame (:meth:`Geometry.to_model`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "COLORS",
+    "INTERPOLATIONS",
+    "MULTIPLE",
+    "RESIZE_MODES",
+    "Geometry",
+    "PreprocessSpec",
+    "preprocess",
+    "preprocess_batch",
+    "resolve_input_size",
+]
+
+MULTIPLE = 32
+"""Model-frame height and width must be positive multiples of this."""
+RESIZE_MODES = ("letterbox", "stretch")
+COLORS = ("rgb", "gray")
+INTERPOLATIONS = ("area", "linear")
+
+_FIELDS = ("height", "width", "resize", "color", "pad_value", "interpolation")
+_REQUIRED = ("height", "width", "resize", "color")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_size(name: str, value: Any) -> int:
+    if not _is_int(value) or int(value) <= 0 or int(value) % MULTIPLE != 0:
+        raise ValueError(f"preprocess.{name} must be a positive multiple of {MULTIPLE}, got {value!r}")
+    return int(value)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        options = " or ".join(repr(c) for c in choices)
+        raise ValueError(f"preprocess.{name} must be {options}, got {value!r}")
+    return value
+
+
+def _check_pad(value: Any) -> int:
+    if not _is_int(value) or not 0 <= int(value) <= 255:
+        raise ValueError(f"preprocess.pad_value must be an integer in 0..255, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image is turned into the model input; part of every bundle.
+
+    Attributes:
+        height: Model-frame height H in pixels, a positive multiple of 32.
+        width: Model-frame width W in pixels, a positive multiple of 32.
+        resize: ``"letterbox"`` (keep aspect ratio, scale to fit, centre, pad with ``pad_value``) or
+            ``"stretch"`` (scale each axis independently to fill the frame).
+        color: ``"rgb"`` or ``"gray"`` (model trained on grayscale parts: every input is converted to
+            luminance and replicated to 3 channels, so a colour frame and its gray version score the same).
+        pad_value: Fill value (0..255) of the letterbox padding, in every channel.
+        interpolation: ``"area"`` (INTER_AREA when no axis is enlarged, else INTER_LINEAR) or ``"linear"``
+            (always INTER_LINEAR).
+    """
+
+    height: int
+    width: int
+    resize: str
+    color: str
+    pad_value: int = 114
+    interpolation: str = "area"
+
+    def __post_init__(self) -> None:
+        # Validate (and normalise numpy integers to int) so that an invalid spec can never exist.
+        object.__setattr__(self, "height", _check_size("height", self.height))
+        object.__setattr__(self, "width", _check_size("width", self.width))
+        _check_choice("resize", self.resize, RESIZE_MODES)
+        _check_choice("color", self.color, COLORS)
+        object.__setattr__(self, "pad_value", _check_pad(self.pad_value))
+        _check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Model frame ``(H, W)``."""
+        return (self.height, self.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-serialisable dict with every field."""
+        return {
+            "height": self.height,
+            "width": self.width,
+            "resize": self.resize,
+            "color": self.color,
+            "pad_value": self.pad_value,
+            "interpolation": self.interpolation,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessSpec:
+        """Build a spec from :meth:`to_dict` output, validating every field.
+
+        Args:
+            d: Mapping with ``height``, ``width``, ``resize``, ``color`` and optionally ``pad_value`` and
+                ``interpolation``.
+
+        Returns:
+            The validated spec.
+
+        Raises:
+            ValueError: A field is missing, unknown or invalid; the message names it
+                (``preprocess.<field> ...``). Unknown fields are rejected rather than ignored, because a
+                bundle written by a newer version could otherwise be preprocessed differently.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"preprocess must be a mapping of fields, got {type(d).__name__}")
+        unknown = sorted(str(k) for k in d if k not in _FIELDS)
+        if unknown:
+            raise ValueError(f"preprocess.{unknown[0]} is not a known field (known: {', '.join(_FIELDS)})")
+        for name in _REQUIRED:
+            if name not in d:
+                raise ValueError(f"preprocess.{name} is missing")
+        return cls(
+            height=_check_size("height", d["height"]),
+            width=_check_size("width", d["width"]),
+            resize=_check_choice("resize", d["resize"], RESIZE_MODES),
+            color=_check_choice("color", d["color"], COLORS),
+            pad_value=_check_pad(d.get("pad_value", 114)),
+            interpolation=_check_choice("interpolation", d.get("interpolation", "area"), INTERPOLATIONS),
+        )
+
+
+def _round_to_multiple_candidates(x: float) -> list[int]:
+    k = max(1, math.floor(x / MULTIPLE))
+    return [MULTIPLE * j for j in range(max(1, k - 1), k + 3)]
+
+
+def resolve_input_size(
+    size: str | Sequence[int],
+    image_sizes: Sequence[tuple[int, int]],
+    base: int = 256,
+    max_aspect: float = 8.0,
+) -> tuple[int, int]:
+    """Resolve the model-frame size from a config value.
+
+    With ``size == "auto"`` the frame keeps the parts' aspect ratio *and* resolution: the target aspect
+    ``a`` is the median of ``h / w`` over ``image_sizes``, clamped to ``[1 / max_aspect, max_aspect]``;
+    the ideal frame is ``(base * sqrt(a), base / sqrt(a))`` (area ``base**2``). Among multiples of 32
+    around the ideal, the ``(H, W)`` minimising ``log(H/W / a)**2 + log(H*W / base**2)**2`` is returned
+    (ties: smaller H, then smaller W). A square data set gives exactly ``(base, base)`` when ``base`` is a
+    multiple of 32; e.g. parts with ``h / w = 8`` at base 256 give ``(736, 96)``.
+
+    Args:
+        size: ``(H, W)`` (each a positive multiple of 32, returned as is) or the string ``"auto"``.
+        image_sizes: ``(h, w)`` of the training images (used only for ``"auto"``).
+        base: Side of the square whose area the auto frame approximates (pixels, > 0).
+        max_aspect: Largest allowed ``H / W`` or ``W / H`` for the auto frame (>= 1).
+
+    Returns:
+        ``(H, W)`` as Python ints, both positive multiples of 32.
+
+    Raises:
+        ValueError: Invalid ``size``, ``base`` or ``max_aspect``, or ``"auto"`` with no / invalid sizes.
+    """
+    if isinstance(size, str):
+        if size != "auto":
+            raise ValueError(f"input size must be 'auto' or [height, width], got {size!r}")
+    else:
+        if len(size) != 2:
+            raise ValueError(f"input size must be 'auto' or [height, width], got {list(size)!r}")
+        return (_check_size("height", size[0]), _check_size("width", size[1]))
+    if not (_is_int(base) or isinstance(base, float)) or not base > 0:
+        raise ValueError(f"base must be > 0, got {base!r}")
+    if not max_aspect >= 1.0:
+        raise ValueError(f"max_aspect must be >= 1, got {max_aspect!r}")
+    if len(image_sizes) == 0:
+        raise ValueError("input size 'auto' needs the sizes of the training images, got none")
+    ratios = []
+    for hw in image_sizes:
+        h, w = int(hw[0]), int(hw[1])
+        if h <= 0 or w <= 0:
+            raise ValueError(f"image sizes must be positive (h, w), got {tuple(hw)!r}")
+        ratios.append(h / w)
+    aspect = float(np.median(np.asarray(ratios, dtype=np.float64)))
+    aspect = min(max(aspect, 1.0 / max_aspect), max_aspect)
+    ideal_h = base * math.sqrt(aspect)
+    ideal_w = base / math.sqrt(aspect)
+    log_aspect = math.log(aspect)
+    log_area = 2.0 * math.log(base)
+    best: tuple[float, int, int] | None = None
+    for h in _round_to_multiple_candidates(ideal_h):
+        for w in _round_to_multiple_candidates(ideal_w):
+            cost = (math.log(h / w) - log_aspect) ** 2 + (math.log(h * w) - log_area) ** 2
+            cand = (cost, h, w)
+            if best is None or cand < best:
+                best = cand
+    assert best is not None
+    return (best[1], best[2])
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What :func:`preprocess` did to one image.
+
+    Attributes:
+        orig_height: Height h of the original image.
+        orig_width: Width w of the original image.
+        frame_height: Model-frame height H.
+        frame_width: Model-frame width W.
+        scale_y: Placed height / h (the actual factor, after rounding to whole pixels).
+        scale_x: Placed width / w.
+        top: First model-frame row of the placed image.
+        left: First model-frame column of the placed image.
+        height: Placed height in model-frame pixels.
+        width: Placed width in model-frame pixels.
+    """
+
+    orig_height: int
+    orig_width: int
+    frame_height: int
+    frame_width: int
+    scale_y: float
+    scale_x: float
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @property
+    def orig_size(self) -> tuple[int, int]:
+        """Original ``(h, w)``."""
+        return (self.orig_height, self.orig_width)
+
+    @property
+    def region(self) -> tuple[int, int, int, int]:
+        """Placed region ``(top, left, height, width)`` in the model frame."""
+        return (self.top, self.left, self.height, self.width)
+
+    def to_dict(self) -> dict[str, int | float]:
+        """Plain dict of all fields (for logs and results)."""
+        return {
+            "orig_height": self.orig_height,
+            "orig_width": self.orig_width,
+            "frame_height": self.frame_height,
+            "frame_width": self.frame_width,
+            "scale_y": self.scale_y,
+            "scale_x": self.scale_x,
+            "top": self.top,
+            "left": self.left,
+            "height": self.height,
+            "width": self.width,
+        }
+
+    def valid_mask(self) -> np.ndarray:
+        """Where real image pixels are in the model frame.
+
+        Returns:
+            bool ``(H, W)``: True inside the placed region, False on letterbox padding (all True for
+            stretch).
+        """
+        mask = np.zeros((self.frame_height, self.frame_width), dtype=bool)
+        mask[self.top : self.top + self.height, self.left : self.left + self.width] = True
+        return mask
+
+    def to_original(self, map2d: np.ndarray) -> np.ndarray:
+        """Bring a model-frame map (e.g. an anomaly map) back to the original image.
+
+        Args:
+            map2d: ``(H, W)`` map in the model frame (float32; other real dtypes are converted).
+
+        Returns:
+            float32 ``(h, w)``: the placed region cropped and resized with ``cv2.INTER_LINEAR``.
+
+        Raises:
+            ValueError: ``map2d`` is not ``(H, W)``.
+        """
+        arr = np.asarray(map2d)
+        if arr.shape != (self.frame_height, self.frame_width):
+            raise ValueError(
+                f"expected a ({self.frame_height}, {self.frame_width}) model-frame map, got {arr.shape}"
+            )
+        crop = arr[self.top : self.top + self.height, self.left : self.left + self.width]
+        crop = np.ascontiguousarray(crop, dtype=np.float32)
+        if crop.shape == (self.orig_height, self.orig_width):
+            return crop.copy() if np.shares_memory(crop, arr) else crop
+        return cv2.resize(crop, (self.orig_width, self.orig_height), interpolation=cv2.INTER_LINEAR)
+
+    def to_model(self, mask: np.ndarray) -> np.ndarray:
+        """Bring an original-frame binary mask (e.g. ground truth) into the model frame.
+
+        Args:
+            mask: ``(h, w)`` mask, bool or numeric (non-zero = True).
+
+        Returns:
+            bool ``(H, W)``: nearest-neighbour resized (``cv2.INTER_NEAREST_EXACT``, pixel-centre aligned)
+            into the placed region; padding is False.
+
+        Raises:
+            ValueError: ``mask`` is not ``(h, w)``.
+        """
+        arr = np.asarray(mask)
+        if arr.shape != (self.orig_height, self.orig_width):
+            raise ValueError(f"expected a ({self.orig_height}, {self.orig_width}) mask, got {arr.shape}")
+        src: np.ndarray = np.ascontiguousarray(arr != 0, dtype=np.uint8)
+        if src.shape != (self.height, self.width):
+            src = cv2.resize(src, (self.width, self.height), interpolation=cv2.INTER_NEAREST_EXACT)
+        out = np.zeros((self.frame_height, self.frame_width), dtype=bool)
+        out[self.top : self.top + self.height, self.left : self.left + self.width] = src != 0
+        return out
+
+
+def _check_image(image: Any) -> np.ndarray:
+    """Validate the input and return it as a 2-D gray, HxWx3 RGB or HxWx4 RGBA uint8 array."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected a numpy uint8 HxW, HxWx3 or HxWx4 image, got {type(image).__name__}")
+    ok = image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)))
+    if not ok:
+        raise ValueError(f"expected uint8 HxW, HxWx3 or HxWx4 image, got {image.dtype} {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected a non-empty image, got shape {image.shape}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    return image
+
+
+def _to_color(image: np.ndarray, color: str) -> np.ndarray:
+    """Apply the colour rule; returns 2-D gray (to be replicated later) or HxWx3 RGB."""
+    if image.ndim == 2:
+        return image
+    channels = image.shape[2]
+    if color == "gray":
+        code = cv2.COLOR_RGBA2GRAY if channels == 4 else cv2.COLOR_RGB2GRAY
+        return cv2.cvtColor(image, code)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    return image
+
+
+def _interp(spec: PreprocessSpec, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
+    if spec.interpolation == "area" and dst_hw[0] <= src_hw[0] and dst_hw[1] <= src_hw[1]:
+        return cv2.INTER_AREA
+    return cv2.INTER_LINEAR
+
+
+def _placement(h: int, w: int, spec: PreprocessSpec) -> tuple[int, int, int, int]:
+    """``(top, left, placed_h, placed_w)`` of an ``(h, w)`` image in the model frame."""
+    H, W = spec.height, spec.width
+    if spec.resize == "stretch":
+        return (0, 0, H, W)
+    s = min(H / h, W / w)
+    ph = min(H, max(1, math.floor(h * s + 0.5)))
+    pw = min(W, max(1, math.floor(w * s + 0.5)))
+    return ((H - ph) // 2, (W - pw) // 2, ph, pw)
+
+
+def _preprocess_into(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -> Geometry:
+    """Preprocess ``image`` into the preallocated uint8 ``(H, W, 3)`` array ``out``."""
+    img = _to_color(_check_image(image), spec.color)
+    h, w = img.shape[:2]
+    top, left, ph, pw = _placement(h, w, spec)
+    if (ph, pw) != (h, w):
+        if not img.flags.c_contiguous:
+            img = np.ascontiguousarray(img)
+        img = cv2.resize(img, (pw, ph), interpolation=_interp(spec, (h, w), (ph, pw)))
+    if (ph, pw) != (spec.height, spec.width):
+        out[...] = spec.pad_value
+    region = out[top : top + ph, left : left + pw]
+    # A 2-D (gray) image broadcasts into all 3 channels: this is the replication step.
+    region[...] = img[:, :, None] if img.ndim == 2 else img
+    return Geometry(
+        orig_height=h,
+        orig_width=w,
+        frame_height=spec.height,
+        frame_width=spec.width,
+        scale_y=ph / h,
+        scale_x=pw / w,
+        top=top,
+        left=left,
+        height=ph,
+        width=pw,
+    )
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
+    """Turn one image into the model input described by ``spec``.
+
+    Args:
+        image: uint8 ``(h, w)`` gray, ``(h, w, 3)`` RGB or ``(h, w, 4)`` RGBA (alpha dropped);
+            ``(h, w, 1)`` is treated as gray.
+        spec: The preprocessing contract.
+
+    Returns:
+        ``(frame, geometry)``: ``frame`` is uint8 ``(H, W, 3)`` RGB, C-contiguous, a new array (the
+        input is never modified); ``geometry`` records the placement.
+
+    Raises:
+        ValueError: Wrong dtype, number of dimensions or channels, or an empty image.
+    """
+    out = np.empty((spec.height, spec.width, 3), dtype=np.uint8)
+    geometry = _preprocess_into(image, spec, out)
+    return out, geometry
+
+
+def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> tuple[np.ndarray, list[Geometry]]:
+    """Preprocess several images (of possibly different sizes) into one batch.
+
+    Args:
+        images: Images as accepted by :func:`preprocess`.
+        spec: The preprocessing contract.
+
+    Returns:
+        ``(batch, geometries)``: uint8 ``(N, H, W, 3)`` RGB, C-contiguous, and one :class:`Geometry` per
+        image (``N == 0`` gives an empty batch).
+
+    Raises:
+        ValueError: As :func:`preprocess`; the message names the index of the offending image.
+    """
+    batch = np.empty((len(images), spec.height, spec.width, 3), dtype=np.uint8)
+    geometries: list[Geometry] = []
+    for i, image in enumerate(images):
+        try:
+            geometries.append(_preprocess_into(image, spec, batch[i]))
+        except ValueError as exc:
+            raise ValueError(f"image {i}: {exc}") from None
+    return batch, geometries

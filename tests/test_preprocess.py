@@ -1,0 +1,367 @@
+"""Tests for the torch-free preprocessing contract (engines.preprocess)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.preprocess import (
+    Geometry,
+    PreprocessSpec,
+    preprocess,
+    preprocess_batch,
+    resolve_input_size,
+)
+
+LETTERBOX = PreprocessSpec(height=256, width=256, resize="letterbox", color="rgb")
+STRETCH = PreprocessSpec(height=256, width=256, resize="stretch", color="rgb")
+
+
+def _rand(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def _smooth_rgb(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = (xx * 255 // max(1, w - 1)).astype(np.uint8)
+    g = (yy * 255 // max(1, h - 1)).astype(np.uint8)
+    b = ((xx + yy) % 256).astype(np.uint8)
+    return np.ascontiguousarray(np.stack([r, g, b], axis=2))
+
+
+# --------------------------------------------------------------------------- letterbox / geometry
+
+
+def test_letterbox_wide_image_keeps_aspect_and_is_centred() -> None:
+    img = np.full((100, 400, 3), 200, dtype=np.uint8)
+    out, geo = preprocess(img, LETTERBOX)
+    assert out.shape == (256, 256, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert geo.region == (96, 0, 64, 256)
+    assert geo.orig_size == (100, 400)
+    assert geo.scale_y == pytest.approx(0.64) and geo.scale_x == pytest.approx(0.64)
+    valid = geo.valid_mask()
+    assert valid.dtype == bool and valid.shape == (256, 256)
+    assert valid.sum() == 64 * 256
+    assert valid[96:160, :].all() and not valid[:96].any() and not valid[160:].any()
+    assert (out[valid] == 200).all()
+    assert (out[~valid] == 114).all()
+
+
+def test_letterbox_tall_image_and_custom_pad() -> None:
+    spec = PreprocessSpec(height=256, width=256, resize="letterbox", color="rgb", pad_value=0)
+    out, geo = preprocess(np.full((400, 100), 77, dtype=np.uint8), spec)
+    assert geo.region == (0, 96, 256, 64)
+    assert (out[:, 96:160] == 77).all()
+    assert (out[:, :96] == 0).all() and (out[:, 160:] == 0).all()
+
+
+def test_letterbox_non_square_frame() -> None:
+    spec = PreprocessSpec(height=736, width=96, resize="letterbox", color="rgb")
+    out, geo = preprocess(_rand((800, 100, 3)), spec)
+    assert out.shape == (736, 96, 3)
+    # 800x100 scaled by min(736/800, 96/100) = 0.92 -> 736x92, centred horizontally.
+    assert geo.region == (0, 2, 736, 92)
+    assert geo.valid_mask().sum() == 736 * 92
+
+
+def test_identity_when_sizes_match() -> None:
+    img = _rand((256, 256, 3))
+    out, geo = preprocess(img, LETTERBOX)
+    np.testing.assert_array_equal(out, img)
+    assert geo.region == (0, 0, 256, 256)
+    assert out is not img and not np.shares_memory(out, img)
+
+
+def test_to_original_round_trip_of_smooth_map() -> None:
+    h, w = 100, 400
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    orig_map = np.sin(xx / 40.0) + np.cos(yy / 25.0)
+    _, geo = preprocess(np.zeros((h, w), np.uint8), LETTERBOX)
+    model_map = np.zeros((256, 256), np.float32)
+    top, left, ph, pw = geo.region
+    model_map[top : top + ph, left : left + pw] = cv2.resize(orig_map, (pw, ph), interpolation=cv2.INTER_AREA)
+    back = geo.to_original(model_map)
+    assert back.shape == (h, w) and back.dtype == np.float32
+    assert np.abs(back - orig_map).max() < 0.1
+    with pytest.raises(ValueError, match=r"\(256, 256\)"):
+        geo.to_original(np.zeros((128, 128), np.float32))
+
+
+def test_to_original_ignores_padding() -> None:
+    _, geo = preprocess(np.zeros((100, 400), np.uint8), LETTERBOX)
+    model_map = np.full((256, 256), 5.0, np.float32)
+    model_map[~geo.valid_mask()] = 1e6  # padding must never leak back into the original frame
+    back = geo.to_original(model_map)
+    np.testing.assert_allclose(back, 5.0)
+
+
+def test_to_model_mask_and_back() -> None:
+    h, w = 100, 400
+    mask = np.zeros((h, w), bool)
+    mask[20:60, 100:300] = True
+    _, geo = preprocess(np.zeros((h, w, 3), np.uint8), LETTERBOX)
+    m = geo.to_model(mask)
+    assert m.dtype == bool and m.shape == (256, 256)
+    assert not m[~geo.valid_mask()].any()
+    assert m.sum() == pytest.approx(mask.sum() * geo.scale_y * geo.scale_x, rel=0.05)
+    back = geo.to_original(m.astype(np.float32)) > 0.5
+    iou = (back & mask).sum() / (back | mask).sum()
+    assert iou > 0.95
+    with pytest.raises(ValueError, match=r"\(100, 400\)"):
+        geo.to_model(np.zeros((50, 50), bool))
+
+
+def test_geometry_to_dict() -> None:
+    _, geo = preprocess(np.zeros((100, 400), np.uint8), LETTERBOX)
+    d = geo.to_dict()
+    assert Geometry(**d) == geo  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- stretch / interpolation
+
+
+def test_stretch_fills_frame() -> None:
+    img = _smooth_rgb(100, 400)
+    out, geo = preprocess(img, STRETCH)
+    assert out.shape == (256, 256, 3)
+    assert geo.region == (0, 0, 256, 256)
+    assert geo.valid_mask().all()
+    assert geo.scale_y == pytest.approx(2.56) and geo.scale_x == pytest.approx(0.64)
+    # One axis enlarged -> INTER_LINEAR (documented rule).
+    np.testing.assert_array_equal(out, cv2.resize(img, (256, 256), interpolation=cv2.INTER_LINEAR))
+    back = geo.to_original(np.ones((256, 256), np.float32))
+    assert back.shape == (100, 400)
+
+
+def test_interpolation_rule_area_down_linear_up() -> None:
+    big = _rand((512, 640, 3), seed=1)
+    out, _ = preprocess(big, STRETCH)
+    np.testing.assert_array_equal(out, cv2.resize(big, (256, 256), interpolation=cv2.INTER_AREA))
+    small = _rand((64, 64, 3), seed=2)
+    out, _ = preprocess(small, STRETCH)
+    np.testing.assert_array_equal(out, cv2.resize(small, (256, 256), interpolation=cv2.INTER_LINEAR))
+    linear = PreprocessSpec(height=256, width=256, resize="stretch", color="rgb", interpolation="linear")
+    out, _ = preprocess(big, linear)
+    np.testing.assert_array_equal(out, cv2.resize(big, (256, 256), interpolation=cv2.INTER_LINEAR))
+
+
+def test_non_contiguous_input_and_input_untouched() -> None:
+    base = _rand((200, 800, 3), seed=3)
+    view = base[:, ::2]  # 200x400, not C-contiguous
+    before = view.copy()
+    out_view, geo_view = preprocess(view, LETTERBOX)
+    out_copy, geo_copy = preprocess(np.ascontiguousarray(view), LETTERBOX)
+    np.testing.assert_array_equal(out_view, out_copy)
+    assert geo_view == geo_copy
+    np.testing.assert_array_equal(view, before)
+
+
+# --------------------------------------------------------------------------- colour handling
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+def test_gray_spec_colour_and_gray_versions_score_the_same(resize: str) -> None:
+    spec = PreprocessSpec(height=128, width=192, resize=resize, color="gray")
+    colour = _smooth_rgb(150, 300)
+    gray = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
+    gray3 = np.repeat(gray[:, :, None], 3, axis=2)
+    rgba = np.dstack([colour, _rand((150, 300), seed=4)])
+    out_c, geo_c = preprocess(colour, spec)
+    for other in (gray, gray3, gray[:, :, None], rgba):
+        out_o, geo_o = preprocess(other, spec)
+        np.testing.assert_array_equal(out_o, out_c)
+        assert geo_o == geo_c
+    assert (out_c[..., 0] == out_c[..., 1]).all() and (out_c[..., 1] == out_c[..., 2]).all()
+
+
+def test_rgb_spec_replicates_gray_input() -> None:
+    gray = _rand((300, 200), seed=5)
+    out, _ = preprocess(gray, LETTERBOX)
+    out3, _ = preprocess(np.repeat(gray[:, :, None], 3, axis=2), LETTERBOX)
+    np.testing.assert_array_equal(out, out3)
+    assert (out[..., 0] == out[..., 2]).all()
+
+
+def test_rgb_spec_keeps_channel_order() -> None:
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[..., 0] = 255
+    out, _ = preprocess(red, STRETCH)
+    assert (out[..., 0] == 255).all() and (out[..., 1:] == 0).all()
+
+
+def test_rgba_drops_alpha() -> None:
+    rgb = _rand((120, 90, 3), seed=6)
+    rgba = np.dstack([rgb, _rand((120, 90), seed=7)])
+    out_rgba, geo_rgba = preprocess(rgba, LETTERBOX)
+    out_rgb, geo_rgb = preprocess(rgb, LETTERBOX)
+    np.testing.assert_array_equal(out_rgba, out_rgb)
+    assert geo_rgba == geo_rgb
+
+
+# --------------------------------------------------------------------------- input errors
+
+
+@pytest.mark.parametrize(
+    ("image", "fragment"),
+    [
+        (np.zeros((256, 256, 2), np.float32), "got float32 (256, 256, 2)"),
+        (np.zeros((64, 64, 3), np.uint16), "got uint16 (64, 64, 3)"),
+        (np.zeros((64, 64, 3), np.float64), "got float64"),
+        (np.zeros((64, 64, 2), np.uint8), "got uint8 (64, 64, 2)"),
+        (np.zeros((2, 64, 64, 3), np.uint8), "got uint8 (2, 64, 64, 3)"),
+        (np.zeros((64,), np.uint8), "got uint8 (64,)"),
+    ],
+)
+def test_bad_image_raises_clear_error(image: np.ndarray, fragment: str) -> None:
+    with pytest.raises(ValueError, match="expected uint8 HxW, HxWx3 or HxWx4 image") as info:
+        preprocess(image, LETTERBOX)
+    assert fragment in str(info.value)
+
+
+def test_empty_and_non_array_input() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        preprocess(np.zeros((0, 10, 3), np.uint8), LETTERBOX)
+    with pytest.raises(ValueError, match="got list"):
+        preprocess([[1, 2], [3, 4]], LETTERBOX)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def test_batch_matches_single_calls() -> None:
+    images = [_rand((100, 400, 3), 8), _rand((300, 200), 9), _rand((256, 256, 4), 10)]
+    batch, geos = preprocess_batch(images, LETTERBOX)
+    assert batch.shape == (3, 256, 256, 3) and batch.dtype == np.uint8 and batch.flags.c_contiguous
+    for i, img in enumerate(images):
+        out, geo = preprocess(img, LETTERBOX)
+        np.testing.assert_array_equal(batch[i], out)
+        assert geos[i] == geo
+
+
+def test_batch_empty_and_error_names_index() -> None:
+    batch, geos = preprocess_batch([], STRETCH)
+    assert batch.shape == (0, 256, 256, 3) and geos == []
+    with pytest.raises(ValueError, match=r"^image 1: expected uint8"):
+        preprocess_batch([_rand((10, 10, 3)), np.zeros((10, 10), np.float32)], STRETCH)
+
+
+# --------------------------------------------------------------------------- spec (de)serialisation
+
+
+def test_spec_round_trip_and_defaults() -> None:
+    spec = PreprocessSpec(height=736, width=96, resize="stretch", color="gray", pad_value=0)
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    minimal = PreprocessSpec.from_dict({"height": 256, "width": 256, "resize": "letterbox", "color": "rgb"})
+    assert minimal.pad_value == 114 and minimal.interpolation == "area"
+    assert minimal.size == (256, 256)
+    np_spec = PreprocessSpec(height=np.int64(64), width=64, resize="stretch", color="rgb")  # type: ignore[arg-type]
+    assert type(np_spec.height) is int
+
+
+_GOOD: dict[str, Any] = {"height": 256, "width": 256, "resize": "letterbox", "color": "rgb"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"height": 250}, "preprocess.height must be a positive multiple of 32, got 250"),
+        ({"width": 0}, "preprocess.width must be a positive multiple of 32, got 0"),
+        ({"width": -32}, "preprocess.width must be a positive multiple of 32"),
+        ({"height": 256.0}, "preprocess.height must be a positive multiple of 32"),
+        ({"height": True}, "preprocess.height must be a positive multiple of 32"),
+        ({"height": "256"}, "preprocess.height must be a positive multiple of 32"),
+        ({"resize": "crop"}, "preprocess.resize must be 'letterbox' or 'stretch', got 'crop'"),
+        ({"color": "bgr"}, "preprocess.color must be 'rgb' or 'gray', got 'bgr'"),
+        ({"pad_value": 300}, "preprocess.pad_value must be an integer in 0..255, got 300"),
+        ({"pad_value": -1}, "preprocess.pad_value"),
+        ({"interpolation": "cubic"}, "preprocess.interpolation must be 'area' or 'linear'"),
+        ({"mean": [0.5]}, "preprocess.mean is not a known field"),
+    ],
+)
+def test_from_dict_errors_name_the_field(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        PreprocessSpec.from_dict({**_GOOD, **change})
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("missing", ["height", "width", "resize", "color"])
+def test_from_dict_missing_field(missing: str) -> None:
+    d = {k: v for k, v in _GOOD.items() if k != missing}
+    with pytest.raises(ValueError, match=rf"preprocess\.{missing} is missing"):
+        PreprocessSpec.from_dict(d)
+
+
+def test_from_dict_not_a_mapping_and_direct_construction_validates() -> None:
+    with pytest.raises(ValueError, match="mapping"):
+        PreprocessSpec.from_dict([256, 256])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"preprocess\.width"):
+        PreprocessSpec(height=256, width=100, resize="letterbox", color="rgb")
+
+
+# --------------------------------------------------------------------------- resolve_input_size
+
+
+def test_auto_square_gives_256() -> None:
+    assert resolve_input_size("auto", [(384, 384)] * 5) == (256, 256)
+    assert resolve_input_size("auto", [(900, 900), (384, 384)]) == (256, 256)
+    assert resolve_input_size("auto", [(384, 384)], base=384) == (384, 384)
+
+
+def _check_auto(hw: tuple[int, int], aspect: float, base: int = 256) -> None:
+    h, w = hw
+    assert isinstance(h, int) and isinstance(w, int)
+    assert h > 0 and w > 0 and h % 32 == 0 and w % 32 == 0
+    assert abs(math.log((h / w) / aspect)) < math.log(1.2), (hw, aspect)
+    assert abs(math.log(h * w / base**2)) < math.log(1.15), (hw, aspect)
+
+
+def test_auto_thin_part_keeps_aspect_and_resolution() -> None:
+    tall = resolve_input_size("auto", [(800, 100), (1600, 200), (808, 101)])
+    _check_auto(tall, 8.0)
+    assert tall == (736, 96)
+    wide = resolve_input_size("auto", [(100, 800)])
+    assert wide == (96, 736)
+
+
+def test_auto_uses_median_aspect() -> None:
+    sizes = [(300, 400)] * 5 + [(100, 800), (4000, 100)]
+    _check_auto(resolve_input_size("auto", sizes), 0.75)
+
+
+def test_auto_clamps_aspect() -> None:
+    assert resolve_input_size("auto", [(2000, 100)]) == resolve_input_size("auto", [(800, 100)])
+    _check_auto(resolve_input_size("auto", [(400, 100)], max_aspect=2.0), 2.0)
+
+
+@pytest.mark.parametrize("aspect", [1 / 8, 0.2, 0.37, 0.75, 1.0, 1.16, 1.5, 2.7, 5.0, 8.0])
+def test_auto_many_aspects(aspect: float) -> None:
+    _check_auto(resolve_input_size("auto", [(round(aspect * 1000), 1000)]), aspect)
+
+
+def test_explicit_size_and_errors() -> None:
+    assert resolve_input_size((320, 480), []) == (320, 480)
+    assert resolve_input_size([64, 96], [(1, 1)]) == (64, 96)
+    with pytest.raises(ValueError, match="height must be a positive multiple of 32"):
+        resolve_input_size((250, 256), [])
+    with pytest.raises(ValueError, match="'auto' or"):
+        resolve_input_size("big", [(10, 10)])
+    with pytest.raises(ValueError, match="'auto' or"):
+        resolve_input_size((256, 256, 3), [])
+    with pytest.raises(ValueError, match="got none"):
+        resolve_input_size("auto", [])
+    with pytest.raises(ValueError, match="max_aspect"):
+        resolve_input_size("auto", [(10, 10)], max_aspect=0.5)
+
+
+# --------------------------------------------------------------------------- torch-free
+
+
+def test_preprocess_never_imports_torch() -> None:
+    code = "import sys, engines, engines.preprocess; sys.exit(1 if 'torch' in sys.modules else 0)"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,286 @@
+"""Typed training configuration, loaded from YAML and validated on load.
+
+Every section is a frozen dataclass; every field has a type, a default and a constraint. A bad value
+raises :class:`~trainer.errors.ConfigError` naming the file and the dotted field, e.g.
+``configs/train/masf_lite0.yaml: student.heads must be a positive int, got 'four'``. Unknown fields are
+errors too (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.errors import ConfigError
+
+__all__ = ["Config", "load_config", "config_from_dict", "config_to_dict"]
+
+Check = Callable[[Any], bool]
+
+
+def _f(default: Any, check: Check | None = None, rule: str = "", **kw: Any) -> Any:
+    return field(default=default, metadata={"check": check, "rule": rule}, **kw)
+
+
+def _pos(x: Any) -> bool:
+    return x > 0
+
+
+def _nonneg(x: Any) -> bool:
+    return x >= 0
+
+
+def _frac(x: Any) -> bool:
+    return 0.0 <= x < 1.0
+
+
+def _unit(x: Any) -> bool:
+    return 0.0 < x <= 1.0
+
+
+def _oneof(*options: str) -> tuple[Check, str]:
+    return (lambda x: x in options), "one of " + ", ".join(repr(o) for o in options)
+
+
+@dataclass(frozen=True)
+class BackboneSection:
+    name: str = _f("tf_efficientnet_lite0", *_oneof("tf_efficientnet_lite0", "wide_resnet50_2"))
+    pretrained: bool = _f(True)
+    weights: str | None = _f(None)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    # [H, W] (multiples of 32) or "auto": area base_size^2, aspect ratio of the training images.
+    input_size: str | list[int] = _f("auto", lambda x: x == "auto" or (
+        len(x) == 2 and all(isinstance(v, int) and v > 0 and v % 32 == 0 for v in x)), "'auto' or [H, W] "
+        "with positive multiples of 32")
+    base_size: int = _f(256, lambda x: x > 0 and x % 32 == 0, "a positive multiple of 32")
+    resize: str = _f("letterbox", *_oneof("letterbox", "stretch"))
+    color: str = _f("auto", *_oneof("auto", "rgb", "gray"))
+    calib_fraction: float = _f(0.1, lambda x: 0 < x <= 0.5, "in (0, 0.5]")
+    min_calib: int = _f(5, _pos, "a positive int")
+
+
+@dataclass(frozen=True)
+class SDMSection:
+    enabled: bool = _f(True)
+    ratio: float = _f(0.3, _unit, "in (0, 1]")
+
+
+@dataclass(frozen=True)
+class StudentSection:
+    enabled: bool = _f(True)
+    # "auto": per scale, the teacher's channels rounded up to a multiple of 16, clamped to [32, 256].
+    width: int | str = _f("auto", lambda x: x == "auto" or (isinstance(x, int) and x > 0), "'auto' or a positive int")
+    heads: int = _f(4, _pos, "a positive int")
+    blocks: int = _f(2, _nonneg, "a non-negative int")
+    attention: bool = _f(True)
+    kv_stride: int = _f(16, _pos, "a positive int")
+
+
+@dataclass(frozen=True)
+class MaskingSection:
+    spatial_ratio: float = _f(0.35, _frac, "in [0, 1)")
+    freq_ratio: float = _f(0.25, _frac, "in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LossSection:
+    spectral_weight: float = _f(0.5, _nonneg, "non-negative")
+    # "relative": spectral MSE divided by the teacher's spectral energy (scale-free); "none": paper's raw MSE.
+    spectral_norm: str = _f("relative", *_oneof("relative", "none"))
+
+
+@dataclass(frozen=True)
+class BankSection:
+    enabled: bool = _f(True)
+    spectral: bool = _f(True)
+    normalize: bool = _f(True)
+    aggregate: int = _f(3, lambda x: x > 0 and x % 2 == 1, "a positive odd int")
+    k: int = _f(3, _pos, "a positive int")
+    coreset_ratio: float = _f(0.1, _unit, "in (0, 1]")
+    max_size: int = _f(3000, _pos, "a positive int")
+    sampler: str = _f("greedy", *_oneof("greedy", "random"))
+
+
+@dataclass(frozen=True)
+class FusionSection:
+    cos_weight: float = _f(0.6, _nonneg, "non-negative")
+    bank_weight: float = _f(0.4, _nonneg, "non-negative")
+    learned: bool = _f(True)
+
+
+@dataclass(frozen=True)
+class TTASection:
+    enabled: bool = _f(True)
+    views: int = _f(5, _pos, "a positive int")
+    sigma: float = _f(0.1, _nonneg, "non-negative")
+    seed: int = _f(0)
+
+
+@dataclass(frozen=True)
+class ScoreSection:
+    sigma: float = _f(4.0, _nonneg, "non-negative")
+    reduce: str = _f("max", *_oneof("max", "topk_mean"))
+    topk_fraction: float = _f(0.01, _unit, "in (0, 1]")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: int = _f(15, _nonneg, "a non-negative int")
+    batch_size: int = _f(8, _pos, "a positive int")
+    lr: float = _f(2e-4, _pos, "positive")
+    weight_decay: float = _f(1e-5, _nonneg, "non-negative")
+    warmup_epochs: float = _f(5, _nonneg, "non-negative")
+    t0: float = _f(15, _pos, "positive")
+    eta_min: float = _f(1e-6, _nonneg, "non-negative")
+    amp: str = _f("auto", *_oneof("auto", "off", "fp16", "bf16"))
+    device: str = _f("auto", lambda x: x in ("auto", "cpu") or x.startswith("cuda"), "'auto', 'cpu' or 'cuda[:N]'")
+    num_threads: int = _f(0, _nonneg, "a non-negative int (0: torch default)")
+
+
+@dataclass(frozen=True)
+class CalibrationSection:
+    target_frr: float = _f(0.01, lambda x: 0 < x < 0.5, "in (0, 0.5)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole training configuration (see ``configs/train/*.yaml``)."""
+
+    seed: int = _f(0)
+    backbone: BackboneSection = field(default_factory=BackboneSection)
+    data: DataSection = field(default_factory=DataSection)
+    sdm: SDMSection = field(default_factory=SDMSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    masking: MaskingSection = field(default_factory=MaskingSection)
+    loss: LossSection = field(default_factory=LossSection)
+    bank: BankSection = field(default_factory=BankSection)
+    fusion: FusionSection = field(default_factory=FusionSection)
+    tta: TTASection = field(default_factory=TTASection)
+    score: ScoreSection = field(default_factory=ScoreSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    calibration: CalibrationSection = field(default_factory=CalibrationSection)
+
+
+class _NonFinite(ConfigError):
+    pass
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an int", float: "a number", bool: "a bool (true/false)", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, src: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; returns the (possibly converted) value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where, src)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{src}: {where} must be null, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{src}: {where} must be a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]", src) for i, v in enumerate(value)]
+    ok = False
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise _NonFinite(f"{src}: {where} must be a finite number, got {value!r}")
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{src}: {where} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: Any, data: Any, prefix: str, src: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: {prefix or 'the config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{src}: unknown field {prefix}{unknown[0]} (valid: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        where = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data.get(name), f"{where}.", src)
+            continue
+        if name not in data:
+            continue
+        check, rule = f.metadata.get("check"), f.metadata.get("rule", "")
+        try:
+            value = _coerce(data[name], tp, where, src)
+        except ConfigError as err:
+            if not rule or isinstance(err, _NonFinite):
+                raise
+            raise ConfigError(f"{src}: {where} must be {rule}, got {data[name]!r}") from None
+        if check is not None and value is not None and not check(value):
+            raise ConfigError(f"{src}: {where} must be {rule}, got {data[name]!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Any, source: str = "config") -> Config:
+    """Validate a plain dict (e.g. parsed YAML) into a :class:`Config`."""
+    cfg: Config = _build(Config, data, "", source)
+    if cfg.student.enabled and isinstance(cfg.student.width, int) and cfg.student.width % cfg.student.heads:
+        raise ConfigError(
+            f"{source}: student.width ({cfg.student.width}) must be divisible by student.heads ({cfg.student.heads})"
+        )
+    if not cfg.student.enabled and not cfg.bank.enabled:
+        raise ConfigError(f"{source}: student.enabled and bank.enabled are both false: enable at least one")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a YAML config; ``overrides`` are dotted keys (``{"train.epochs": 2}``)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: fix the syntax") from None
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config_from_dict(data, str(path))
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (YAML/JSON-serialisable)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,1 @@
+"""Evaluation: image/pixel metrics (:mod:`.metrics`) and the Markdown report (:mod:`.report`)."""

@@ -1,0 +1,1 @@
+"""Model definitions: teachers and the MASF family."""

@@ -1,0 +1,137 @@
+"""MASF: Masked Asymmetric Spectral Flow. This module only wires the components.
+
+Data flow for an input ``x [N, 3, H, W]`` (RGB, 0..255 float):
+
+1. teacher (frozen, normalisation inside): features ``T_l [N, C_l, H/s_l, W/s_l]``, ``l = 1..L``;
+2. student branch per scale: ``S_l = AMFD(SDM(T_l))``; cue ``cos_l = 1 - cos(T_l, S_l)`` ``[N, h_l, w_l]``;
+3. bank branch per scale: prototypes of ``T_l`` vs the memory bank; cue ``bank_l`` ``[N, h_l, w_l]``;
+4. UGHF: normalise, mix, fuse across scales -> ``[N, 1, H, W]``;
+5. post: Gaussian blur and image score -> :class:`MASFOutput`.
+
+``collect`` (teacher features), ``training_losses`` (student training) and the single-typed, exportable
+``forward`` are separate methods; TTSA wraps the model from outside (``ttsa.apply_tta``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainer.config import Config
+from trainer.models.backbones import Teacher
+from trainer.models.masf.amfd import AMFDStudent, cosine_distance, distill_loss
+from trainer.models.masf.samb import KNNScorer, MemoryBank, PatchEmbedder
+from trainer.models.masf.sdm import SDM
+from trainer.models.masf.ughf import MapPostprocess, MASFOutput, UGHF
+
+__all__ = ["MASF"]
+
+
+def student_width(width: int | str, channels: int, heads: int) -> int:
+    """Student width ``D`` for a scale with ``channels`` teacher channels (see ``student.width``)."""
+    if width == "auto":
+        step = max(16, heads)
+        return int(min(256, max(32, -(-channels // step) * step)))
+    return int(width)
+
+
+class MASF(nn.Module):
+    """The MASF model for one part.
+
+    Args:
+        teacher: frozen teacher (see ``trainer.models.backbones``).
+        cfg: validated configuration (architecture sections are read; training sections ignored).
+        input_size: ``(H, W)``, multiples of the largest teacher stride.
+    """
+
+    def __init__(self, teacher: Teacher, cfg: Config, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        h, w = self.input_size
+        strides, channels = teacher.cfg.strides, teacher.cfg.channels
+        if h % max(strides) or w % max(strides):
+            raise ValueError(f"input size {h}x{w} must be a multiple of the teacher stride {max(strides)}")
+        self.map_sizes = [(h // s, w // s) for s in strides]
+        self.masking = cfg.masking
+        self.spectral_weight = cfg.loss.spectral_weight
+        self.spectral_relative = cfg.loss.spectral_norm == "relative"
+        st = cfg.student
+        self.use_student = st.enabled
+        self.use_bank = cfg.bank.enabled
+        if st.enabled:
+            widths = [student_width(st.width, c, st.heads) for c in channels]
+            self.sdms = nn.ModuleList(
+                SDM(c, d, mh, mw, cfg.sdm.ratio, enabled=cfg.sdm.enabled)
+                for c, d, (mh, mw) in zip(channels, widths, self.map_sizes, strict=True)
+            )
+            self.students = nn.ModuleList(
+                AMFDStudent(d, c, st.heads, max(1, st.kv_stride // s), st.blocks, st.attention)
+                for c, d, s in zip(channels, widths, strides, strict=True)
+            )
+        if cfg.bank.enabled:
+            self.embedders = nn.ModuleList(
+                PatchEmbedder(c, cfg.bank.aggregate, cfg.bank.spectral, cfg.bank.normalize, seed=cfg.seed + i)
+                for i, c in enumerate(channels)
+            )
+            self.banks = nn.ModuleList(MemoryBank(c) for c in channels)
+            self.scorer = KNNScorer(cfg.bank.k)
+        self.fusion = UGHF(len(channels), cfg.fusion.cos_weight, cfg.fusion.bank_weight, cfg.fusion.learned)
+        self.post = MapPostprocess(cfg.score.sigma, cfg.score.reduce, cfg.score.topk_fraction)
+
+    # -- teacher -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher features of ``x [N, 3, H, W]`` (0..255): list of ``[N, C_l, h_l, w_l]``."""
+        return self.teacher(self.teacher.normalize(x))
+
+    # -- student -----------------------------------------------------------------------------------------
+    def student_features(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Unmasked student predictions ``S_l`` for teacher features ``T_l``."""
+        return [stu(sdm(t)) for t, sdm, stu in zip(feats, self.sdms, self.students, strict=True)]
+
+    def training_losses(self, feats: list[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-scale distillation losses ``[L]`` on masked views (training mode)."""
+        losses = []
+        for t, sdm, stu in zip(feats, self.sdms, self.students, strict=True):
+            f_spec = sdm(t)
+            spatial, freq = stu.masked_views(
+                f_spec, self.masking.spatial_ratio, self.masking.freq_ratio, generator=generator
+            )
+            losses.append(distill_loss(t, stu(spatial, freq), self.spectral_weight, self.spectral_relative))
+        return torch.stack(losses)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- cues --------------------------------------------------------------------------------------------
+    def cos_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``1 - cos(T_l, S_l)`` per scale, ``[N, h_l, w_l]``."""
+        return [cosine_distance(t, s) for t, s in zip(feats, self.student_features(feats), strict=True)]
+
+    def embed(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Bank prototypes of the query patches, ``[N, h_l, w_l, C_l]`` per scale."""
+        return [emb(t) for emb, t in zip(self.embedders, feats, strict=True)]
+
+    def bank_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """kNN distance to the memory bank per scale, ``[N, h_l, w_l]``."""
+        return [self.scorer(q, bank.bank) for q, bank in zip(self.embed(feats), self.banks, strict=True)]
+
+    def raw_cues(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        cos = self.cos_maps(feats) if self.use_student else None
+        bank = self.bank_maps(feats) if self.use_bank else None
+        return cos, bank
+
+    # -- inference ---------------------------------------------------------------------------------------
+    def fused_map(self, x_norm: torch.Tensor) -> torch.Tensor:
+        """Normalised input ``[N, 3, H, W]`` -> fused, unsmoothed map ``[N, 1, H, W]``."""
+        feats = self.teacher(x_norm)
+        cos, bank = self.raw_cues(feats)
+        return self.fusion(cos, bank, self.input_size)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> MASFOutput:
+        """``x [N, 3, H, W]`` RGB 0..255 (float) -> :class:`MASFOutput` (map ``[N, 1, H, W]``, score ``[N]``).
+
+        ``valid`` (optional, ``[N, 1, H, W]``, 1 = real image pixel) keeps letterbox padding out of the score.
+        """
+        return self.post(self.fused_map(self.teacher.normalize(x)), valid)

@@ -1,0 +1,82 @@
+"""TTSA: Test-Time Spectral Augmentation.
+
+``n`` views ``v_i = IFFT2(|FFT2(x)| * exp(i (phi + eps_i)))`` of the normalised input, ``eps_i ~ N(0,
+sigma^2)`` per frequency bin (shared by the three channels), amplitude kept; the fused anomaly maps of the
+views are averaged and the image score is taken from the averaged map.
+
+The noise is drawn once from a seeded generator and stored as buffers (``cos eps``, ``sin eps``), so the
+same image always gets the same score, in torch and in an exported graph. ``eps`` is made odd-symmetric
+on the FFT grid (``eps(-k) = -eps(k)``): the perturbed spectrum stays Hermitian, the inverse FFT is real
+without discarding an imaginary part, and the amplitude spectrum is kept exactly.
+
+Follows timm's ``apply_test_time_pool`` contract: :func:`apply_tta` wraps the model from outside and
+returns ``(model, applied)``; the base model is left unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from trainer.models.masf.spectral import fp32, odd_symmetric
+from trainer.models.masf.ughf import MASFOutput
+
+__all__ = ["PhasePerturbation", "TTSAWrapper", "apply_tta"]
+
+_logger = logging.getLogger(__name__)
+
+
+class PhasePerturbation(nn.Module):
+    """Seeded phase noise for ``[N, C, H, W]`` inputs; ``forward`` returns ``[views * N, C, H, W]``."""
+
+    def __init__(self, height: int, width: int, views: int = 5, sigma: float = 0.1, seed: int = 0) -> None:
+        super().__init__()
+        if views < 1:
+            raise ValueError(f"tta.views must be >= 1, got {views}")
+        gen = torch.Generator().manual_seed(seed)
+        eps = torch.stack([odd_symmetric(torch.randn(height, width, generator=gen) * sigma) for _ in range(views)])
+        self.views = views
+        self.register_buffer("cos_eps", torch.cos(eps)[:, None, None], persistent=False)  # [V, 1, 1, H, W]
+        self.register_buffer("sin_eps", torch.sin(eps)[:, None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        with fp32(x.device):
+            spec = torch.fft.fft2(x.float(), norm="ortho")[None]  # [1, N, C, H, W]
+            # (a + ib)(cos + i sin): multiply by exp(i eps) without complex parameters.
+            re = spec.real * self.cos_eps - spec.imag * self.sin_eps
+            im = spec.real * self.sin_eps + spec.imag * self.cos_eps
+            views = torch.fft.ifft2(torch.complex(re, im), norm="ortho").real
+        return views.reshape(self.views * n, c, h, w).to(x.dtype)
+
+
+class TTSAWrapper(nn.Module):
+    """Averages the fused maps of the phase-perturbed views of each input (see module docstring)."""
+
+    def __init__(self, model: nn.Module, views: int, sigma: float, seed: int) -> None:
+        super().__init__()
+        self.model = model
+        h, w = model.input_size
+        self.perturb = PhasePerturbation(h, w, views, sigma, seed)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.model.input_size  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> MASFOutput:
+        """``x [N, 3, H, W]`` RGB in [0, 255] -> averaged :class:`MASFOutput`."""
+        n = x.shape[0]
+        views = self.perturb(self.model.teacher.normalize(x))
+        maps = self.model.fused_map(views)  # [V * N, 1, H, W]
+        mean_map = maps.reshape(self.perturb.views, n, *maps.shape[1:]).mean(dim=0)
+        return self.model.post(mean_map, valid)  # type: ignore[no-any-return]
+
+
+def apply_tta(model: nn.Module, enabled: bool, views: int = 5, sigma: float = 0.1, seed: int = 0) -> tuple[nn.Module, bool]:
+    """Wrap ``model`` with TTSA when ``enabled``; returns ``(model, applied)``, base model untouched."""
+    if not enabled:
+        _logger.info("TTSA not applied: disabled in the config")
+        return model, False
+    return TTSAWrapper(model, views, sigma, seed), True

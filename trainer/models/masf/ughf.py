@@ -1,0 +1,158 @@
+"""UGHF: Uncertainty-Guided Hierarchical Fusion, plus the map post-processing (upsample, smooth, score).
+
+Per scale ``l``, the two anomaly cues are first put on a common footing with statistics of good images
+(mean and std over all pixels of the calibration images, stored as buffers):
+``c_l = (cos_l - mu_c) / sd_c``, ``b_l = (bank_l - mu_b) / sd_b``, then ``s_l = 0.6 c_l + 0.4 b_l``.
+Scales are fused with learned log-variances: ``map = sum_l softmax(-log_var)_l * up(s_l)``. The
+log-variances are learned the standard way (Kendall et al.): the training loss is
+``sum_l exp(-log_var_l) * L_l + log_var_l`` over the per-scale distillation losses ``L_l``; a scale the
+student reproduces reliably gets a larger weight. With ``learned=False`` the scales get equal weights.
+
+Post-processing: bilinear upsampling to the input size, a Gaussian blur (``sigma`` px, separable,
+replicate padding), then the image score: the map maximum, or the mean of the top ``topk_fraction`` of
+pixels. Pixels outside the ``valid`` mask (letterbox padding) never contribute to the score.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MASFOutput", "MapPostprocess", "UGHF"]
+
+
+class MASFOutput(NamedTuple):
+    """Inference output. ``anomaly_map``: ``[N, 1, H, W]``; ``pred_score``: ``[N]``."""
+
+    anomaly_map: torch.Tensor
+    pred_score: torch.Tensor
+
+
+class UGHF(nn.Module):
+    """Normalise, mix and fuse the per-scale maps.
+
+    Args:
+        n_scales: number of scales ``L``.
+        cos_weight: weight of the distillation cue (paper 0.6).
+        bank_weight: weight of the memory-bank cue (paper 0.4).
+        learned: learn the scale weights from the distillation losses (False: equal weights).
+    """
+
+    def __init__(self, n_scales: int, cos_weight: float = 0.6, bank_weight: float = 0.4, learned: bool = True) -> None:
+        super().__init__()
+        self.n_scales = n_scales
+        self.cos_weight = cos_weight
+        self.bank_weight = bank_weight
+        self.learned = learned
+        self.log_var = nn.Parameter(torch.zeros(n_scales), requires_grad=learned)
+        for name in ("cos_mean", "bank_mean"):
+            self.register_buffer(name, torch.zeros(n_scales))
+        for name in ("cos_std", "bank_std"):
+            self.register_buffer(name, torch.ones(n_scales))
+        self.register_buffer("stats_ready", torch.zeros((), dtype=torch.bool))
+
+    def scale_weights(self) -> torch.Tensor:
+        """``[L]`` weights that sum to 1."""
+        if not self.learned:
+            return torch.full((self.n_scales,), 1.0 / self.n_scales, device=self.log_var.device)
+        return torch.softmax(-self.log_var, dim=0)
+
+    def uncertainty_loss(self, losses: torch.Tensor) -> torch.Tensor:
+        """``[L]`` per-scale losses -> the weighted training loss (plain sum when not learned)."""
+        if not self.learned:
+            return losses.sum()
+        return torch.sum(torch.exp(-self.log_var) * losses + self.log_var)
+
+    def set_statistics(self, cos: list[tuple[float, float]] | None, bank: list[tuple[float, float]] | None) -> None:
+        """Store ``(mean, std)`` per scale of each cue, measured on good images."""
+        for prefix, stats in (("cos", cos), ("bank", bank)):
+            if stats is None:
+                continue
+            mean = torch.tensor([m for m, _ in stats], dtype=torch.float32)
+            std = torch.tensor([max(s, 1e-6) for _, s in stats], dtype=torch.float32)
+            getattr(self, f"{prefix}_mean").copy_(mean)
+            getattr(self, f"{prefix}_std").copy_(std)
+        self.stats_ready.fill_(True)
+
+    def scale_map(self, l: int, cos: torch.Tensor | None, bank: torch.Tensor | None) -> torch.Tensor:
+        """Normalised mix of the cues of scale ``l``; inputs ``[N, h, w]``, output ``[N, 1, h, w]``."""
+        terms: list[tuple[float, torch.Tensor]] = []
+        if cos is not None:
+            terms.append((self.cos_weight, (cos - self.cos_mean[l]) / self.cos_std[l]))
+        if bank is not None:
+            terms.append((self.bank_weight, (bank - self.bank_mean[l]) / self.bank_std[l]))
+        if not terms:
+            raise ValueError("UGHF needs at least one cue (student or bank)")
+        if len(terms) == 1:
+            return terms[0][1][:, None]
+        total = sum(w for w, _ in terms)
+        return (sum(w * m for w, m in terms) / total)[:, None]  # type: ignore[operator]
+
+    def forward(
+        self, cos_maps: list[torch.Tensor] | None, bank_maps: list[torch.Tensor] | None, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Per-scale ``[N, h_l, w_l]`` cues -> fused map ``[N, 1, H, W]`` (before smoothing)."""
+        weights = self.scale_weights()
+        fused = None
+        for l in range(self.n_scales):
+            s = self.scale_map(l, cos_maps[l] if cos_maps else None, bank_maps[l] if bank_maps else None)
+            s = F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+            fused = weights[l] * s if fused is None else fused + weights[l] * s
+        assert fused is not None
+        return fused
+
+
+def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ``ceil(4 sigma)``: ``[2r + 1]``."""
+    radius = max(1, math.ceil(4.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(torch.float32)
+
+
+class MapPostprocess(nn.Module):
+    """Gaussian smoothing and the image score.
+
+    Args:
+        sigma: blur sigma in pixels of the input frame (0 disables).
+        reduce: ``"max"`` or ``"topk_mean"``.
+        topk_fraction: fraction of the map's pixels averaged by ``topk_mean``.
+    """
+
+    def __init__(self, sigma: float = 4.0, reduce: str = "max", topk_fraction: float = 0.01) -> None:
+        super().__init__()
+        if reduce not in ("max", "topk_mean"):
+            raise ValueError(f"score.reduce must be 'max' or 'topk_mean', got {reduce!r}")
+        self.sigma = sigma
+        self.reduce = reduce
+        self.topk_fraction = topk_fraction
+        kernel = gaussian_kernel_1d(sigma) if sigma > 0 else torch.ones(1)
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def smooth(self, m: torch.Tensor) -> torch.Tensor:
+        """``[N, 1, H, W]`` -> blurred map of the same shape."""
+        if self.sigma <= 0:
+            return m
+        r = self.kernel.numel() // 2
+        kx = self.kernel.view(1, 1, 1, -1)
+        ky = self.kernel.view(1, 1, -1, 1)
+        m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="replicate"), kx)
+        return F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), ky)
+
+    def score(self, m: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, 1, H, W]`` map (+ optional bool/0-1 ``valid`` of the same shape) -> ``[N]`` scores."""
+        flat = m.flatten(1)
+        if valid is not None:
+            flat = torch.where(valid.flatten(1) > 0, flat, torch.full_like(flat, -1e4))
+        if self.reduce == "max":
+            return flat.max(dim=1).values
+        k = max(1, int(round(self.topk_fraction * flat.shape[1])))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+
+    def forward(self, m: torch.Tensor, valid: torch.Tensor | None = None) -> MASFOutput:
+        smoothed = self.smooth(m)
+        return MASFOutput(smoothed, self.score(smoothed, valid))
