@@ -1,7 +1,93 @@
-"""``masf-train`` command line (placeholder until the trainer lands)."""
+"""``masf-train`` command line (same as ``python -m trainer``).
+
+    masf-train fit --config CONFIG.yaml --data DIR --out RUN_DIR [--set key=value ...]
+    masf-train evaluate --run RUN_DIR --data DIR --json OUT.json [--report DIR] [--no-tta]
+
+User errors (bad config, data, run directory) print one line ``error: ...`` and exit with status 2.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
+from typing import Any
+
+import yaml
+
+from trainer.errors import ConfigError, UserError
+
+__all__ = ["main"]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value (e.g. train.epochs=5), got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="masf-train", description="Train and evaluate MASF anomaly models.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train + calibrate a model from DATA/train/good")
+    fit.add_argument("--config", required=True, help="training config (configs/train/*.yaml)")
+    fit.add_argument("--data", required=True, help="data folder in MVTec layout (train/good/...)")
+    fit.add_argument("--out", required=True, help="run directory to write")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. --set train.epochs=5 (repeatable)")
+
+    ev = sub.add_parser("evaluate", help="metrics on DATA/test at the calibrated threshold")
+    ev.add_argument("--run", required=True, help="run directory from 'fit'")
+    ev.add_argument("--data", required=True, help="data folder in MVTec layout (test/, ground_truth/)")
+    ev.add_argument("--json", required=True, help="where to write the metrics JSON")
+    ev.add_argument("--report", help="also write a Markdown report with plots into this folder")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    ev.add_argument("--no-tta", action="store_true", help="disable test-time spectral augmentation")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    progress = not args.quiet and sys.stderr.isatty()
+    if args.command == "fit":
+        from trainer.config import load_config
+        from trainer.train import fit
+
+        cfg = load_config(args.config, _parse_set(args.set))
+        info = fit(cfg, args.data, args.out, progress=progress)
+        c = info.calibration
+        print(f"run saved to {args.out}: input {info.input_size[0]}x{info.input_size[1]} ({info.preprocess.color}), "
+              f"threshold {c.threshold:.4f} ({c.rule}, target FRR {c.target_frr:g}, {c.n_images} calibration images)")
+        return 0
+    if args.command == "evaluate":
+        from trainer.evaluate.runner import evaluate_run
+
+        res = evaluate_run(args.run, args.data, args.json, args.report, args.device,
+                           tta=False if args.no_tta else None, progress=progress)
+        print(f"image AUROC {res['image_auroc']:.4f}  pixel AUROC {res['pixel_auroc']:.4f}  "
+              f"AUPRO {res['aupro']:.4f}  FRR {res['false_reject_rate']:.3f}  escapes {res['escape_rate']:.3f}  "
+              f"-> {args.json}")
+        return 0
+    raise AssertionError(args.command)
+
 
 def main(argv: list[str] | None = None) -> int:
-    return 0
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

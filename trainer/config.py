@@ -221,7 +221,7 @@ def _build(cls: Any, data: Any, prefix: str, src: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{src}: {prefix or 'the config'} must be a mapping, got {data!r}")
+        raise ConfigError(f"{src}: {prefix.rstrip('.') or 'the config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -272,11 +272,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         mark = getattr(err, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{at}: fix the syntax") from None
-    for key, value in (overrides or {}).items():
+    for key, value in (overrides or {}).items() if isinstance(data, dict) else ():
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                break
+            if node.get(p) is None:  # absent, or an empty section (`train:` with nothing under it)
+                node[p] = {}
+            node = node[p]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{path}: cannot set {key}: its parent in the config is not a section")
         node[leaf] = value
     return config_from_dict(data, str(path))
 

@@ -146,12 +146,19 @@ class MapPostprocess(nn.Module):
     def score(self, m: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, 1, H, W]`` map (+ optional bool/0-1 ``valid`` of the same shape) -> ``[N]`` scores."""
         flat = m.flatten(1)
+        keep = None
         if valid is not None:
-            flat = torch.where(valid.flatten(1) > 0, flat, torch.full_like(flat, -1e4))
+            keep = valid.flatten(1) > 0
+            flat = torch.where(keep, flat, torch.full_like(flat, -1e4))
         if self.reduce == "max":
             return flat.max(dim=1).values
         k = max(1, int(round(self.topk_fraction * flat.shape[1])))
-        return flat.topk(k, dim=1).values.mean(dim=1)
+        top, idx = flat.topk(k, dim=1)
+        if keep is None:
+            return top.mean(dim=1)
+        # Fewer valid pixels than k: average only the valid ones among the top k (no -1e4 fill values).
+        w = keep.gather(1, idx).to(top.dtype)
+        return (top * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
     def forward(self, m: torch.Tensor, valid: torch.Tensor | None = None) -> MASFOutput:
         smoothed = self.smooth(m)

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny configs and generated data sets (made in tmp dirs, never committed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trainer.config import Config, config_from_dict
+from trainer.data.synthetic import make_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BOTTLE = SHARED_DATA / "mvtec_ad" / "bottle"
+MAGNETIC_TILE = SHARED_DATA / "magnetic_tile" / "magnetic_tile"
+
+torch.set_num_threads(2)
+
+
+def tiny_config(**sections: dict[str, Any]) -> Config:
+    """A small, fast MASF config (64x64, 2 epochs, small bank, 2 TTSA views); sections override."""
+    base: dict[str, Any] = {
+        "data": {"input_size": [64, 64], "min_calib": 5},
+        "student": {"width": 32},
+        "bank": {"max_size": 256},
+        "tta": {"views": 2},
+        "train": {"epochs": 2, "batch_size": 4, "warmup_epochs": 1},
+    }
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    return config_from_dict(base, "tiny")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated MVTec-layout parts: 20 train, 6 good + 3x4 defective test images, 96x96 RGB."""
+    return make_dataset(tmp_path_factory.mktemp("synth"), n_train=20, n_test_good=6, n_test_defect=4,
+                        height=96, width=96, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny trained run on ``synth_data``, shared by the tests that only read it."""
+    from trainer.train import fit
+
+    out = tmp_path_factory.mktemp("run")
+    fit(tiny_config(), synth_data, out, progress=False)
+    return out

@@ -1,0 +1,208 @@
+"""Tests for trainer.models.masf.samb: embedder, samplers, memory bank and kNN scorer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.models.masf.samb import GreedyCoresetSampler, KNNScorer, MemoryBank, PatchEmbedder, RandomSampler
+
+# ---------------------------------------------------------------- embedder
+
+
+def test_patch_embedder_shape_and_unit_norm() -> None:
+    torch.manual_seed(0)
+    emb = PatchEmbedder(channels=12, aggregate=3, spectral=True, normalize=True)
+    out = emb(torch.randn(2, 12, 7, 9))
+    assert out.shape == (2, 7, 9, 12)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 7, 9), atol=1e-5, rtol=0)
+
+
+def test_patch_embedder_without_normalize_or_spectral() -> None:
+    torch.manual_seed(1)
+    feats = torch.randn(1, 6, 5, 5)
+    plain = PatchEmbedder(6, aggregate=1, spectral=False, normalize=False)
+    assert not hasattr(plain, "w1")
+    torch.testing.assert_close(plain(feats), feats.permute(0, 2, 3, 1))
+    spec = PatchEmbedder(6, aggregate=1, spectral=True, normalize=False)
+    assert (spec(feats) - plain(feats)).abs().max() > 1e-3
+    assert (spec(feats).norm(dim=-1) - 1).abs().max() > 1e-2
+
+
+def test_patch_embedder_aggregates_locally() -> None:
+    feats = torch.zeros(1, 4, 5, 5)
+    feats[0, :, 2, 2] = 9.0
+    out = PatchEmbedder(4, aggregate=3, spectral=False, normalize=False)(feats)
+    assert float(out[0, 2, 2, 0]) == pytest.approx(1.0)  # 9 / 9
+    assert float(out[0, 1, 1, 0]) == pytest.approx(1.0)
+    assert float(out[0, 0, 0, 0]) == 0.0
+    assert float(out[0, 1, 2, 0]) == pytest.approx(1.0)
+    # corner at (0, 0) sees a 2x2 window (count_include_pad=False)
+    feats2 = torch.zeros(1, 4, 5, 5)
+    feats2[0, :, 0, 0] = 4.0
+    out2 = PatchEmbedder(4, aggregate=3, spectral=False, normalize=False)(feats2)
+    assert float(out2[0, 0, 0, 0]) == pytest.approx(1.0)
+
+
+def test_patch_embedder_spectral_descriptor_is_shift_invariant_over_channels() -> None:
+    torch.manual_seed(2)
+    emb = PatchEmbedder(8, aggregate=1, spectral=True, normalize=False)
+    p = torch.randn(10, 8)
+    torch.testing.assert_close(emb._spectral(torch.roll(p, 3, dims=-1)), emb._spectral(p), atol=1e-5, rtol=0)
+
+
+def test_patch_embedder_deterministic_for_a_seed() -> None:
+    feats = torch.randn(1, 10, 4, 4, generator=torch.Generator().manual_seed(3))
+    a = PatchEmbedder(10, seed=5)
+    b = PatchEmbedder(10, seed=5)
+    c = PatchEmbedder(10, seed=6)
+    torch.testing.assert_close(a(feats), b(feats), atol=0, rtol=0)
+    assert (a(feats) - c(feats)).abs().max() > 1e-4
+    assert "w1" in a.state_dict() and "w2" in a.state_dict()
+    assert not list(a.parameters())
+
+
+@pytest.mark.parametrize("aggregate", [0, 2, -1])
+def test_patch_embedder_rejects_even_aggregate(aggregate: int) -> None:
+    with pytest.raises(ValueError, match="bank.aggregate"):
+        PatchEmbedder(4, aggregate=aggregate)
+
+
+# ---------------------------------------------------------------- samplers
+
+
+def _clustered(n: int = 2000, d: int = 8, seed: int = 0) -> torch.Tensor:
+    """Two big clusters plus a rare one (0.5 % of the points) far away."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.zeros(3, d)
+    centers[1, 0] = 6.0
+    centers[2, 1] = 25.0
+    sizes = [n // 2, n // 2 - 10, 10]
+    parts = [centers[i] + torch.randn(s, d, generator=gen) for i, s in enumerate(sizes)]
+    return torch.cat(parts)
+
+
+def _coverage_radius(x: torch.Tensor, idx: torch.Tensor) -> float:
+    """max over points of the distance to the nearest selected point."""
+    return float(torch.cdist(x, x[idx]).min(dim=1).values.max())
+
+
+def test_greedy_coreset_covers_better_than_random() -> None:
+    x = _clustered()
+    greedy = GreedyCoresetSampler(50, seed=0, project_dim=None).run(x)
+    assert greedy.shape == (50,)
+    assert len(set(greedy.tolist())) == 50
+    g_radius = _coverage_radius(x, greedy)
+    for seed in range(5):
+        rand = RandomSampler(50, seed=seed).run(x)
+        assert rand.shape == (50,)
+        r_radius = _coverage_radius(x, rand)
+        assert g_radius < r_radius, (seed, g_radius, r_radius)
+    # the rare cluster (last 10 points) is represented in the greedy coreset
+    assert (greedy >= x.shape[0] - 10).any()
+
+
+def test_greedy_coreset_is_two_approximation_step() -> None:
+    """Farthest-point property: each new point is the farthest from the previous selection."""
+    x = _clustered(300, 4, seed=1)
+    idx = GreedyCoresetSampler(10, seed=0, project_dim=None).run(x)
+    for i in range(1, 10):
+        d = torch.cdist(x, x[idx[:i]]).min(dim=1).values
+        assert float(d[idx[i]]) == pytest.approx(float(d.max()), rel=1e-4)
+
+
+def test_greedy_coreset_deterministic_and_clamped() -> None:
+    x = _clustered(200, 4, seed=2)
+    a = GreedyCoresetSampler(20, seed=3).run(x)
+    b = GreedyCoresetSampler(20, seed=3).run(x)
+    assert torch.equal(a, b)
+    assert GreedyCoresetSampler(500, seed=0).run(x).shape == (200,)
+    assert RandomSampler(500).run(x).shape == (200,)
+    with pytest.raises(ValueError):
+        GreedyCoresetSampler(0)
+
+
+def test_greedy_coreset_with_projection() -> None:
+    gen = torch.Generator().manual_seed(4)
+    centers = torch.randn(5, 256, generator=gen) * 10
+    x = torch.cat([c + torch.randn(100, 256, generator=gen) for c in centers])
+    x = torch.cat([x, centers[:1] * -3 + torch.randn(2, 256, generator=gen)])  # 2 rare far points
+    idx = GreedyCoresetSampler(20, seed=0, project_dim=32).run(x)
+    assert idx.shape == (20,)
+    assert int(idx.max()) < x.shape[0] and int(idx.min()) >= 0
+    assert len(set(idx.tolist())) == 20
+    # indices refer to the input: every cluster and the rare points are hit
+    cluster_of = torch.div(idx, 100, rounding_mode="floor")
+    assert set(cluster_of.tolist()) == {0, 1, 2, 3, 4, 5}
+    assert _coverage_radius(x, idx) < _coverage_radius(x, RandomSampler(20).run(x))
+
+
+# ---------------------------------------------------------------- bank and scorer
+
+
+def _brute_knn(q: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    d = torch.cdist(q.reshape(-1, q.shape[-1]).double(), bank.double())
+    return d.topk(k, dim=1, largest=False).values.mean(1).reshape(q.shape[:-1]).float()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_scorer_matches_brute_force(k: int) -> None:
+    torch.manual_seed(5)
+    q = torch.randn(2, 6, 5, 16)
+    bank = torch.randn(40, 16)
+    got = KNNScorer(k=k)(q, bank)
+    assert got.shape == (2, 6, 5)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, _brute_knn(q, bank, k), atol=1e-4, rtol=1e-4)
+
+
+def test_knn_scorer_chunking_gives_same_result() -> None:
+    torch.manual_seed(6)
+    q = torch.randn(3, 7, 7, 8)
+    bank = torch.randn(50, 8)
+    one = KNNScorer(k=3, chunk=10_000)(q, bank)
+    for chunk in (1, 5, 16, 147):
+        torch.testing.assert_close(KNNScorer(k=3, chunk=chunk)(q, bank), one, atol=1e-6, rtol=0)
+
+
+def test_knn_scorer_zero_at_bank_points_and_k_clamped() -> None:
+    torch.manual_seed(7)
+    bank = torch.randn(4, 8)
+    got = KNNScorer(k=1)(bank[None, None], bank)
+    assert got.abs().max() < 1e-3
+    # k larger than the bank: mean over the whole bank
+    q = torch.randn(1, 1, 3, 8)
+    torch.testing.assert_close(KNNScorer(k=10)(q, bank), _brute_knn(q, bank, 4), atol=1e-4, rtol=1e-4)
+
+
+def test_knn_scorer_empty_bank_raises() -> None:
+    scorer = KNNScorer(k=1)
+    with pytest.raises(ValueError, match="memory bank is empty"):
+        scorer(torch.randn(1, 2, 2, 4), MemoryBank(4).bank)
+    with pytest.raises(ValueError, match="bank.k"):
+        KNNScorer(k=0)
+
+
+def test_memory_bank_fill_and_state_dict() -> None:
+    bank = MemoryBank(8)
+    assert len(bank) == 0
+    assert bank.bank.shape == (0, 8)
+    protos = torch.randn(30, 8, dtype=torch.float64)
+    bank.fill(protos)
+    assert len(bank) == 30
+    assert bank.bank.dtype == torch.float32
+    torch.testing.assert_close(bank.bank, protos.float())
+    sd = bank.state_dict()
+    assert sd["bank"].shape == (30, 8)
+    # a fresh bank of another size loads it (shape comes from the checkpoint after fill)
+    other = MemoryBank(8)
+    other.fill(torch.zeros(30, 8))
+    other.load_state_dict(sd)
+    torch.testing.assert_close(other.bank, protos.float())
+
+
+@pytest.mark.parametrize("shape", [(30, 7), (30,), (2, 15, 8)])
+def test_memory_bank_fill_shape_check(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"\[M, 8\]"):
+        MemoryBank(8).fill(torch.randn(*shape))

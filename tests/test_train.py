@@ -1,0 +1,116 @@
+"""Training smoke tests on generated parts: fit, reload, determinism, schedule, small-data errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from trainer.data.synthetic import make_dataset
+from trainer.errors import DataError
+from trainer.inference import predict_arrays
+from trainer.runs import load_run
+from trainer.train import fit, lr_at
+
+
+def test_fit_writes_a_complete_run(trained_run: Path) -> None:
+    doc = json.loads((trained_run / "run.json").read_text())
+    assert doc["schema_version"] == 1
+    assert (trained_run / "model.safetensors").stat().st_size > 1_000_000  # teacher included
+    assert doc["preprocess"]["height"] == 64 and doc["preprocess"]["color"] == "rgb"
+    assert len(doc["train_log"]) == 2
+    assert all(math.isfinite(v) for e in doc["train_log"] for v in e["loss_per_scale"])
+    assert doc["calibration"]["n_images"] == 5 and doc["calibration"]["rule"] == "gaussian_bound"
+    assert doc["calibration"]["threshold"] > doc["calibration"]["image_scores"]["max"]
+    split = doc["data"]["split"]
+    assert not set(split["train"]) & set(split["calib"])
+    assert len(split["train"]) + len(split["calib"]) == 20
+    assert all(0 < s <= 256 for s in doc["bank_sizes"])
+    assert abs(sum(doc["scale_weights"]) - 1.0) < 1e-6
+
+
+def test_training_reduces_the_distillation_loss(synth_data: Path, tmp_path: Path) -> None:
+    info = fit(tiny_config(train={"epochs": 4, "lr": 2e-3}, bank={"enabled": False}), synth_data, tmp_path, progress=False)
+    log = info.meta["train_log"]
+    assert sum(log[-1]["loss_per_scale"]) < 0.8 * sum(log[0]["loss_per_scale"])
+
+
+def test_reloaded_run_scores_like_the_calibration(trained_run: Path, synth_data: Path) -> None:
+    from trainer.models.masf import apply_tta
+
+    model, info = load_run(trained_run)
+    deployed, applied = apply_tta(model, True, info.config.tta.views, info.config.tta.sigma, info.config.tta.seed)
+    assert applied
+    import cv2
+
+    calib = [cv2.imread(str(synth_data / p))[..., ::-1].copy() for p in info.meta["data"]["split"]["calib"]]
+    scores = [p.score for p in predict_arrays(deployed, calib, info.preprocess, torch.device("cpu"))]
+    assert max(scores) < info.calibration.threshold
+    assert np.isclose(max(scores), info.calibration.image_scores["max"], rtol=1e-4)
+
+
+def test_fit_is_deterministic(synth_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(train={"epochs": 1})
+    fit(cfg, synth_data, tmp_path / "a", progress=False)
+    fit(cfg, synth_data, tmp_path / "b", progress=False)
+    a, b = load_file(str(tmp_path / "a/model.safetensors")), load_file(str(tmp_path / "b/model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ja, jb = (json.loads((tmp_path / d / "run.json").read_text())["calibration"] for d in "ab")
+    assert ja == jb
+
+
+def test_grayscale_and_long_thin_parts_keep_their_aspect(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "thin", n_train=9, n_test_good=1, n_test_defect=1, height=48, width=384,
+                        gray=True, seed=3)
+    cfg = tiny_config(data={"input_size": "auto", "base_size": 64}, train={"epochs": 1})
+    info = fit(cfg, root, tmp_path / "run", progress=False)
+    h, w = info.input_size
+    assert info.preprocess.color == "gray"
+    assert h % 32 == 0 and w % 32 == 0 and w / h >= 4  # 1:8 part, not squashed into a square
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    lrs = [lr_at(e, 2e-4, 5, 15, 1e-6) for e in np.linspace(0, 15, 151)]
+    assert lrs[0] < 1e-6 + 2e-4 * 0.01
+    assert max(lrs) == pytest.approx(2e-4, rel=1e-3)
+    peak = int(np.argmax(lrs))
+    assert 45 <= peak <= 52  # end of the 5-epoch warm-up
+    assert all(x >= y - 1e-12 for x, y in zip(lrs[peak:], lrs[peak + 1 :], strict=False))  # then decays
+    assert lr_at(20.0, 2e-4, 5, 15, 1e-6) == pytest.approx(2e-4)  # warm restart after T0
+
+
+def test_too_few_training_images_is_a_clear_error(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "few", n_train=4, n_test_good=0, n_test_defect=0)
+    with pytest.raises(DataError, match="training images .* need at least 7"):
+        fit(tiny_config(), root, tmp_path / "run", progress=False)
+
+
+def test_empty_train_set_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "d" / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DataError, match="train/good"):
+        fit(tiny_config(), tmp_path / "d", tmp_path / "run", progress=False)
+
+
+def test_corrupt_run_is_a_clear_error(trained_run: Path, tmp_path: Path) -> None:
+    from trainer.errors import RunError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_run, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunError, match="corrupt or truncated"):
+        load_run(broken)
+    (broken / "run.json").write_text("{not json")
+    with pytest.raises(RunError, match="corrupt"):
+        load_run(broken)
+    with pytest.raises(RunError, match="not found"):
+        load_run(tmp_path / "nope")

@@ -1,0 +1,115 @@
+"""Synthetic parts in MVTec layout, for tests and demos: brushed-metal surfaces with real-looking defects.
+
+Each good image is a machined surface: directional brushing texture, a lighting gradient, a drilled hole
+and a chamfered edge, with small random pose and lighting changes. Defects are drawn on top with a
+mask: ``scratch`` (thin bright/dark polyline), ``spot`` (stain blob with soft edge), ``crack`` (dark
+branching line). Everything is seeded; numpy + OpenCV only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["DEFECT_TYPES", "make_dataset", "render_part"]
+
+DEFECT_TYPES = ("scratch", "spot", "crack")
+
+
+def render_part(rng: np.random.Generator, height: int = 128, width: int = 128, gray: bool = False) -> np.ndarray:
+    """One defect-free part: uint8 ``[H, W, 3]`` RGB (or ``[H, W]`` when ``gray``)."""
+    noise = rng.normal(0.0, 1.0, (height, width)).astype(np.float32)
+    k = max(3, (width // 8) | 1)
+    brushed = cv2.GaussianBlur(noise, (k, 1), 0) * 18.0
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    light = 25.0 * (np.cos(angle) * xx / width + np.sin(angle) * yy / height)
+    base = 150.0 + rng.uniform(-6, 6) + light + brushed
+    cy = height / 2 + rng.uniform(-2, 2)
+    cx = width / 2 + rng.uniform(-2, 2)
+    r = min(height, width) * 0.14
+    dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    base = np.where(dist < r, 55.0 + 10 * np.cos(dist), base)
+    base = np.where((dist >= r) & (dist < r * 1.25), 205.0, base)
+    edge = int(min(height, width) * 0.08)
+    base[:edge] *= 0.7
+    base[-edge:] *= 0.7
+    img = np.clip(base, 0, 255).astype(np.uint8)
+    if gray:
+        return img
+    tint = np.array([1.0, 0.98, 0.93], dtype=np.float32) * rng.uniform(0.97, 1.03)
+    return np.clip(img[..., None].astype(np.float32) * tint, 0, 255).astype(np.uint8)
+
+
+def _defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    h, w = img.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    canvas = img.copy()
+    color: tuple[int, ...]
+    if kind == "scratch":
+        pts = np.cumsum(rng.normal(0, max(h, w) * 0.08, (5, 2)), axis=0) + [w * rng.uniform(0.2, 0.8), h * 0.2]
+        pts = np.clip(pts, 0, [w - 1, h - 1]).astype(np.int32)
+        shade = int(rng.choice([30, 240]))
+        color = (shade,) * (3 if img.ndim == 3 else 1)
+        thick = max(1, min(h, w) // 64)
+        cv2.polylines(canvas, [pts], False, color, thick)
+        cv2.polylines(mask, [pts], False, 255, thick + 1)
+    elif kind == "spot":
+        center = (int(rng.uniform(0.2, 0.8) * w), int(rng.uniform(0.2, 0.8) * h))
+        axes = (int(min(h, w) * rng.uniform(0.05, 0.1)), int(min(h, w) * rng.uniform(0.04, 0.08)))
+        cv2.ellipse(mask, center, axes, rng.uniform(0, 180), 0, 360, 255, -1)
+        soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 1.5)
+        stain = np.array([90, 60, 30], np.float32) if img.ndim == 3 else np.float32(60)
+        blend = soft[..., None] if img.ndim == 3 else soft
+        canvas = np.clip(canvas * (1 - 0.7 * blend) + stain * 0.7 * blend, 0, 255).astype(np.uint8)
+    elif kind == "crack":
+        x, y = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+        color = (20,) * (3 if img.ndim == 3 else 1)
+        for _ in range(3):
+            pts = [(x, y)]
+            heading = rng.uniform(0, 2 * np.pi)
+            for _ in range(6):
+                heading += rng.normal(0, 0.5)
+                step = min(h, w) * 0.05
+                pts.append((pts[-1][0] + step * np.cos(heading), pts[-1][1] + step * np.sin(heading)))
+            arr = np.clip(np.array(pts), 0, [w - 1, h - 1]).astype(np.int32)
+            cv2.polylines(canvas, [arr], False, color, 1)
+            cv2.polylines(mask, [arr], False, 255, 2)
+    else:
+        raise ValueError(f"unknown defect type {kind!r}; expected one of {DEFECT_TYPES}")
+    return canvas, mask
+
+
+def _write(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    if not cv2.imwrite(str(path), bgr):
+        raise OSError(f"cannot write {path}")
+
+
+def make_dataset(
+    root: str | Path,
+    n_train: int = 30,
+    n_test_good: int = 6,
+    n_test_defect: int = 4,
+    height: int = 128,
+    width: int = 128,
+    gray: bool = False,
+    seed: int = 0,
+    defect_types: tuple[str, ...] = DEFECT_TYPES,
+) -> Path:
+    """Write an MVTec-layout data set under ``root`` and return ``root``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for i in range(n_train):
+        _write(root / "train" / "good" / f"{i:03d}.png", render_part(rng, height, width, gray))
+    for i in range(n_test_good):
+        _write(root / "test" / "good" / f"{i:03d}.png", render_part(rng, height, width, gray))
+    for kind in defect_types:
+        for i in range(n_test_defect):
+            img, mask = _defect(rng, render_part(rng, height, width, gray), kind)
+            _write(root / "test" / kind / f"{i:03d}.png", img)
+            _write(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
+    return root

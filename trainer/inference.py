@@ -1,0 +1,70 @@
+"""Batched inference on image files with the run's pinned preprocessing (trainer side, torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.preprocess import Geometry, PreprocessSpec, preprocess_batch
+from trainer.data import read_image
+from trainer.models.masf import MASFOutput
+
+__all__ = ["Prediction", "predict_arrays", "predict_files", "to_tensor"]
+
+
+@dataclass
+class Prediction:
+    """One image's result: ``anomaly_map`` in the model frame ``[H, W]`` float32, ``score``, geometry."""
+
+    anomaly_map: np.ndarray
+    score: float
+    geometry: Geometry
+
+
+def to_tensor(batch: np.ndarray, geometries: Sequence[Geometry], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[N, H, W, 3]`` -> float ``[N, 3, H, W]`` (0..255) and the valid mask ``[N, 1, H, W]``."""
+    x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
+    valid = torch.from_numpy(np.stack([g.valid_mask() for g in geometries])[:, None]).to(device)
+    return x, valid
+
+
+def predict_arrays(
+    model: Callable[..., MASFOutput],
+    images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+) -> list[Prediction]:
+    """Run ``model`` on raw images (uint8 HxW / HxWx3) as one batch."""
+    batch, geometries = preprocess_batch(list(images), spec)
+    x, valid = to_tensor(batch, geometries, device)
+    with torch.no_grad():
+        out = model(x, valid)
+    maps = out.anomaly_map[:, 0].float().cpu().numpy()
+    scores = out.pred_score.float().cpu().numpy()
+    return [Prediction(maps[i], float(scores[i]), geometries[i]) for i in range(len(images))]
+
+
+def predict_files(
+    model: Callable[..., MASFOutput],
+    paths: Sequence[Path],
+    spec: PreprocessSpec,
+    device: torch.device,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "inference",
+) -> Iterator[tuple[Path, np.ndarray, Prediction]]:
+    """Yield ``(path, image, prediction)`` for each file, in order, reading and scoring in batches."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(paths), desc=desc, disable=not progress, leave=False, mininterval=1.0)
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start : start + batch_size])
+        images = [read_image(p) for p in chunk]
+        for path, image, pred in zip(chunk, images, predict_arrays(model, images, spec, device), strict=True):
+            yield path, image, pred
+        bar.update(len(chunk))
+    bar.close()

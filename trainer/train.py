@@ -1,0 +1,294 @@
+"""``masf-train fit``: the training procedure. Loop, schedule, seeds, calibration and saving; no model math.
+
+Steps:
+
+1. scan ``DATA/train/good``; seeded, hashed split into train and calibration images;
+2. resolve the preprocessing (input size from the data when ``auto``, gray mode when every training
+   image is grayscale) and pin it in the run;
+3. teacher features of the training images, computed once (the teacher is frozen and there is no
+   augmentation), kept in memory (FP16 when large);
+4. student training (if enabled): AdamW, linear warm-up, then cosine annealing with warm restarts,
+   per-iteration; mixed precision only on CUDA, spectral path always FP32; a non-finite loss aborts
+   with an error (it is never skipped);
+5. memory banks (if enabled): prototypes of all training patches, coreset-subsampled per scale;
+6. calibration on the held-out images: cue statistics, then the threshold on the deployed path (TTSA
+   included when enabled);
+7. save ``model.safetensors`` + ``run.json``.
+
+Nothing here looks at test images: there is no checkpoint selection, the schedule is fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import resource
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import trainer
+from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size
+from trainer.calibrate import calibrate
+from trainer.config import Config
+from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
+from trainer.inference import predict_arrays
+from trainer.models.masf import MASF, apply_tta, create_masf
+from trainer.runs import RunInfo, save_run
+
+__all__ = ["fit", "lr_at", "resolve_device", "resolve_preprocess"]
+
+_logger = logging.getLogger(__name__)
+
+_FEATURE_FP16_BYTES = 2 << 30  # keep cached teacher features in FP16 above 2 GiB
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(epoch: float, base_lr: float, warmup: float, t0: float, eta_min: float) -> float:
+    """Learning rate at fractional ``epoch``: linear warm-up, then cosine annealing with restarts every t0."""
+    if warmup > 0 and epoch < warmup:
+        return base_lr * (epoch + 1e-3) / warmup
+    t = (epoch - warmup) % t0
+    return eta_min + (base_lr - eta_min) * 0.5 * (1.0 + math.cos(math.pi * t / t0))
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _load_images(paths: Sequence[Path], progress: bool, desc: str) -> list[np.ndarray]:
+    from tqdm import tqdm
+
+    return [read_image(p) for p in tqdm(paths, desc=desc, disable=not progress, leave=False)]
+
+
+def resolve_preprocess(cfg: Config, images: Sequence[np.ndarray]) -> PreprocessSpec:
+    """Pin input size and colour mode from the config and the training images."""
+    sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
+    size = cfg.data.input_size if cfg.data.input_size == "auto" else tuple(cfg.data.input_size)
+    h, w = resolve_input_size(size, sizes, base=cfg.data.base_size)  # type: ignore[arg-type]
+    color = cfg.data.color
+    if color == "auto":
+        color = "gray" if all(is_grayscale(im) for im in images) else "rgb"
+    return PreprocessSpec(height=h, width=w, resize=cfg.data.resize, color=color)
+
+
+@torch.no_grad()
+def _teacher_features(
+    model: MASF, batch: np.ndarray, device: torch.device, batch_size: int, progress: bool
+) -> list[torch.Tensor]:
+    from tqdm import tqdm
+
+    n = batch.shape[0]
+    channels, sizes = model.teacher.cfg.channels, model.map_sizes
+    total = n * sum(c * h * w for c, (h, w) in zip(channels, sizes, strict=True)) * 4
+    dtype = torch.float16 if total > _FEATURE_FP16_BYTES else torch.float32
+    store = [torch.empty(n, c, h, w, dtype=dtype) for c, (h, w) in zip(channels, sizes, strict=True)]
+    for start in tqdm(range(0, n, batch_size), desc="teacher features", disable=not progress, leave=False):
+        x = torch.from_numpy(batch[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float()
+        for s, f in zip(store, model.collect(x), strict=True):
+            s[start : start + f.shape[0]] = f.to("cpu", dtype)
+    return store
+
+
+def _train_student(
+    model: MASF, feats: list[torch.Tensor], cfg: Config, device: torch.device, progress: bool
+) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    tc = cfg.train
+    n = feats[0].shape[0]
+    steps = max(1, math.ceil(n / tc.batch_size))
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    amp = _amp_dtype(tc.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    model.train()
+    bar = tqdm(total=tc.epochs * steps, desc="train", disable=not progress, mininterval=1.0)
+    for epoch in range(tc.epochs):
+        order = torch.randperm(n, generator=gen)
+        sums = torch.zeros(len(feats))
+        for i in range(steps):
+            idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
+            lr = lr_at(epoch + i / steps, tc.lr, tc.warmup_epochs, tc.t0, tc.eta_min)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = [f[idx].to(device).float() for f in feats]
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                losses = model.training_losses(batch, generator=gen)
+            loss = model.fusion.uncertainty_loss(losses.float())
+            if not torch.isfinite(loss):
+                raise RuntimeError(
+                    f"non-finite training loss at epoch {epoch} step {i} (per-scale {losses.tolist()}): "
+                    "this is a bug (the spectral path runs in FP32); please report it with the run config"
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sums += losses.detach().float().cpu()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+        record = {
+            "epoch": epoch + 1,
+            "loss_per_scale": [round(float(v), 6) for v in sums / steps],
+            "scale_weights": [round(float(v), 6) for v in model.fusion.scale_weights().detach().cpu()],
+        }
+        history.append(record)
+        _logger.info("epoch %d: %s", epoch + 1, record)
+    bar.close()
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def _build_banks(model: MASF, feats: list[torch.Tensor], cfg: Config, device: torch.device, progress: bool) -> list[int]:
+    from trainer.models.masf.samb import GreedyCoresetSampler, RandomSampler
+
+    sizes = []
+    for level, (f, emb, bank) in enumerate(zip(feats, model.embedders, model.banks, strict=True)):
+        protos = torch.cat([emb(f[i : i + 32].to(device).float()).reshape(-1, f.shape[1]).cpu()
+                            for i in range(0, f.shape[0], 32)])
+        size = min(cfg.bank.max_size, max(1, int(round(cfg.bank.coreset_ratio * protos.shape[0]))))
+        sampler: RandomSampler
+        if cfg.bank.sampler == "greedy":
+            sampler = GreedyCoresetSampler(size, seed=cfg.seed + level)
+            idx = sampler.run(protos, progress=progress)
+        else:
+            sampler = RandomSampler(size, seed=cfg.seed + level)
+            idx = sampler.run(protos)
+        bank.fill(protos[idx])
+        sizes.append(len(bank))
+    return sizes
+
+
+@torch.no_grad()
+def _cue_statistics(model: MASF, calib: np.ndarray, device: torch.device, batch_size: int) -> None:
+    """Mean/std of each scale's raw cues over the calibration images -> UGHF buffers."""
+    acc: dict[str, list[list[torch.Tensor]]] = {"cos": [], "bank": []}
+    for start in range(0, calib.shape[0], batch_size):
+        x = torch.from_numpy(calib[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float()
+        cos, bank = model.raw_cues(model.collect(x))
+        for key, maps in (("cos", cos), ("bank", bank)):
+            if maps is not None:
+                acc[key].append([m.flatten().cpu() for m in maps])
+
+    def stats(chunks: list[list[torch.Tensor]]) -> list[tuple[float, float]] | None:
+        if not chunks:
+            return None
+        per_scale = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
+        return [(float(v.mean()), float(v.std())) for v in per_scale]
+
+    model.fusion.set_statistics(stats(acc["cos"]), stats(acc["bank"]))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool = True) -> RunInfo:
+    """Train, calibrate and save a MASF run. Returns the saved :class:`RunInfo`."""
+    t_start = time.perf_counter()
+    root, out = Path(data_root), Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2**32))
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+
+    split = split_train_calib(scan_train(root), root, cfg.data.calib_fraction, cfg.data.min_calib, seed=cfg.seed)
+    train_images = _load_images(split.train, progress, "read train")
+    calib_images = _load_images(split.calib, progress, "read calib")
+    spec = resolve_preprocess(cfg, train_images + calib_images)
+    train_batch, _ = preprocess_batch(train_images, spec)
+    calib_batch, calib_geoms = preprocess_batch(calib_images, spec)
+    del train_images
+    _logger.info("input %dx%d (%s, %s), %d train / %d calib images", spec.height, spec.width, spec.resize,
+                 spec.color, len(split.train), len(split.calib))
+
+    model = create_masf(cfg, spec.size).to(device).eval()
+    t0 = time.perf_counter()
+    feats = _teacher_features(model, train_batch, device, 16, progress)
+    t_features = time.perf_counter() - t0
+
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    if model.use_student:
+        history = _train_student(model, feats, cfg, device, progress)
+    t_student = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    bank_sizes = _build_banks(model, feats, cfg, device, progress) if model.use_bank else []
+    t_bank = time.perf_counter() - t0
+    del feats
+
+    t0 = time.perf_counter()
+    _cue_statistics(model, calib_batch, device, cfg.train.batch_size)
+    deployed, tta_applied = apply_tta(model, cfg.tta.enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
+    scores, pixels = [], []
+    for start in range(0, len(calib_images), cfg.train.batch_size):
+        preds = predict_arrays(deployed, calib_images[start : start + cfg.train.batch_size], spec, device)
+        for p in preds:
+            scores.append(p.score)
+            pixels.append(p.anomaly_map[p.geometry.valid_mask()])
+    calibration = calibrate(np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr)
+    t_calib = time.perf_counter() - t0
+    del calib_batch, calib_geoms
+
+    meta: dict[str, Any] = {
+        "producer": f"masf-train {trainer.__version__}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_family": "masf",
+        "backbone": {
+            "name": model.teacher.cfg.name,
+            "mean": list(model.teacher.cfg.mean),
+            "std": list(model.teacher.cfg.std),
+            "channels": list(model.teacher.cfg.channels),
+            "strides": list(model.teacher.cfg.strides),
+            "input": "RGB, 0..255, normalised inside the model",
+        },
+        "data": {
+            "root": str(root.resolve()),
+            "train_fingerprint": data_fingerprint(split.train + split.calib, root),
+            "split": split.to_dict(root),
+        },
+        "tta_applied": tta_applied,
+        "bank_sizes": bank_sizes,
+        "scale_weights": [float(v) for v in model.fusion.scale_weights().detach().cpu()],
+        "train_log": history,
+        "timing_s": {
+            "teacher_features": round(t_features, 2),
+            "student": round(t_student, 2),
+            "bank": round(t_bank, 2),
+            "calibration": round(t_calib, 2),
+            "total": round(time.perf_counter() - t_start, 2),
+        },
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+        },
+    }
+    info = RunInfo(cfg, spec, calibration, meta)
+    save_run(out, model, info)
+    _logger.info("saved run to %s (threshold %.4f, rule %s)", out, calibration.threshold, calibration.rule)
+    return info
+
