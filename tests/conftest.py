@@ -35,8 +35,15 @@ def tiny_config(**sections: dict[str, Any]) -> Config:
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated MVTec-layout parts: 20 train, 6 good + 3x4 defective test images, 96x96 RGB."""
-    return make_dataset(tmp_path_factory.mktemp("synth"), n_train=20, n_test_good=6, n_test_defect=4,
-                        height=96, width=96, seed=1)
+    return make_dataset(
+        tmp_path_factory.mktemp("synth"),
+        n_train=20,
+        n_test_good=6,
+        n_test_defect=4,
+        height=96,
+        width=96,
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ def test_frequency_mask_drops_exact_number_of_bins() -> None:
 
 
 @pytest.mark.parametrize("fn", [spatial_mask, frequency_mask])
-def test_masks_differ_across_samples_and_are_reproducible(fn) -> None:  # noqa: ANN001
+def test_masks_differ_across_samples_and_are_reproducible(fn) -> None:
     a = fn((4, 16, 16), 0.3, generator=_gen(7))
     b = fn((4, 16, 16), 0.3, generator=_gen(7))
     c = fn((4, 16, 16), 0.3, generator=_gen(8))
@@ -96,7 +96,7 @@ def test_frequency_view_zeroes_masked_rfft_bins() -> None:
 # ---------------------------------------------------------------- student
 
 
-def _student(**kw) -> AMFDStudent:  # noqa: ANN003
+def _student(**kw) -> AMFDStudent:
     torch.manual_seed(0)
     args = {"in_dim": 16, "out_channels": 24, "heads": 4, "kv_pool": 2, "blocks": 1}
     args.update(kw)

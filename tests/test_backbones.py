@@ -148,7 +148,7 @@ def test_teacher_is_frozen(lite0_teacher: Teacher) -> None:
 
 
 def test_create_teacher_bad_name() -> None:
-    with pytest.raises(ConfigError, match="backbone.name"):
+    with pytest.raises(ConfigError, match=r"backbone\.name"):
         create_teacher("resnet_does_not_exist", pretrained=False)
 
 
@@ -164,7 +164,9 @@ def test_create_teacher_local_safetensors_roundtrip(lite0_teacher: Teacher, tmp_
         assert torch.equal(a, b), k
 
 
-def test_create_teacher_local_pth_in_original_naming(lite0_raw: dict[str, torch.Tensor], tmp_path: Path) -> None:
+def test_create_teacher_local_pth_in_original_naming(
+    lite0_raw: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     path = tmp_path / "lite0.pth"
     torch.save({"state_dict": lite0_raw}, path)
     loaded = create_teacher("tf_efficientnet_lite0", pretrained=False, weights=path)
@@ -191,7 +193,7 @@ def test_create_teacher_mismatched_weights_raise(lite0_raw: dict[str, torch.Tens
     bad_shape = tmp_path / "shape.safetensors"
     sd = {k: v.contiguous() for k, v in sd.items()}
     save_file({**sd, "conv_stem.weight": torch.zeros(32, 3, 5, 5)}, str(bad_shape))
-    with pytest.raises(ConfigError, match="conv_stem.weight has shape"):
+    with pytest.raises(ConfigError, match=r"conv_stem\.weight has shape"):
         create_teacher("tf_efficientnet_lite0", weights=bad_shape)
     # not a weight file / absent
     junk = tmp_path / "junk.pth"

@@ -65,7 +65,7 @@ def test_patch_embedder_deterministic_for_a_seed() -> None:
 
 @pytest.mark.parametrize("aggregate", [0, 2, -1])
 def test_patch_embedder_rejects_even_aggregate(aggregate: int) -> None:
-    with pytest.raises(ValueError, match="bank.aggregate"):
+    with pytest.raises(ValueError, match=r"bank\.aggregate"):
         PatchEmbedder(4, aggregate=aggregate)
 
 
@@ -180,7 +180,7 @@ def test_knn_scorer_empty_bank_raises() -> None:
     scorer = KNNScorer(k=1)
     with pytest.raises(ValueError, match="memory bank is empty"):
         scorer(torch.randn(1, 2, 2, 4), MemoryBank(4).bank)
-    with pytest.raises(ValueError, match="bank.k"):
+    with pytest.raises(ValueError, match=r"bank\.k"):
         KNNScorer(k=0)
 
 

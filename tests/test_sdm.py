@@ -57,9 +57,9 @@ def test_low_band_of_constant_map_is_the_map() -> None:
 
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 1.01, 2.0])
 def test_invalid_ratio_raises(ratio: float) -> None:
-    with pytest.raises(ValueError, match="sdm.ratio"):
+    with pytest.raises(ValueError, match=r"sdm\.ratio"):
         BandSplit(8, 8, ratio)
-    with pytest.raises(ValueError, match="sdm.ratio"):
+    with pytest.raises(ValueError, match=r"sdm\.ratio"):
         SDM(4, 8, 8, 8, ratio=ratio)
 
 

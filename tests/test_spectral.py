@@ -125,7 +125,7 @@ def test_naive_fp16_spectrum_overflows() -> None:
     # with the orthonormal FFT the magnitude fits, but its square (used by the MSE) does not
     ortho = torch.fft.fft2(x, norm="ortho").abs()
     assert ortho.max() < FP16_MAX
-    assert torch.isinf((ortho.half() ** 2)).any()
+    assert torch.isinf(ortho.half() ** 2).any()
 
 
 def test_amplitude_mse_fp16_input_finite_and_matches_fp32() -> None:

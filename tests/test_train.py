@@ -36,7 +36,12 @@ def test_fit_writes_a_complete_run(trained_run: Path) -> None:
 
 
 def test_training_reduces_the_distillation_loss(synth_data: Path, tmp_path: Path) -> None:
-    info = fit(tiny_config(train={"epochs": 4, "lr": 2e-3}, bank={"enabled": False}), synth_data, tmp_path, progress=False)
+    info = fit(
+        tiny_config(train={"epochs": 4, "lr": 2e-3}, bank={"enabled": False}),
+        synth_data,
+        tmp_path,
+        progress=False,
+    )
     log = info.meta["train_log"]
     assert sum(log[-1]["loss_per_scale"]) < 0.8 * sum(log[0]["loss_per_scale"])
 
@@ -45,7 +50,9 @@ def test_reloaded_run_scores_like_the_calibration(trained_run: Path, synth_data:
     from trainer.models.masf import apply_tta
 
     model, info = load_run(trained_run)
-    deployed, applied = apply_tta(model, True, info.config.tta.views, info.config.tta.sigma, info.config.tta.seed)
+    deployed, applied = apply_tta(
+        model, True, info.config.tta.views, info.config.tta.sigma, info.config.tta.seed
+    )
     assert applied
     import cv2
 
@@ -69,8 +76,9 @@ def test_fit_is_deterministic(synth_data: Path, tmp_path: Path) -> None:
 
 
 def test_grayscale_and_long_thin_parts_keep_their_aspect(tmp_path: Path) -> None:
-    root = make_dataset(tmp_path / "thin", n_train=9, n_test_good=1, n_test_defect=1, height=48, width=384,
-                        gray=True, seed=3)
+    root = make_dataset(
+        tmp_path / "thin", n_train=9, n_test_good=1, n_test_defect=1, height=48, width=384, gray=True, seed=3
+    )
     cfg = tiny_config(data={"input_size": "auto", "base_size": 64}, train={"epochs": 1})
     info = fit(cfg, root, tmp_path / "run", progress=False)
     h, w = info.input_size
@@ -90,7 +98,7 @@ def test_lr_schedule_warmup_then_cosine() -> None:
 
 def test_too_few_training_images_is_a_clear_error(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "few", n_train=4, n_test_good=0, n_test_defect=0)
-    with pytest.raises(DataError, match="training images .* need at least 7"):
+    with pytest.raises(DataError, match=r"training images .* need at least 7"):
         fit(tiny_config(), root, tmp_path / "run", progress=False)
 
 

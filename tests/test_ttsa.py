@@ -45,7 +45,9 @@ def test_view_mean_and_energy_kept() -> None:
     views = PhasePerturbation(16, 12, views=3, sigma=0.2, seed=0)(x).view(3, *x.shape)
     for v in views:
         torch.testing.assert_close(v.mean(dim=(-2, -1)), x.mean(dim=(-2, -1)), atol=1e-5, rtol=0)
-        torch.testing.assert_close(v.square().sum(dim=(-2, -1)), x.square().sum(dim=(-2, -1)), rtol=1e-4, atol=0)
+        torch.testing.assert_close(
+            v.square().sum(dim=(-2, -1)), x.square().sum(dim=(-2, -1)), rtol=1e-4, atol=0
+        )
 
 
 def test_views_are_deterministic_for_a_seed() -> None:
@@ -83,7 +85,7 @@ def test_zero_sigma_gives_the_input_back() -> None:
 
 
 def test_invalid_views_raises() -> None:
-    with pytest.raises(ValueError, match="tta.views"):
+    with pytest.raises(ValueError, match=r"tta\.views"):
         PhasePerturbation(8, 8, views=0)
 
 

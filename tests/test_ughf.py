@@ -138,7 +138,7 @@ def test_max_vs_topk_mean_scores() -> None:
     topk = MapPostprocess(sigma=0, reduce="topk_mean", topk_fraction=0.1)  # k = 10
     torch.testing.assert_close(peak.score(m), torch.tensor([10.0, 4.0]))
     torch.testing.assert_close(topk.score(m), torch.tensor([1.0, 4.0]))
-    with pytest.raises(ValueError, match="score.reduce"):
+    with pytest.raises(ValueError, match=r"score\.reduce"):
         MapPostprocess(reduce="mean")
 
 

@@ -136,9 +136,13 @@ def fit_threshold(scores: np.ndarray, target_frr: float = 0.01) -> tuple[float, 
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     n = s.size
     if n < 2:
-        raise DataError(f"cannot calibrate a threshold from {n} image(s): add defect-free images to train/good")
+        raise DataError(
+            f"cannot calibrate a threshold from {n} image(s): add defect-free images to train/good"
+        )
     if not np.all(np.isfinite(s)):
-        raise DataError(f"{int((~np.isfinite(s)).sum())} calibration score(s) are not finite: check the images")
+        raise DataError(
+            f"{int((~np.isfinite(s)).sum())} calibration score(s) are not finite: check the images"
+        )
     if not 0.0 < target_frr < 1.0:
         raise ValueError(f"target_frr must be in (0, 1), got {target_frr}")
     k = math.ceil((n + 1) * (1.0 - target_frr))

@@ -42,8 +42,13 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", required=True, help="training config (configs/train/*.yaml)")
     fit.add_argument("--data", required=True, help="data folder in MVTec layout (train/good/...)")
     fit.add_argument("--out", required=True, help="run directory to write")
-    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field, e.g. --set train.epochs=5 (repeatable)")
+    fit.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=5 (repeatable)",
+    )
 
     ev = sub.add_parser("evaluate", help="metrics on DATA/test at the calibrated threshold")
     ev.add_argument("--run", required=True, help="run directory from 'fit'")
@@ -64,25 +69,40 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, _parse_set(args.set))
         info = fit(cfg, args.data, args.out, progress=progress)
         c = info.calibration
-        print(f"run saved to {args.out}: input {info.input_size[0]}x{info.input_size[1]} ({info.preprocess.color}), "
-              f"threshold {c.threshold:.4f} ({c.rule}, target FRR {c.target_frr:g}, {c.n_images} calibration images)")
+        print(
+            f"run saved to {args.out}: input {info.input_size[0]}x{info.input_size[1]} "
+            f"({info.preprocess.color}), threshold {c.threshold:.4f} ({c.rule}, target FRR "
+            f"{c.target_frr:g}, {c.n_images} calibration images)"
+        )
         return 0
     if args.command == "evaluate":
         from trainer.evaluate.runner import evaluate_run
 
-        res = evaluate_run(args.run, args.data, args.json, args.report, args.device,
-                           tta=False if args.no_tta else None, progress=progress)
-        print(f"image AUROC {res['image_auroc']:.4f}  pixel AUROC {res['pixel_auroc']:.4f}  "
-              f"AUPRO {res['aupro']:.4f}  FRR {res['false_reject_rate']:.3f}  escapes {res['escape_rate']:.3f}  "
-              f"-> {args.json}")
+        res = evaluate_run(
+            args.run,
+            args.data,
+            args.json,
+            args.report,
+            args.device,
+            tta=False if args.no_tta else None,
+            progress=progress,
+        )
+        print(
+            f"image AUROC {res['image_auroc']:.4f}  pixel AUROC {res['pixel_auroc']:.4f}  "
+            f"AUPRO {res['aupro']:.4f}  FRR {res['false_reject_rate']:.3f}  "
+            f"escapes {res['escape_rate']:.3f}  "
+            f"-> {args.json}"
+        )
         return 0
     raise AssertionError(args.command)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return _run(args)
     except UserError as err:

@@ -21,7 +21,7 @@ import yaml
 
 from trainer.errors import ConfigError
 
-__all__ = ["Config", "load_config", "config_from_dict", "config_to_dict"]
+__all__ = ["Config", "config_from_dict", "config_to_dict", "load_config"]
 
 Check = Callable[[Any], bool]
 
@@ -60,9 +60,13 @@ class BackboneSection:
 @dataclass(frozen=True)
 class DataSection:
     # [H, W] (multiples of 32) or "auto": area base_size^2, aspect ratio of the training images.
-    input_size: str | list[int] = _f("auto", lambda x: x == "auto" or (
-        len(x) == 2 and all(isinstance(v, int) and v > 0 and v % 32 == 0 for v in x)), "'auto' or [H, W] "
-        "with positive multiples of 32")
+    input_size: str | list[int] = _f(
+        "auto",
+        lambda x: (
+            x == "auto" or (len(x) == 2 and all(isinstance(v, int) and v > 0 and v % 32 == 0 for v in x))
+        ),
+        "'auto' or [H, W] with positive multiples of 32",
+    )
     base_size: int = _f(256, lambda x: x > 0 and x % 32 == 0, "a positive multiple of 32")
     resize: str = _f("letterbox", *_oneof("letterbox", "stretch"))
     color: str = _f("auto", *_oneof("auto", "rgb", "gray"))
@@ -80,7 +84,9 @@ class SDMSection:
 class StudentSection:
     enabled: bool = _f(True)
     # "auto": per scale, the teacher's channels rounded up to a multiple of 16, clamped to [32, 256].
-    width: int | str = _f("auto", lambda x: x == "auto" or (isinstance(x, int) and x > 0), "'auto' or a positive int")
+    width: int | str = _f(
+        "auto", lambda x: x == "auto" or (isinstance(x, int) and x > 0), "'auto' or a positive int"
+    )
     heads: int = _f(4, _pos, "a positive int")
     blocks: int = _f(2, _nonneg, "a non-negative int")
     attention: bool = _f(True)
@@ -144,7 +150,9 @@ class TrainSection:
     t0: float = _f(15, _pos, "positive")
     eta_min: float = _f(1e-6, _nonneg, "non-negative")
     amp: str = _f("auto", *_oneof("auto", "off", "fp16", "bf16"))
-    device: str = _f("auto", lambda x: x in ("auto", "cpu") or x.startswith("cuda"), "'auto', 'cpu' or 'cuda[:N]'")
+    device: str = _f(
+        "auto", lambda x: x in ("auto", "cpu") or x.startswith("cuda"), "'auto', 'cpu' or 'cuda[:N]'"
+    )
     num_threads: int = _f(0, _nonneg, "a non-negative int (0: torch default)")
 
 
@@ -254,7 +262,8 @@ def config_from_dict(data: Any, source: str = "config") -> Config:
     cfg: Config = _build(Config, data, "", source)
     if cfg.student.enabled and isinstance(cfg.student.width, int) and cfg.student.width % cfg.student.heads:
         raise ConfigError(
-            f"{source}: student.width ({cfg.student.width}) must be divisible by student.heads ({cfg.student.heads})"
+            f"{source}: student.width ({cfg.student.width}) must be divisible by "
+            f"student.heads ({cfg.student.heads})"
         )
     if not cfg.student.enabled and not cfg.bank.enabled:
         raise ConfigError(f"{source}: student.enabled and bank.enabled are both false: enable at least one")

@@ -25,7 +25,9 @@ class Prediction:
     geometry: Geometry
 
 
-def to_tensor(batch: np.ndarray, geometries: Sequence[Geometry], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def to_tensor(
+    batch: np.ndarray, geometries: Sequence[Geometry], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``[N, H, W, 3]`` -> float ``[N, 3, H, W]`` (0..255) and the valid mask ``[N, 1, H, W]``."""
     x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
     valid = torch.from_numpy(np.stack([g.valid_mask() for g in geometries])[:, None]).to(device)
@@ -64,7 +66,6 @@ def predict_files(
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         images = [read_image(p) for p in chunk]
-        for path, image, pred in zip(chunk, images, predict_arrays(model, images, spec, device), strict=True):
-            yield path, image, pred
+        yield from zip(chunk, images, predict_arrays(model, images, spec, device), strict=True)
         bar.update(len(chunk))
     bar.close()

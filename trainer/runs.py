@@ -20,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -29,6 +29,9 @@ from engines.preprocess import PreprocessSpec
 from trainer.calibrate import Calibration
 from trainer.config import Config, config_from_dict, config_to_dict
 from trainer.errors import ConfigError, RunError
+
+if TYPE_CHECKING:
+    from trainer.models.masf import MASF
 
 __all__ = ["SCHEMA_VERSION", "RunInfo", "load_run", "save_run"]
 
@@ -77,16 +80,22 @@ def save_run(out_dir: Path, model: torch.nn.Module, info: RunInfo) -> None:
         "calibration": info.calibration.to_dict(),
     }
     _atomic_write(out_dir / RUN_FILE, (json.dumps(doc, indent=2) + "\n").encode())
-    _atomic_write(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(info.config), sort_keys=False).encode())
+    _atomic_write(
+        out_dir / "config.yaml", yaml.safe_dump(config_to_dict(info.config), sort_keys=False).encode()
+    )
 
 
 def read_run_info(run_dir: Path) -> RunInfo:
     """Parse and check ``run.json`` of ``run_dir``."""
     path = run_dir / RUN_FILE
     if not run_dir.is_dir():
-        raise RunError(f"run directory not found: {run_dir} (train one with: masf-train fit ... --out {run_dir})")
+        raise RunError(
+            f"run directory not found: {run_dir} (train one with: masf-train fit ... --out {run_dir})"
+        )
     if not path.is_file():
-        raise RunError(f"{path} is missing: {run_dir} is not a complete run directory (re-run masf-train fit)")
+        raise RunError(
+            f"{path} is missing: {run_dir} is not a complete run directory (re-run masf-train fit)"
+        )
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -107,7 +116,7 @@ def read_run_info(run_dir: Path) -> RunInfo:
     return RunInfo(cfg, spec, calib, meta)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, RunInfo]:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MASF, RunInfo]:
     """Rebuild the trained model of ``run_dir`` (eval mode) and its :class:`RunInfo`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -125,7 +134,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[t
         raise RunError(f"{weights} is corrupt or truncated ({err}): re-run masf-train fit") from None
     model = create_masf(info.config, info.input_size, pretrained=False)
     # Banks are empty buffers until filled: size them from the checkpoint before the strict load.
-    for i, bank in enumerate(getattr(model, "banks", [])):
+    for i, bank in enumerate(model.bank_list() if model.use_bank else []):
         key = f"banks.{i}.bank"
         if key in state:
             bank.bank = torch.empty_like(state[key])
@@ -135,7 +144,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[t
     if missing or unexpected or bad_shape:
         raise RunError(
             f"{weights} does not match its run.json ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(bad_shape)} mis-shaped tensors, e.g. {(missing + unexpected + bad_shape)[:2]}): re-run masf-train fit"
+            f"{len(bad_shape)} mis-shaped tensors, e.g. {(missing + unexpected + bad_shape)[:2]}): "
+            "re-run masf-train fit"
         )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), info

@@ -159,14 +159,20 @@ def _train_student(
 
 
 @torch.no_grad()
-def _build_banks(model: MASF, feats: list[torch.Tensor], cfg: Config, device: torch.device, progress: bool) -> list[int]:
+def _build_banks(
+    model: MASF, feats: list[torch.Tensor], cfg: Config, device: torch.device, progress: bool
+) -> list[int]:
     from trainer.models.masf.samb import GreedyCoresetSampler, RandomSampler
 
     sizes = []
-    for level, (f, emb, bank) in enumerate(zip(feats, model.embedders, model.banks, strict=True)):
-        protos = torch.cat([emb(f[i : i + 32].to(device).float()).reshape(-1, f.shape[1]).cpu()
-                            for i in range(0, f.shape[0], 32)])
-        size = min(cfg.bank.max_size, max(1, int(round(cfg.bank.coreset_ratio * protos.shape[0]))))
+    for level, (f, emb, bank) in enumerate(zip(feats, model.embedders, model.bank_list(), strict=True)):
+        protos = torch.cat(
+            [
+                emb(f[i : i + 32].to(device).float()).reshape(-1, f.shape[1]).cpu()
+                for i in range(0, f.shape[0], 32)
+            ]
+        )
+        size = min(cfg.bank.max_size, max(1, round(cfg.bank.coreset_ratio * protos.shape[0])))
         sampler: RandomSampler
         if cfg.bank.sampler == "greedy":
             sampler = GreedyCoresetSampler(size, seed=cfg.seed + level)
@@ -213,15 +219,24 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
 
-    split = split_train_calib(scan_train(root), root, cfg.data.calib_fraction, cfg.data.min_calib, seed=cfg.seed)
+    split = split_train_calib(
+        scan_train(root), root, cfg.data.calib_fraction, cfg.data.min_calib, seed=cfg.seed
+    )
     train_images = _load_images(split.train, progress, "read train")
     calib_images = _load_images(split.calib, progress, "read calib")
     spec = resolve_preprocess(cfg, train_images + calib_images)
     train_batch, _ = preprocess_batch(train_images, spec)
     calib_batch, calib_geoms = preprocess_batch(calib_images, spec)
     del train_images
-    _logger.info("input %dx%d (%s, %s), %d train / %d calib images", spec.height, spec.width, spec.resize,
-                 spec.color, len(split.train), len(split.calib))
+    _logger.info(
+        "input %dx%d (%s, %s), %d train / %d calib images",
+        spec.height,
+        spec.width,
+        spec.resize,
+        spec.color,
+        len(split.train),
+        len(split.calib),
+    )
 
     model = create_masf(cfg, spec.size).to(device).eval()
     t0 = time.perf_counter()
@@ -291,4 +306,3 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     save_run(out, model, info)
     _logger.info("saved run to %s (threshold %.4f, rule %s)", out, calibration.threshold, calibration.rule)
     return info
-

@@ -18,7 +18,9 @@ __all__ = ["DEFECT_TYPES", "make_dataset", "render_part"]
 DEFECT_TYPES = ("scratch", "spot", "crack")
 
 
-def render_part(rng: np.random.Generator, height: int = 128, width: int = 128, gray: bool = False) -> np.ndarray:
+def render_part(
+    rng: np.random.Generator, height: int = 128, width: int = 128, gray: bool = False
+) -> np.ndarray:
     """One defect-free part: uint8 ``[H, W, 3]`` RGB (or ``[H, W]`` when ``gray``)."""
     noise = rng.normal(0.0, 1.0, (height, width)).astype(np.float32)
     k = max(3, (width // 8) | 1)
@@ -49,7 +51,11 @@ def _defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.nd
     canvas = img.copy()
     color: tuple[int, ...]
     if kind == "scratch":
-        pts = np.cumsum(rng.normal(0, max(h, w) * 0.08, (5, 2)), axis=0) + [w * rng.uniform(0.2, 0.8), h * 0.2]
+        pts = [
+            *np.cumsum(rng.normal(0, max(h, w) * 0.08, (5, 2)), axis=0),
+            w * rng.uniform(0.2, 0.8),
+            h * 0.2,
+        ]
         pts = np.clip(pts, 0, [w - 1, h - 1]).astype(np.int32)
         shade = int(rng.choice([30, 240]))
         color = (shade,) * (3 if img.ndim == 3 else 1)

@@ -13,18 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from trainer.data import read_mask, scan_test
 from trainer.errors import DataError
 from trainer.evaluate.metrics import image_metrics, pixel_metrics
 from trainer.evaluate.report import ReportExample, write_report
 from trainer.inference import predict_files
-from trainer.models.masf import apply_tta
+from trainer.models.masf import MASF, apply_tta
 from trainer.runs import load_run
 from trainer.train import resolve_device
 
-__all__ = ["evaluate_run", "evaluate_model"]
+__all__ = ["evaluate_model", "evaluate_run"]
 
 
 def _pick_examples(labels: np.ndarray, scores: np.ndarray, types: list[str], per_kind: int = 2) -> list[int]:
@@ -40,7 +39,7 @@ def _pick_examples(labels: np.ndarray, scores: np.ndarray, types: list[str], per
 
 
 def evaluate_model(
-    model: torch.nn.Module,
+    model: MASF,
     info: Any,
     data_root: str | Path,
     tta: bool | None = None,
@@ -64,13 +63,17 @@ def evaluate_model(
     scores, labels, types, maps, masks = [], [], [], [], []
     keep: dict[int, np.ndarray] = {}
     by_path = {s.path: s for s in samples}
-    results = predict_files(deployed, [s.path for s in samples], info.preprocess, device, batch_size, progress,
-                            "evaluate")
+    results = predict_files(
+        deployed, [s.path for s in samples], info.preprocess, device, batch_size, progress, "evaluate"
+    )
     for i, (path, image, pred) in enumerate(results):
         sample = by_path[path]
         amap = pred.geometry.to_original(pred.anomaly_map)
-        mask = (read_mask(sample.mask_path, image.shape[:2]) if sample.mask_path is not None
-                else np.zeros(image.shape[:2], dtype=bool))
+        mask = (
+            read_mask(sample.mask_path, image.shape[:2])
+            if sample.mask_path is not None
+            else np.zeros(image.shape[:2], dtype=bool)
+        )
         scores.append(pred.score)
         labels.append(sample.label)
         types.append(sample.defect_type)

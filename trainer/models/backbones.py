@@ -56,7 +56,13 @@ BACKBONES: dict[str, BackboneCfg] = {
 
 # efficientnet_pytorch flat block index -> (stage, index in stage), stage depths [1, 2, 2, 3, 3, 4, 1].
 _LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 _LITE0_BLOCK0 = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _LITE0_BLOCK = {
     "_expand_conv": "conv_pw",
@@ -72,7 +78,9 @@ def _lite0_block_positions() -> list[tuple[int, int]]:
     return [(stage, i) for stage, depth in enumerate(_LITE0_DEPTHS) for i in range(depth)]
 
 
-def lite0_filter_fn(state_dict: dict[str, torch.Tensor], features_only: bool = True) -> dict[str, torch.Tensor]:
+def lite0_filter_fn(
+    state_dict: dict[str, torch.Tensor], features_only: bool = True
+) -> dict[str, torch.Tensor]:
     """Remap an ``efficientnet_pytorch`` lite0 state dict onto timm ``tf_efficientnet_lite0`` names.
 
     Args:
@@ -127,8 +135,10 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ConfigError(f"backbone.weights: cannot load {path} ({type(err).__name__}): expected safetensors "
-                          "or a plain torch state dict") from err
+        raise ConfigError(
+            f"backbone.weights: cannot load {path} ({type(err).__name__}): expected safetensors "
+            "or a plain torch state dict"
+        ) from err
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -153,8 +163,10 @@ def _strict_load(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         )
     for key, value in state_dict.items():
         if own[key].shape != value.shape:
-            raise ConfigError(f"backbone weights from {source}: {key} has shape {tuple(value.shape)}, "
-                              f"model expects {tuple(own[key].shape)}")
+            raise ConfigError(
+                f"backbone weights from {source}: {key} has shape {tuple(value.shape)}, "
+                f"model expects {tuple(own[key].shape)}"
+            )
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -165,6 +177,9 @@ class Teacher(nn.Module):
         backbone: timm ``features_only`` model.
         cfg: normalisation, channels and strides of ``backbone``.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, backbone: nn.Module, cfg: BackboneCfg) -> None:
         super().__init__()
@@ -222,7 +237,9 @@ def create_teacher(name: str, pretrained: bool = True, weights: str | Path | Non
         _strict_load(model, _drop_truncated_modules(model, sd), str(path))
     elif pretrained and name == "tf_efficientnet_lite0":
         path = lite0_weights_path()
-        _strict_load(model, lite0_filter_fn(torch.load(path, map_location="cpu", weights_only=True)), str(path))
+        _strict_load(
+            model, lite0_filter_fn(torch.load(path, map_location="cpu", weights_only=True)), str(path)
+        )
     elif not pretrained:
         _logger.warning("backbone %s uses random weights (pretrained: false): only for tests", name)
     return Teacher(model, cfg)

@@ -41,7 +41,7 @@ def spatial_mask(
     n, h, w = shape
     gh, gw = -(-h // patch), -(-w // patch)
     n_blocks = gh * gw
-    n_drop = int(round(ratio * n_blocks))
+    n_drop = round(ratio * n_blocks)
     scores = torch.rand(n, n_blocks, generator=generator)
     drop = scores.argsort(dim=1)[:, :n_drop]
     keep = torch.ones(n, n_blocks)
@@ -53,11 +53,11 @@ def spatial_mask(
 def frequency_mask(
     shape: tuple[int, int, int], ratio: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Random keep-mask over ``rfft2`` bins: ``[N, 1, h, w // 2 + 1]``, ``ratio`` of bins zeroed per sample."""
+    """Random keep-mask over ``rfft2`` bins: ``[N, 1, h, w // 2 + 1]``, ``ratio`` of bins zeroed."""
     n, h, w = shape
     wf = w // 2 + 1
     n_bins = h * wf
-    n_drop = int(round(ratio * n_bins))
+    n_drop = round(ratio * n_bins)
     drop = torch.rand(n, n_bins, generator=generator).argsort(dim=1)[:, :n_drop]
     keep = torch.ones(n, n_bins)
     keep.scatter_(1, drop, 0.0)

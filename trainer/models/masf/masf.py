@@ -22,7 +22,7 @@ from trainer.models.backbones import Teacher
 from trainer.models.masf.amfd import AMFDStudent, cosine_distance, distill_loss
 from trainer.models.masf.samb import KNNScorer, MemoryBank, PatchEmbedder
 from trainer.models.masf.sdm import SDM
-from trainer.models.masf.ughf import MapPostprocess, MASFOutput, UGHF
+from trainer.models.masf.ughf import UGHF, MapPostprocess, MASFOutput
 
 __all__ = ["MASF"]
 
@@ -43,6 +43,11 @@ class MASF(nn.Module):
         cfg: validated configuration (architecture sections are read; training sections ignored).
         input_size: ``(H, W)``, multiples of the largest teacher stride.
     """
+
+    sdms: nn.ModuleList
+    students: nn.ModuleList
+    embedders: nn.ModuleList
+    banks: nn.ModuleList
 
     def __init__(self, teacher: Teacher, cfg: Config, input_size: tuple[int, int]) -> None:
         super().__init__()
@@ -90,10 +95,13 @@ class MASF(nn.Module):
         """Unmasked student predictions ``S_l`` for teacher features ``T_l``."""
         return [stu(sdm(t)) for t, sdm, stu in zip(feats, self.sdms, self.students, strict=True)]
 
-    def training_losses(self, feats: list[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+    def training_losses(
+        self, feats: list[torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Per-scale distillation losses ``[L]`` on masked views (training mode)."""
         losses = []
         for t, sdm, stu in zip(feats, self.sdms, self.students, strict=True):
+            assert isinstance(stu, AMFDStudent)
             f_spec = sdm(t)
             spatial, freq = stu.masked_views(
                 f_spec, self.masking.spatial_ratio, self.masking.freq_ratio, generator=generator
@@ -115,9 +123,15 @@ class MASF(nn.Module):
 
     def bank_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """kNN distance to the memory bank per scale, ``[N, h_l, w_l]``."""
-        return [self.scorer(q, bank.bank) for q, bank in zip(self.embed(feats), self.banks, strict=True)]
+        return [self.scorer(q, b.bank) for q, b in zip(self.embed(feats), self.bank_list(), strict=True)]
 
-    def raw_cues(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
+    def bank_list(self) -> list[MemoryBank]:
+        """The per-scale memory banks, typed."""
+        return [b for b in self.banks if isinstance(b, MemoryBank)]
+
+    def raw_cues(
+        self, feats: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
         cos = self.cos_maps(feats) if self.use_student else None
         bank = self.bank_maps(feats) if self.use_bank else None
         return cos, bank

@@ -36,6 +36,9 @@ class PatchEmbedder(nn.Module):
         seed: seed of the fixed MLP weights.
     """
 
+    w1: torch.Tensor
+    w2: torch.Tensor
+
     def __init__(
         self, channels: int, aggregate: int = 3, spectral: bool = True, normalize: bool = True, seed: int = 0
     ) -> None:
@@ -65,7 +68,9 @@ class PatchEmbedder(nn.Module):
         """``[N, C, h, w]`` -> prototypes ``[N, h, w, C]`` (float32)."""
         p = feats.float()
         if self.aggregate > 1:
-            p = F.avg_pool2d(p, self.aggregate, stride=1, padding=self.aggregate // 2, count_include_pad=False)
+            p = F.avg_pool2d(
+                p, self.aggregate, stride=1, padding=self.aggregate // 2, count_include_pad=False
+            )
         p = p.permute(0, 2, 3, 1)
         if self.spectral:
             p = p + self._spectral(p)
@@ -131,6 +136,8 @@ class GreedyCoresetSampler(RandomSampler):
 
 class MemoryBank(nn.Module):
     """Prototype store for one scale: ``bank [M, C]`` buffer (empty until filled)."""
+
+    bank: torch.Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()

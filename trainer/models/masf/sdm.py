@@ -30,6 +30,9 @@ class BandSplit(nn.Module):
         ratio: kept central fraction of the spectrum per axis, in (0, 1].
     """
 
+    lh: torch.Tensor
+    lw: torch.Tensor
+
     def __init__(self, height: int, width: int, ratio: float) -> None:
         super().__init__()
         if not 0.0 < ratio <= 1.0:
@@ -83,7 +86,9 @@ class SDM(nn.Module):
             fuse_in = 2 * c
         else:
             fuse_in = c
-        self.fuse = nn.Sequential(nn.Conv2d(fuse_in, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.GELU())
+        self.fuse = nn.Sequential(
+            nn.Conv2d(fuse_in, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.GELU()
+        )
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         """``[N, C, h, w]`` teacher features -> ``F_spec [N, D, h, w]``."""

@@ -20,6 +20,7 @@ import logging
 import torch
 from torch import nn
 
+from trainer.models.masf.masf import MASF
 from trainer.models.masf.spectral import fp32, odd_symmetric
 from trainer.models.masf.ughf import MASFOutput
 
@@ -29,6 +30,9 @@ _logger = logging.getLogger(__name__)
 
 
 class PhasePerturbation(nn.Module):
+    cos_eps: torch.Tensor
+    sin_eps: torch.Tensor
+
     """Seeded phase noise for ``[N, C, H, W]`` inputs; ``forward`` returns ``[views * N, C, H, W]``."""
 
     def __init__(self, height: int, width: int, views: int = 5, sigma: float = 0.1, seed: int = 0) -> None:
@@ -36,7 +40,9 @@ class PhasePerturbation(nn.Module):
         if views < 1:
             raise ValueError(f"tta.views must be >= 1, got {views}")
         gen = torch.Generator().manual_seed(seed)
-        eps = torch.stack([odd_symmetric(torch.randn(height, width, generator=gen) * sigma) for _ in range(views)])
+        eps = torch.stack(
+            [odd_symmetric(torch.randn(height, width, generator=gen) * sigma) for _ in range(views)]
+        )
         self.views = views
         self.register_buffer("cos_eps", torch.cos(eps)[:, None, None], persistent=False)  # [V, 1, 1, H, W]
         self.register_buffer("sin_eps", torch.sin(eps)[:, None, None], persistent=False)
@@ -55,7 +61,7 @@ class PhasePerturbation(nn.Module):
 class TTSAWrapper(nn.Module):
     """Averages the fused maps of the phase-perturbed views of each input (see module docstring)."""
 
-    def __init__(self, model: nn.Module, views: int, sigma: float, seed: int) -> None:
+    def __init__(self, model: MASF, views: int, sigma: float, seed: int) -> None:
         super().__init__()
         self.model = model
         h, w = model.input_size
@@ -63,7 +69,7 @@ class TTSAWrapper(nn.Module):
 
     @property
     def input_size(self) -> tuple[int, int]:
-        return self.model.input_size  # type: ignore[no-any-return]
+        return self.model.input_size
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> MASFOutput:
         """``x [N, 3, H, W]`` RGB in [0, 255] -> averaged :class:`MASFOutput`."""
@@ -71,10 +77,13 @@ class TTSAWrapper(nn.Module):
         views = self.perturb(self.model.teacher.normalize(x))
         maps = self.model.fused_map(views)  # [V * N, 1, H, W]
         mean_map = maps.reshape(self.perturb.views, n, *maps.shape[1:]).mean(dim=0)
-        return self.model.post(mean_map, valid)  # type: ignore[no-any-return]
+        out: MASFOutput = self.model.post(mean_map, valid)
+        return out
 
 
-def apply_tta(model: nn.Module, enabled: bool, views: int = 5, sigma: float = 0.1, seed: int = 0) -> tuple[nn.Module, bool]:
+def apply_tta(
+    model: MASF, enabled: bool, views: int = 5, sigma: float = 0.1, seed: int = 0
+) -> tuple[nn.Module, bool]:
     """Wrap ``model`` with TTSA when ``enabled``; returns ``(model, applied)``, base model untouched."""
     if not enabled:
         _logger.info("TTSA not applied: disabled in the config")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MASFOutput", "MapPostprocess", "UGHF"]
+__all__ = ["UGHF", "MASFOutput", "MapPostprocess"]
 
 
 class MASFOutput(NamedTuple):
@@ -33,6 +33,12 @@ class MASFOutput(NamedTuple):
 
 
 class UGHF(nn.Module):
+    cos_mean: torch.Tensor
+    cos_std: torch.Tensor
+    bank_mean: torch.Tensor
+    bank_std: torch.Tensor
+    stats_ready: torch.Tensor
+
     """Normalise, mix and fuse the per-scale maps.
 
     Args:
@@ -42,7 +48,9 @@ class UGHF(nn.Module):
         learned: learn the scale weights from the distillation losses (False: equal weights).
     """
 
-    def __init__(self, n_scales: int, cos_weight: float = 0.6, bank_weight: float = 0.4, learned: bool = True) -> None:
+    def __init__(
+        self, n_scales: int, cos_weight: float = 0.6, bank_weight: float = 0.4, learned: bool = True
+    ) -> None:
         super().__init__()
         self.n_scales = n_scales
         self.cos_weight = cos_weight
@@ -67,7 +75,9 @@ class UGHF(nn.Module):
             return losses.sum()
         return torch.sum(torch.exp(-self.log_var) * losses + self.log_var)
 
-    def set_statistics(self, cos: list[tuple[float, float]] | None, bank: list[tuple[float, float]] | None) -> None:
+    def set_statistics(
+        self, cos: list[tuple[float, float]] | None, bank: list[tuple[float, float]] | None
+    ) -> None:
         """Store ``(mean, std)`` per scale of each cue, measured on good images."""
         for prefix, stats in (("cos", cos), ("bank", bank)):
             if stats is None:
@@ -90,7 +100,8 @@ class UGHF(nn.Module):
         if len(terms) == 1:
             return terms[0][1][:, None]
         total = sum(w for w, _ in terms)
-        return (sum(w * m for w, m in terms) / total)[:, None]  # type: ignore[operator]
+        mixed = terms[0][0] * terms[0][1] + terms[1][0] * terms[1][1]
+        return (mixed / total)[:, None]
 
     def forward(
         self, cos_maps: list[torch.Tensor] | None, bank_maps: list[torch.Tensor] | None, size: tuple[int, int]
@@ -115,6 +126,8 @@ def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
 
 
 class MapPostprocess(nn.Module):
+    kernel: torch.Tensor
+
     """Gaussian smoothing and the image score.
 
     Args:
@@ -152,7 +165,7 @@ class MapPostprocess(nn.Module):
             flat = torch.where(keep, flat, torch.full_like(flat, -1e4))
         if self.reduce == "max":
             return flat.max(dim=1).values
-        k = max(1, int(round(self.topk_fraction * flat.shape[1])))
+        k = max(1, round(self.topk_fraction * flat.shape[1]))
         top, idx = flat.topk(k, dim=1)
         if keep is None:
             return top.mean(dim=1)

@@ -1,0 +1,178 @@
+"""Real-data quality benchmark: full MASF and its ablations on MVTec bottle and magnetic tile.
+
+Every number is measured in this run: each variant is trained (``masf-train fit`` in a subprocess, so
+wall time and peak RSS are the training process's own), then evaluated on the data set's test split at
+its frozen, calibrated threshold. Variants that differ only in test-time settings (TTSA) share a run.
+
+    .venv/bin/python benchmarks/quality.py [--datasets bottle magnetic_tile] [--variants full bank_only ...]
+        [--out benchmarks/results/quality] [--markdown benchmarks/results/quality.md]
+
+Writes one JSON per variant and data set, and a Markdown table (pasted into benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+DATASETS = {
+    "bottle": DATA / "mvtec_ad" / "bottle",
+    "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile",
+}
+CONFIG = REPO / "configs" / "train" / "masf_lite0.yaml"
+
+# name -> (training overrides, evaluate with TTSA?)
+VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
+    "full": ({}, True),
+    "bank_only": ({"student.enabled": False}, True),
+    "distill_only": ({"bank.enabled": False}, True),
+    "no_sdm": ({"sdm.enabled": False}, True),
+    "no_freq_mask": ({"masking.freq_ratio": 0.0}, True),
+    "no_ughf": ({"fusion.learned": False}, True),
+    "no_ttsa": ({}, False),
+}
+LABELS = {
+    "full": "full MASF",
+    "bank_only": "bank only (PatchCore-like)",
+    "distill_only": "distillation only",
+    "no_sdm": "without SDM",
+    "no_freq_mask": "without frequency masking",
+    "no_ughf": "without UGHF",
+    "no_ttsa": "without TTSA",
+}
+METRICS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "image_ap",
+    "pixel_ap",
+    "image_f1_max",
+    "false_reject_rate",
+    "escape_rate",
+)
+
+
+def _run_key(overrides: dict[str, Any]) -> str:
+    return "base" if not overrides else "_".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+
+
+def train(dataset: str, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train in a subprocess; return timing and peak RSS from the run (cached if already trained)."""
+    if not (run_dir / "run.json").is_file():
+        cmd = [
+            sys.executable,
+            "-m",
+            "trainer",
+            "-q",
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--data",
+            str(DATASETS[dataset]),
+            "--out",
+            str(run_dir),
+        ]
+        for key, value in overrides.items():
+            cmd += ["--set", f"{key}={json.dumps(value)}"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO)
+        print(f"  trained {run_dir.name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    doc = json.loads((run_dir / "run.json").read_text())
+    return {
+        "train_seconds": doc["timing_s"]["total"],
+        "train_peak_rss_mb": doc["peak_rss_mb"],
+        "input_size": [doc["preprocess"]["height"], doc["preprocess"]["width"]],
+        "color": doc["preprocess"]["color"],
+        "threshold_rule": doc["calibration"]["rule"],
+    }
+
+
+def evaluate(dataset: str, run_dir: Path, tta: bool) -> dict[str, Any]:
+    from trainer.evaluate.runner import evaluate_run
+
+    return evaluate_run(run_dir, DATASETS[dataset], tta=tta, progress=False)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| data set | variant | image AUROC | pixel AUROC | AUPRO@0.3 | image AP | pixel AP | F1-max "
+        "| FRR @thr | escapes @thr | train s | train peak RSS MB | s/image (eval) |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {LABELS[r['variant']]} | "
+            + " | ".join(f"{r[m]:.4f}" for m in METRICS[:6])
+            + f" | {r['false_reject_rate']:.3f} | {r['escape_rate']:.3f} | {r['train_seconds']:.0f} "
+            f"| {r['train_peak_rss_mb']:.0f} | {r['seconds_per_image']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality")
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    for dataset in args.datasets:
+        if not DATASETS[dataset].is_dir():
+            raise SystemExit(f"data set not found: {DATASETS[dataset]} (see ../shared/data/README.md)")
+        for variant in args.variants:
+            overrides, tta = VARIANTS[variant]
+            print(f"{dataset} / {variant}", flush=True)
+            run_dir = args.out / "runs" / f"{dataset}__{_run_key(overrides)}"
+            row: dict[str, Any] = {
+                "dataset": dataset,
+                "variant": variant,
+                **train(dataset, overrides, run_dir),
+            }
+            res = evaluate(dataset, run_dir, tta)
+            row.update(
+                {
+                    k: res[k]
+                    for k in (
+                        *METRICS,
+                        "threshold",
+                        "n_test_images",
+                        "seconds_per_image",
+                        "per_defect_image_auroc",
+                        "tta",
+                    )
+                }
+            )
+            (args.out / f"{dataset}__{variant}.json").write_text(json.dumps(row, indent=2) + "\n")
+            print("  " + ", ".join(f"{m} {row[m]:.4f}" for m in METRICS), flush=True)
+            rows.append(row)
+    table = markdown(rows)
+    stamp = (
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+        f"({os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}), "
+        f"command: `.venv/bin/python benchmarks/quality.py {' '.join(sys.argv[1:])}`"
+    )
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(stamp + "\n\n" + table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
