@@ -62,7 +62,7 @@ class PatchEmbedder(nn.Module):
         with fp32(p.device):
             mag = torch.fft.rfft(p.float(), dim=-1, norm="ortho").abs()
             mag = F.pad(mag, (0, self.channels - mag.shape[-1]))
-            return F.gelu(mag @ self.w1) @ self.w2
+            return F.gelu(mag @ self.w1.float()) @ self.w2.float()
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """``[N, C, h, w]`` -> prototypes ``[N, h, w, C]`` (float32)."""

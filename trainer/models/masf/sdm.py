@@ -49,7 +49,9 @@ class BandSplit(nn.Module):
             )
         with fp32(f.device):
             f32 = f.float()
-            low = torch.matmul(torch.matmul(self.lh, f32), self.lw)  # L_h F L_w^T, L symmetric
+            low = torch.matmul(
+                torch.matmul(self.lh.float(), f32), self.lw.float()
+            )  # L_h F L_w^T, L symmetric
             return low, f32 - low
 
 
