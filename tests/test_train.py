@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from trainer.data import read_image
 from trainer.data.synthetic import make_dataset
 from trainer.errors import DataError
 from trainer.inference import predict_arrays
@@ -48,18 +49,19 @@ def test_training_reduces_the_distillation_loss(synth_data: Path, tmp_path: Path
 
 def test_reloaded_run_scores_like_the_calibration(trained_run: Path, synth_data: Path) -> None:
     from trainer.models.masf import apply_tta
+    from trainer.train import calibration_for
 
     model, info = load_run(trained_run)
-    deployed, applied = apply_tta(
-        model, True, info.config.tta.views, info.config.tta.sigma, info.config.tta.seed
-    )
-    assert applied
-    import cv2
-
-    calib = [cv2.imread(str(synth_data / p))[..., ::-1].copy() for p in info.meta["data"]["split"]["calib"]]
-    scores = [p.score for p in predict_arrays(deployed, calib, info.preprocess, torch.device("cpu"))]
-    assert max(scores) < info.calibration.threshold
-    assert np.isclose(max(scores), info.calibration.image_scores["max"], rtol=1e-4)
+    calib = [read_image(synth_data / p) for p in info.meta["data"]["split"]["calib"]]
+    for tta in (False, True):
+        cfg = info.config.tta
+        deployed, applied = apply_tta(model, tta, cfg.views, cfg.sigma, cfg.seed)
+        assert applied == tta
+        cal = calibration_for(info, tta)
+        scores = [p.score for p in predict_arrays(deployed, calib, info.preprocess, torch.device("cpu"))]
+        assert max(scores) < cal.threshold
+        assert np.isclose(max(scores), cal.image_scores["max"], rtol=1e-4)
+    assert calibration_for(info, False) == info.calibration  # TTSA is off by default
 
 
 def test_fit_is_deterministic(synth_data: Path, tmp_path: Path) -> None:

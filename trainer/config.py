@@ -123,11 +123,15 @@ class FusionSection:
     cos_weight: float = _f(0.6, _nonneg, "non-negative")
     bank_weight: float = _f(0.4, _nonneg, "non-negative")
     learned: bool = _f(True)
+    # Learning-rate multiplier of the UGHF log-variances. With the base lr (2e-4) and ~400 steps they move
+    # by < 0.1 and the "learned" weights stay uniform; 100 lets them reach exp(-log_var) ~ 1/L_l.
+    lr_scale: float = _f(100.0, _pos, "positive")
 
 
 @dataclass(frozen=True)
 class TTASection:
-    enabled: bool = _f(True)
+    # Off by default: measured harmful for models trained on clean images (see the MASF README).
+    enabled: bool = _f(False)
     views: int = _f(5, _pos, "a positive int")
     sigma: float = _f(0.1, _nonneg, "non-negative")
     seed: int = _f(0)

@@ -132,7 +132,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise RunError(f"{weights} is corrupt or truncated ({err}): re-run masf-train fit") from None
-    model = create_masf(info.config, info.input_size, pretrained=False)
+    model = create_masf(info.config, info.input_size, from_checkpoint=True)
     # Banks are empty buffers until filled: size them from the checkpoint before the strict load.
     for i, bank in enumerate(model.bank_list() if model.use_bank else []):
         key = f"banks.{i}.bank"

@@ -35,14 +35,23 @@ import torch
 
 import trainer
 from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size
-from trainer.calibrate import calibrate
+from trainer.calibrate import Calibration, calibrate
 from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
+from trainer.errors import RunError
 from trainer.inference import predict_arrays
 from trainer.models.masf import MASF, apply_tta, create_masf
 from trainer.runs import RunInfo, save_run
 
-__all__ = ["fit", "lr_at", "resolve_device", "resolve_preprocess"]
+__all__ = [
+    "calibrate_model",
+    "calibration_for",
+    "fit",
+    "lr_at",
+    "recalibrate",
+    "resolve_device",
+    "resolve_preprocess",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -114,8 +123,13 @@ def _train_student(
     tc = cfg.train
     n = feats[0].shape[0]
     steps = max(1, math.ceil(n / tc.batch_size))
-    params = model.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    fusion_params = [p for p in model.fusion.parameters() if p.requires_grad]
+    fusion_ids = {id(p) for p in fusion_params}
+    params = [p for p in model.trainable_parameters() if id(p) not in fusion_ids]
+    groups: list[dict[str, Any]] = [{"params": params, "lr_scale": 1.0}]
+    if fusion_params:  # UGHF log-variances: 3 scalars, no weight decay, their own learning-rate scale
+        groups.append({"params": fusion_params, "lr_scale": cfg.fusion.lr_scale, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     amp = _amp_dtype(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -129,7 +143,7 @@ def _train_student(
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
             lr = lr_at(epoch + i / steps, tc.lr, tc.warmup_epochs, tc.t0, tc.eta_min)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             batch = [f[idx].to(device).float() for f in feats]
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 losses = model.training_losses(batch, generator=gen)
@@ -205,6 +219,53 @@ def _cue_statistics(model: MASF, calib: np.ndarray, device: torch.device, batch_
     model.fusion.set_statistics(stats(acc["cos"]), stats(acc["bank"]))
 
 
+def calibrate_model(
+    model: MASF, cfg: Config, calib_images: Sequence[np.ndarray], spec: PreprocessSpec, device: torch.device
+) -> dict[str, Calibration]:
+    """Cue statistics, then a threshold for each inference path: ``{"plain": ..., "tta": ...}``.
+
+    Both paths are calibrated so that an evaluation or a deployment with or without TTSA always uses the
+    threshold of the path it runs (a TTSA score is on another scale than a plain one).
+    """
+    calib_batch, _ = preprocess_batch(list(calib_images), spec)
+    _cue_statistics(model, calib_batch, device, cfg.train.batch_size)
+    result = {}
+    for path, enabled in (("plain", False), ("tta", True)):
+        deployed, _ = apply_tta(model, enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
+        scores, pixels = [], []
+        for start in range(0, len(calib_images), cfg.train.batch_size):
+            chunk = calib_images[start : start + cfg.train.batch_size]
+            for p in predict_arrays(deployed, chunk, spec, device):
+                scores.append(p.score)
+                pixels.append(p.anomaly_map[p.geometry.valid_mask()])
+        result[path] = calibrate(np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr)
+    return result
+
+
+def calibration_for(info: RunInfo, tta: bool) -> Calibration:
+    """The run's calibration for the inference path with (``tta``) or without TTSA."""
+    by_path = info.meta.get("calibration_by_path", {})
+    key = "tta" if tta else "plain"
+    if key in by_path:
+        return Calibration.from_dict(by_path[key])
+    if tta == info.config.tta.enabled:
+        return info.calibration
+    raise RunError(f"this run has no calibration for the {key} path: re-run masf-train fit")
+
+
+def recalibrate(model: MASF, info: RunInfo, data_root: str | Path) -> RunInfo:
+    """Re-run calibration of ``model`` (e.g. with a component switched off) on the run's own
+    calibration images under ``data_root``; returns a new :class:`RunInfo` (the run dir is untouched)."""
+    root = Path(data_root)
+    paths = [root / p for p in info.meta["data"]["split"]["calib"]]
+    images = [read_image(p) for p in paths]
+    device = next(model.parameters()).device
+    by_path = calibrate_model(model, info.config, images, info.preprocess, device)
+    meta = {**info.meta, "calibration_by_path": {k: v.to_dict() for k, v in by_path.items()}}
+    chosen = by_path["tta" if info.config.tta.enabled else "plain"]
+    return RunInfo(info.config, info.preprocess, chosen, meta)
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -226,7 +287,6 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     calib_images = _load_images(split.calib, progress, "read calib")
     spec = resolve_preprocess(cfg, train_images + calib_images)
     train_batch, _ = preprocess_batch(train_images, spec)
-    calib_batch, calib_geoms = preprocess_batch(calib_images, spec)
     del train_images
     _logger.info(
         "input %dx%d (%s, %s), %d train / %d calib images",
@@ -255,17 +315,9 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     del feats
 
     t0 = time.perf_counter()
-    _cue_statistics(model, calib_batch, device, cfg.train.batch_size)
-    deployed, tta_applied = apply_tta(model, cfg.tta.enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
-    scores, pixels = [], []
-    for start in range(0, len(calib_images), cfg.train.batch_size):
-        preds = predict_arrays(deployed, calib_images[start : start + cfg.train.batch_size], spec, device)
-        for p in preds:
-            scores.append(p.score)
-            pixels.append(p.anomaly_map[p.geometry.valid_mask()])
-    calibration = calibrate(np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr)
+    by_path = calibrate_model(model, cfg, calib_images, spec, device)
+    calibration = by_path["tta" if cfg.tta.enabled else "plain"]
     t_calib = time.perf_counter() - t0
-    del calib_batch, calib_geoms
 
     meta: dict[str, Any] = {
         "producer": f"masf-train {trainer.__version__}",
@@ -284,7 +336,8 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
             "train_fingerprint": data_fingerprint(split.train + split.calib, root),
             "split": split.to_dict(root),
         },
-        "tta_applied": tta_applied,
+        "tta_applied": cfg.tta.enabled,
+        "calibration_by_path": {k: v.to_dict() for k, v in by_path.items()},
         "bank_sizes": bank_sizes,
         "scale_weights": [float(v) for v in model.fusion.scale_weights().detach().cpu()],
         "train_log": history,

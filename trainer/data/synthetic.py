@@ -51,11 +51,8 @@ def _defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.nd
     canvas = img.copy()
     color: tuple[int, ...]
     if kind == "scratch":
-        pts = [
-            *np.cumsum(rng.normal(0, max(h, w) * 0.08, (5, 2)), axis=0),
-            w * rng.uniform(0.2, 0.8),
-            h * 0.2,
-        ]
+        start = np.array([w * rng.uniform(0.2, 0.8), h * 0.2])
+        pts = np.cumsum(rng.normal(0, max(h, w) * 0.08, (5, 2)), axis=0) + start
         pts = np.clip(pts, 0, [w - 1, h - 1]).astype(np.int32)
         shade = int(rng.choice([30, 240]))
         color = (shade,) * (3 if img.ndim == 3 else 1)

@@ -21,7 +21,7 @@ from trainer.evaluate.report import ReportExample, write_report
 from trainer.inference import predict_files
 from trainer.models.masf import MASF, apply_tta
 from trainer.runs import load_run
-from trainer.train import resolve_device
+from trainer.train import calibration_for, resolve_device
 
 __all__ = ["evaluate_model", "evaluate_run"]
 
@@ -57,7 +57,8 @@ def evaluate_model(
     use_tta = cfg.tta.enabled if tta is None else tta
     deployed, applied = apply_tta(model, use_tta, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
     deployed.eval()
-    threshold = float(info.calibration.threshold)
+    calibration = calibration_for(info, bool(applied))
+    threshold = float(calibration.threshold)
 
     t0 = time.perf_counter()
     scores, labels, types, maps, masks = [], [], [], [], []
@@ -90,7 +91,7 @@ def evaluate_model(
         result.update({"pixel_auroc": math.nan, "pixel_ap": math.nan, "aupro": math.nan})
     result["tta"] = bool(applied)
     result["seconds_per_image"] = elapsed / len(samples)
-    result["calibration_rule"] = info.calibration.rule
+    result["calibration_rule"] = calibration.rule
 
     if report_dir is not None:
         examples = [

