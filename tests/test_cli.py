@@ -211,3 +211,34 @@ def test_missing_run_directory(synth_data: Path, tmp_path: Path, capsys: pytest.
         ],
     )
     assert "run directory not found" in err
+
+
+def test_tta_flag_uses_the_threshold_of_its_own_path(
+    trained_run: Path, synth_data: Path, tmp_path: Path
+) -> None:
+    run_doc = json.loads((trained_run / "run.json").read_text())
+    for flag, key in (("--tta", "tta"), ("--no-tta", "plain")):
+        out = tmp_path / f"{key}.json"
+        assert (
+            main(
+                [
+                    "-q",
+                    "evaluate",
+                    "--run",
+                    str(trained_run),
+                    "--data",
+                    str(synth_data),
+                    "--json",
+                    str(out),
+                    flag,
+                ]
+            )
+            == 0
+        )
+        res = json.loads(out.read_text())
+        assert res["tta"] is (key == "tta")
+        assert res["threshold"] == run_doc["calibration_by_path"][key]["threshold"]
+    assert (
+        run_doc["calibration_by_path"]["tta"]["threshold"]
+        != run_doc["calibration_by_path"]["plain"]["threshold"]
+    )

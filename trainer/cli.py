@@ -1,7 +1,7 @@
 """``masf-train`` command line (same as ``python -m trainer``).
 
     masf-train fit --config CONFIG.yaml --data DIR --out RUN_DIR [--set key=value ...]
-    masf-train evaluate --run RUN_DIR --data DIR --json OUT.json [--report DIR] [--no-tta]
+    masf-train evaluate --run RUN_DIR --data DIR --json OUT.json [--report DIR] [--tta | --no-tta]
 
 User errors (bad config, data, run directory) print one line ``error: ...`` and exit with status 2.
 """
@@ -56,7 +56,16 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", required=True, help="where to write the metrics JSON")
     ev.add_argument("--report", help="also write a Markdown report with plots into this folder")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    ev.add_argument("--no-tta", action="store_true", help="disable test-time spectral augmentation")
+    tta = ev.add_mutually_exclusive_group()
+    tta.add_argument(
+        "--tta",
+        dest="tta",
+        action="store_const",
+        const=True,
+        default=None,
+        help="force test-time spectral augmentation on (default: as the run was configured)",
+    )
+    tta.add_argument("--no-tta", dest="tta", action="store_const", const=False, help="force it off")
     return parser
 
 
@@ -84,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
             args.json,
             args.report,
             args.device,
-            tta=False if args.no_tta else None,
+            tta=args.tta,
             progress=progress,
         )
         print(
