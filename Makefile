@@ -17,7 +17,7 @@ $(VENV)/.torch-stamp:
 	touch $@
 
 $(VENV)/.project-stamp: $(VENV)/.torch-stamp pyproject.toml
-	$(PIP) install -q -e '.[trainer,test]'
+	$(PIP) install -q -e '.[trainer,engines,test]'
 	touch $@
 
 venv: $(VENV)/.project-stamp
@@ -26,13 +26,13 @@ test: venv
 	$(VPY) -m pytest -q tests
 
 lint: venv
-	$(VENV)/bin/ruff check trainer tests benchmarks
-	$(VENV)/bin/ruff format --check trainer tests benchmarks
+	$(VENV)/bin/ruff check trainer engines tests benchmarks
+	$(VENV)/bin/ruff format --check trainer engines tests benchmarks
 	$(VENV)/bin/mypy
 
 format: venv
-	$(VENV)/bin/ruff format trainer tests benchmarks
-	$(VENV)/bin/ruff check --fix trainer tests benchmarks
+	$(VENV)/bin/ruff format trainer engines tests benchmarks
+	$(VENV)/bin/ruff check --fix trainer engines tests benchmarks
 
 demo: venv
 	@echo "make demo arrives with the edge daemon (issue 4). Until then, train and evaluate with:"

@@ -82,7 +82,7 @@ def test_sdm_uses_both_bands() -> None:
     torch.manual_seed(4)
     sdm = SDM(6, 8, 16, 16, ratio=0.3).eval()
     f = torch.randn(2, 6, 16, 16)
-    low, high = sdm.split(f)
+    low, high = sdm.spectral_split(f)
     base = sdm(f)
     assert (sdm(low + 2 * high) - base).abs().max() > 1e-3
     assert (sdm(2 * low + high) - base).abs().max() > 1e-3
@@ -91,7 +91,7 @@ def test_sdm_uses_both_bands() -> None:
 def test_sdm_disabled_is_plain_projection() -> None:
     torch.manual_seed(5)
     sdm = SDM(12, 16, 8, 8, enabled=False)
-    assert not hasattr(sdm, "split") and not hasattr(sdm, "gate")
+    assert not hasattr(sdm, "spectral_split") and not hasattr(sdm, "gate")
     out = sdm(torch.randn(2, 12, 8, 8))
     assert out.shape == (2, 16, 8, 8)
     # no band matrices: any map size works

@@ -123,9 +123,9 @@ class FusionSection:
     cos_weight: float = _f(0.6, _nonneg, "non-negative")
     bank_weight: float = _f(0.4, _nonneg, "non-negative")
     learned: bool = _f(True)
-    # Learning-rate multiplier of the UGHF log-variances. With the base lr (2e-4) and ~400 steps they move
-    # by < 0.1 and the "learned" weights stay uniform; 100 lets them reach exp(-log_var) ~ 1/L_l.
-    lr_scale: float = _f(100.0, _pos, "positive")
+    # Learning-rate multiplier of the UGHF log-variances (1 = the standard joint optimisation). Larger
+    # values let the scale weights reach their optimum ~ 1/L_l within the schedule; see the MASF README.
+    lr_scale: float = _f(1.0, _pos, "positive")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,13 @@
 * :class:`GreedyCoresetSampler` picks prototypes by greedy k-center (farthest-point) selection, seeded.
 * :class:`MemoryBank` holds the prototypes as a buffer (in ``state_dict``, moves with ``.to()``, exports).
 * :class:`KNNScorer` scores a query as the mean Euclidean distance to its ``k`` nearest prototypes, with
-  ``|x|^2 - 2 x.y + |y|^2`` in chunks (MatMul + TopK: export-friendly, no N x M distance matrix at once).
+  ``|x|^2 - 2 x.y + |y|^2`` in chunks of positions (MatMul + TopK: export-friendly, no N x M distance
+  matrix at once, and the chunking never depends on the batch size, so a graph with a dynamic batch
+  exports).
+
+The channel spectrum ``|rfft(p)|`` is computed by ``PatchEmbedder.spectral_magnitude``
+(:class:`~trainer.models.masf.spectral.ChannelDFTMagnitude`): ``torch.fft`` or, for export, a MatMul
+(see :func:`~trainer.models.masf.spectral.set_spectral_mode`).
 
 Shapes: features ``[N, C, h, w]`` -> embeddings ``[N, h, w, C]`` -> bank ``[M, C]`` -> scores ``[N, h, w]``.
 """
@@ -20,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.models.masf.spectral import fp32
+from trainer.models.masf.spectral import ChannelDFTMagnitude, fp32
 
 __all__ = ["GreedyCoresetSampler", "KNNScorer", "MemoryBank", "PatchEmbedder", "RandomSampler"]
 
@@ -34,13 +40,20 @@ class PatchEmbedder(nn.Module):
         spectral: add ``p_spec`` (False: the "without spectral prototype" variant).
         normalize: L2-normalise the prototype.
         seed: seed of the fixed MLP weights.
+        spectral_mode: ``"fft"`` or ``"gemm"`` for ``|rfft|`` (see ``spectral.set_spectral_mode``).
     """
 
     w1: torch.Tensor
     w2: torch.Tensor
 
     def __init__(
-        self, channels: int, aggregate: int = 3, spectral: bool = True, normalize: bool = True, seed: int = 0
+        self,
+        channels: int,
+        aggregate: int = 3,
+        spectral: bool = True,
+        normalize: bool = True,
+        seed: int = 0,
+        spectral_mode: str = "fft",
     ) -> None:
         super().__init__()
         if aggregate < 1 or aggregate % 2 == 0:
@@ -56,11 +69,12 @@ class PatchEmbedder(nn.Module):
             # Fixed random features: buffers, not parameters (never trained, always saved and exported).
             self.register_buffer("w1", w1)
             self.register_buffer("w2", w2)
+            self.spectral_magnitude = ChannelDFTMagnitude(channels, spectral_mode)
 
     def _spectral(self, p: torch.Tensor) -> torch.Tensor:
         """``[..., C]`` -> ``MLP(pad_to_C(|rfft(p)|))`` ``[..., C]``, in FP32."""
         with fp32(p.device):
-            mag = torch.fft.rfft(p.float(), dim=-1, norm="ortho").abs()
+            mag = self.spectral_magnitude(p)  # [..., C // 2 + 1]
             mag = F.pad(mag, (0, self.channels - mag.shape[-1]))
             return F.gelu(mag @ self.w1.float()) @ self.w2.float()
 
@@ -154,17 +168,21 @@ class MemoryBank(nn.Module):
 
 
 class KNNScorer(nn.Module):
-    """Mean Euclidean distance to the ``k`` nearest prototypes, chunked over queries.
+    """Mean Euclidean distance to the ``k`` nearest prototypes, in chunks of ``chunk`` positions per image.
 
     Note:
         Distances use ``|x|^2 - 2 x.y + |y|^2`` (clamped at 0, then sqrt) rather than ``cdist``: the same
-        math in MatMul/TopK form for ONNX and TensorRT. ``k == 1`` uses ``min``.
+        math in MatMul/TopK form for ONNX and TensorRT (TensorRT's TopK needs ``k < 3840``). ``k == 1``
+        uses ``min``. Chunks split the positions of each image (a static size), never the batch, so an
+        exported graph keeps a dynamic batch; one step holds ``N x chunk x M`` distances.
     """
 
-    def __init__(self, k: int = 1, chunk: int = 8192) -> None:
+    def __init__(self, k: int = 1, chunk: int = 1024) -> None:
         super().__init__()
         if k < 1:
             raise ValueError(f"bank.k must be >= 1, got {k}")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.k = k
         self.chunk = chunk
 
@@ -175,16 +193,16 @@ class KNNScorer(nn.Module):
         k = min(self.k, bank.shape[0])
         lead = queries.shape[:-1]
         with fp32(queries.device):
-            q = queries.reshape(-1, queries.shape[-1]).float()
+            q = queries.float().flatten(1, -2) if queries.ndim > 2 else queries.float()[:, None]  # [N, P, C]
             b = bank.float()
             b_sq = (b * b).sum(1)
             out = []
-            for start in range(0, q.shape[0], self.chunk):
-                qc = q[start : start + self.chunk]
-                d2 = (qc * qc).sum(1, keepdim=True) - 2.0 * qc @ b.T + b_sq
+            for start in range(0, q.shape[1], self.chunk):
+                qc = q[:, start : start + self.chunk]  # [N, p, C]
+                d2 = (qc * qc).sum(-1, keepdim=True) - 2.0 * torch.matmul(qc, b.T) + b_sq  # [N, p, M]
                 if k == 1:
-                    near = d2.min(dim=1).values[:, None]
+                    near = d2.min(dim=-1, keepdim=True).values
                 else:
-                    near = torch.topk(d2, k, dim=1, largest=False).values
-                out.append(near.clamp_min(0).sqrt().mean(1))
-            return torch.cat(out).reshape(lead)
+                    near = torch.topk(d2, k, dim=-1, largest=False).values
+                out.append(near.clamp_min(0).sqrt().mean(-1))
+            return torch.cat(out, dim=1).reshape(lead)

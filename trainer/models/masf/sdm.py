@@ -8,7 +8,8 @@ are concatenated and fused by 1x1 conv + BN + GELU into ``F_spec``.
 Shapes: ``F [N, C, h, w] -> F_spec [N, D, h, w]``.
 
 The band split runs in FP32 as two real matrix products with precomputed band matrices (see
-``spectral.band_matrix``), which is exactly the FFT form and exports without DFT nodes.
+``spectral.band_matrix``), which is exactly the FFT form and exports without DFT nodes. It lives in
+``SDM.spectral_split`` so that exported node names carry a ``spectral`` scope (FP32 pinning in TensorRT).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class SDM(nn.Module):
         self.enabled = enabled
         c = in_channels
         if enabled:
-            self.split = BandSplit(height, width, ratio)
+            self.spectral_split = BandSplit(height, width, ratio)
             hidden = max(8, 2 * c // reduction)
             self.gate = nn.Sequential(nn.Conv2d(2 * c, hidden, 1), nn.GELU(), nn.Conv2d(hidden, 2 * c, 1))
             fuse_in = 2 * c
@@ -96,7 +97,7 @@ class SDM(nn.Module):
         """``[N, C, h, w]`` teacher features -> ``F_spec [N, D, h, w]``."""
         if not self.enabled:
             return self.fuse(f)
-        low, high = self.split(f)
+        low, high = self.spectral_split(f)
         low, high = low.to(f.dtype), high.to(f.dtype)
         pooled = torch.cat([low.mean(dim=(2, 3), keepdim=True), high.mean(dim=(2, 3), keepdim=True)], dim=1)
         g_low, g_high = torch.sigmoid(self.gate(pooled)).chunk(2, dim=1)

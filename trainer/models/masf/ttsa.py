@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from trainer.models.masf.masf import MASF
-from trainer.models.masf.spectral import fp32, odd_symmetric
+from trainer.models.masf.spectral import SpectralPhaseRotation, odd_symmetric
 from trainer.models.masf.ughf import MASFOutput
 
 __all__ = ["PhasePerturbation", "TTSAWrapper", "apply_tta"]
@@ -30,12 +30,29 @@ _logger = logging.getLogger(__name__)
 
 
 class PhasePerturbation(nn.Module):
-    cos_eps: torch.Tensor
-    sin_eps: torch.Tensor
+    """Seeded phase noise for ``[N, C, H, W]`` inputs; ``forward`` returns ``[views * N, C, H, W]``.
 
-    """Seeded phase noise for ``[N, C, H, W]`` inputs; ``forward`` returns ``[views * N, C, H, W]``."""
+    The DFTs run in :attr:`spectral` (:class:`~trainer.models.masf.spectral.SpectralPhaseRotation`):
+    ``torch.fft`` or, for export, real MatMuls (``spectral_mode="gemm"``, see ``set_spectral_mode``).
 
-    def __init__(self, height: int, width: int, views: int = 5, sigma: float = 0.1, seed: int = 0) -> None:
+    Args:
+        height: input height ``H``.
+        width: input width ``W``.
+        views: number of views ``V``.
+        sigma: std of the phase noise (radians).
+        seed: seed of the noise.
+        spectral_mode: ``"fft"`` or ``"gemm"``.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        views: int = 5,
+        sigma: float = 0.1,
+        seed: int = 0,
+        spectral_mode: str = "fft",
+    ) -> None:
         super().__init__()
         if views < 1:
             raise ValueError(f"tta.views must be >= 1, got {views}")
@@ -44,17 +61,22 @@ class PhasePerturbation(nn.Module):
             [odd_symmetric(torch.randn(height, width, generator=gen) * sigma) for _ in range(views)]
         )
         self.views = views
-        self.register_buffer("cos_eps", torch.cos(eps)[:, None, None], persistent=False)  # [V, 1, 1, H, W]
-        self.register_buffer("sin_eps", torch.sin(eps)[:, None, None], persistent=False)
+        self.spectral = SpectralPhaseRotation(eps, spectral_mode)
+
+    @property
+    def cos_eps(self) -> torch.Tensor:
+        """``cos(eps)``, ``[V, 1, 1, H, W]``."""
+        return self.spectral.cos_eps
+
+    @property
+    def sin_eps(self) -> torch.Tensor:
+        """``sin(eps)``, ``[V, 1, 1, H, W]``."""
+        return self.spectral.sin_eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [N, C, H, W]`` -> views ``[V * N, C, H, W]`` (view-major, dtype of ``x``)."""
         n, c, h, w = x.shape
-        with fp32(x.device):
-            spec = torch.fft.fft2(x.float(), norm="ortho")[None]  # [1, N, C, H, W]
-            # (a + ib)(cos + i sin): multiply by exp(i eps) without complex parameters.
-            re = spec.real * self.cos_eps - spec.imag * self.sin_eps
-            im = spec.real * self.sin_eps + spec.imag * self.cos_eps
-            views = torch.fft.ifft2(torch.complex(re, im), norm="ortho").real
+        views = self.spectral(x)  # [V, N, C, H, W] float32
         return views.reshape(self.views * n, c, h, w).to(x.dtype)
 
 
