@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data import read_mask, scan_test
+from trainer.data import read_image, read_mask, scan_test
 from trainer.errors import DataError
 from trainer.evaluate.metrics import image_metrics, pixel_metrics
 from trainer.evaluate.report import ReportExample, write_report
@@ -62,12 +62,11 @@ def evaluate_model(
 
     t0 = time.perf_counter()
     scores, labels, types, maps, masks = [], [], [], [], []
-    keep: dict[int, np.ndarray] = {}
     by_path = {s.path: s for s in samples}
     results = predict_files(
         deployed, [s.path for s in samples], info.preprocess, device, batch_size, progress, "evaluate"
     )
-    for i, (path, image, pred) in enumerate(results):
+    for path, image, pred in results:
         sample = by_path[path]
         amap = pred.geometry.to_original(pred.anomaly_map)
         mask = (
@@ -80,7 +79,6 @@ def evaluate_model(
         types.append(sample.defect_type)
         maps.append(amap.astype(np.float32))
         masks.append(mask)
-        keep[i] = image
     elapsed = time.perf_counter() - t0
 
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
@@ -97,7 +95,7 @@ def evaluate_model(
         examples = [
             ReportExample(
                 name=f"{types[i]}/{Path(samples[i].path).name}",
-                image=keep[i],
+                image=read_image(samples[i].path),  # re-read: no test image is kept in memory
                 mask=masks[i] if labels[i] else None,
                 anomaly_map=maps[i],
                 score=float(s[i]),
