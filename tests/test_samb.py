@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trainer.models.masf.samb import GreedyCoresetSampler, KNNScorer, MemoryBank, PatchEmbedder, RandomSampler
+from trainer.models.masf.spectral import set_spectral_mode
 
 # ---------------------------------------------------------------- embedder
 
@@ -138,6 +139,26 @@ def test_greedy_coreset_with_projection() -> None:
     assert _coverage_radius(x, idx) < _coverage_radius(x, RandomSampler(20).run(x))
 
 
+@pytest.mark.parametrize("channels", [12, 24, 40])
+def test_patch_embedder_gemm_mode_equals_fft(channels: int) -> None:
+    feats = torch.randn(2, channels, 5, 7, generator=torch.Generator().manual_seed(8)) * 6.0
+    emb = PatchEmbedder(channels, aggregate=3, spectral=True, normalize=False, seed=1)
+    ref = emb(feats)
+    assert set_spectral_mode(emb, "gemm") == 1
+    assert emb.spectral_magnitude.mode == "gemm"
+    got = emb(feats)
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-6 * float(ref.abs().max()))
+    assert (got - feats.permute(0, 2, 3, 1)).abs().max() > 1e-2  # the spectral term is really there
+
+
+def test_patch_embedder_spectral_mode_leaves_state_dict_unchanged() -> None:
+    fft = PatchEmbedder(8, seed=2)
+    gemm = PatchEmbedder(8, seed=2, spectral_mode="gemm")
+    assert sorted(fft.state_dict()) == sorted(gemm.state_dict()) == ["w1", "w2"]
+    gemm.load_state_dict(fft.state_dict(), strict=True)
+    assert not hasattr(PatchEmbedder(8, spectral=False), "spectral_magnitude")
+
+
 # ---------------------------------------------------------------- bank and scorer
 
 
@@ -164,6 +185,33 @@ def test_knn_scorer_chunking_gives_same_result() -> None:
     one = KNNScorer(k=3, chunk=10_000)(q, bank)
     for chunk in (1, 5, 16, 147):
         torch.testing.assert_close(KNNScorer(k=3, chunk=chunk)(q, bank), one, atol=1e-6, rtol=0)
+
+
+def test_knn_scorer_chunks_positions_not_the_batch() -> None:
+    """Chunking is per image, so a batch gives the same numbers as its images scored one by one."""
+    torch.manual_seed(9)
+    q = torch.randn(4, 5, 6, 8)
+    bank = torch.randn(30, 8)
+    scorer = KNNScorer(k=2, chunk=7)
+    batch = scorer(q, bank)
+    single = torch.cat([scorer(q[i : i + 1], bank) for i in range(4)])
+    torch.testing.assert_close(batch, single, atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch, _brute_knn(q, bank, 2), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="chunk"):
+        KNNScorer(k=1, chunk=0)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_scorer_is_accurate_for_near_duplicate_queries(k: int) -> None:
+    """Queries (almost) on a prototype: the expanded |x|^2 - 2xy + |y|^2 form alone would be off by ~3e-4."""
+    gen = torch.Generator().manual_seed(11)
+    bank = torch.nn.functional.normalize(torch.randn(200, 64, generator=gen) + 3.0, dim=1)
+    q = bank[:50] + 1e-6 * torch.randn(50, 64, generator=gen)
+    got = KNNScorer(k=k)(q[None, None], bank)[0, 0]
+    want = _brute_knn(q[None, None], bank, k)[0, 0]
+    torch.testing.assert_close(got.double(), want.double(), atol=2e-6, rtol=1e-5)
+    if k == 1:
+        assert float(got.max()) < 1e-5
 
 
 def test_knn_scorer_zero_at_bank_points_and_k_clamped() -> None:

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from trainer.models.masf.sdm import BandSplit
-from trainer.models.masf.spectral import amplitude_mse, band_matrix, lowpass_1d, odd_symmetric
+from trainer.models.masf.spectral import (
+    SPECTRAL_MODES,
+    ChannelDFTMagnitude,
+    SpectralOp,
+    SpectralPhaseRotation,
+    amplitude_mse,
+    band_matrix,
+    dft_matrices,
+    lowpass_1d,
+    odd_symmetric,
+    set_spectral_mode,
+)
 
 FP16_MAX = 65504.0
 
@@ -165,3 +177,102 @@ def test_band_split_fp16_input_finite_and_matches_fp32() -> None:
     torch.testing.assert_close(low + high, s.float(), rtol=0, atol=1e-3)
     # the low band of a ~200-valued map carries the mean, far above fp16 epsilon
     assert low.mean() == pytest.approx(float(s.float().mean()), rel=1e-4)
+
+
+# ---------------------------------------------------------------- DFT as MatMuls ("gemm" mode)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 24])
+def test_dft_matrices_match_torch_fft(n: int) -> None:
+    cos, sin = dft_matrices(n)
+    assert cos.shape == sin.shape == (n, n) and cos.dtype == torch.float32
+    want = torch.fft.fft(torch.eye(n, dtype=torch.float64), dim=-1, norm="ortho")
+    # row j of the identity transforms to exp(-2 pi i j k / n) / sqrt(n) = C - i S
+    torch.testing.assert_close(cos.double(), want.real, atol=1e-7, rtol=0)
+    torch.testing.assert_close(-sin.double(), want.imag, atol=1e-7, rtol=0)
+    half_cos, _ = dft_matrices(n, n // 2 + 1)
+    torch.testing.assert_close(half_cos, cos[:, : n // 2 + 1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("n", [6, 9, 40, 112])
+def test_channel_dft_magnitude_gemm_equals_fft(n: int) -> None:
+    torch.manual_seed(10)
+    x = torch.randn(2, 5, 3, n) * 8.0
+    op = ChannelDFTMagnitude(n)
+    assert op.mode == "fft"
+    ref = op(x)
+    want = torch.fft.rfft(x.double(), dim=-1, norm="ortho").abs()
+    op.set_mode("gemm")
+    got = op(x)
+    assert got.shape == ref.shape == (2, 5, 3, n // 2 + 1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6 * float(want.max()))
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-6 * float(ref.max()))
+
+
+def test_channel_dft_magnitude_fp32_under_autocast_and_fp16_input() -> None:
+    torch.manual_seed(11)
+    x = (200.0 + 20.0 * torch.randn(4, 64)).half()  # |DC|^2 ~ 2.6e6 overflows fp16
+    op = ChannelDFTMagnitude(64, mode="gemm")
+    ref = op(x.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = op(x)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-4)
+    assert float(ref.max()) ** 2 > FP16_MAX
+
+
+@pytest.mark.parametrize(("h", "w"), [(16, 16), (16, 12), (15, 9), (7, 10), (12, 20)])
+def test_phase_rotation_gemm_equals_fft(h: int, w: int) -> None:
+    gen = torch.Generator().manual_seed(12)
+    eps = torch.stack([odd_symmetric(torch.randn(h, w, generator=gen) * 0.5) for _ in range(3)])
+    x = torch.randn(2, 3, h, w, generator=gen) * 4.0
+    op = SpectralPhaseRotation(eps)
+    ref = op(x)
+    op.set_mode("gemm")
+    got = op(x)
+    assert got.shape == ref.shape == (3, 2, 3, h, w)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    # float64 reference of the definition Re(ifft2(fft2(x) e^{i eps}))
+    want = torch.fft.ifft2(
+        torch.fft.fft2(x.double())[None] * torch.exp(1j * eps.double())[:, None, None]
+    ).real
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
+def test_phase_rotation_zero_noise_is_identity_in_both_modes() -> None:
+    x = torch.randn(1, 2, 8, 6, generator=torch.Generator().manual_seed(13))
+    for mode in SPECTRAL_MODES:
+        out = SpectralPhaseRotation(torch.zeros(2, 8, 6), mode)(x)
+        torch.testing.assert_close(out, x[None].expand(2, -1, -1, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_phase_rotation_checks_shapes() -> None:
+    with pytest.raises(ValueError, match=r"\[V, H, W\]"):
+        SpectralPhaseRotation(torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="8x6"):
+        SpectralPhaseRotation(torch.zeros(1, 8, 6))(torch.zeros(1, 1, 8, 8))
+
+
+def test_spectral_buffers_are_not_persistent() -> None:
+    assert ChannelDFTMagnitude(8).state_dict() == {}
+    assert SpectralPhaseRotation(torch.zeros(2, 4, 4)).state_dict() == {}
+
+
+def test_set_spectral_mode_switches_every_op_and_rejects_unknown_modes() -> None:
+    model = nn.ModuleDict(
+        {
+            "a": ChannelDFTMagnitude(4),
+            "b": nn.Sequential(SpectralPhaseRotation(torch.zeros(1, 4, 4))),
+            "c": nn.ReLU(),
+        }
+    )
+    assert set_spectral_mode(model, "gemm") == 2
+    assert [m.mode for m in model.modules() if isinstance(m, SpectralOp)] == ["gemm", "gemm"]
+    assert set_spectral_mode(model, "fft") == 2
+    assert set_spectral_mode(nn.ReLU(), "gemm") == 0
+    with pytest.raises(ValueError, match="spectral mode"):
+        set_spectral_mode(model, "dft")
+    with pytest.raises(ValueError, match="spectral mode"):
+        ChannelDFTMagnitude(4, mode="cufft")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from trainer.models.masf.spectral import SpectralPhaseRotation, set_spectral_mode
 from trainer.models.masf.ttsa import PhasePerturbation, TTSAWrapper, apply_tta
 from trainer.models.masf.ughf import MapPostprocess, MASFOutput
 
@@ -82,6 +83,32 @@ def test_zero_sigma_gives_the_input_back() -> None:
     x = _input()
     out = PhasePerturbation(16, 12, views=2, sigma=0.0)(x)
     torch.testing.assert_close(out, x.repeat(2, 1, 1, 1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("h", "w"), [(16, 12), (15, 9), (8, 8)])
+def test_gemm_mode_views_equal_fft_views(h: int, w: int) -> None:
+    x = _input(2, h, w) * 50.0
+    pert = PhasePerturbation(h, w, views=3, sigma=0.3, seed=4)
+    assert isinstance(pert.spectral, SpectralPhaseRotation)
+    ref = pert(x)
+    assert set_spectral_mode(pert, "gemm") == 1
+    got = pert(x)
+    assert got.shape == ref.shape == (6, 3, h, w)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    gemm = PhasePerturbation(h, w, views=3, sigma=0.3, seed=4, spectral_mode="gemm")
+    torch.testing.assert_close(gemm(x), got, atol=0, rtol=0)
+    assert pert.state_dict() == {}  # noise and DFT matrices are rebuilt from the seed, never saved
+
+
+def test_wrapper_spectral_mode_switches_the_perturbation() -> None:
+    model = _TinyModel()
+    wrapped, _ = apply_tta(model, enabled=True, views=2, sigma=0.2, seed=1)
+    x = torch.rand(2, 3, 16, 12) * 255
+    ref = wrapped(x)
+    assert set_spectral_mode(wrapped, "gemm") == 1
+    got = wrapped(x)
+    torch.testing.assert_close(got.anomaly_map, ref.anomaly_map, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.pred_score, ref.pred_score, atol=1e-5, rtol=0)
 
 
 def test_invalid_views_raises() -> None:

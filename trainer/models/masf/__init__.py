@@ -8,10 +8,11 @@ from __future__ import annotations
 from trainer.config import Config
 from trainer.models.backbones import create_teacher
 from trainer.models.masf.masf import MASF
+from trainer.models.masf.spectral import set_spectral_mode
 from trainer.models.masf.ttsa import apply_tta
 from trainer.models.masf.ughf import MASFOutput
 
-__all__ = ["MASF", "MASFOutput", "apply_tta", "create_masf"]
+__all__ = ["MASF", "MASFOutput", "apply_tta", "create_masf", "set_spectral_mode"]
 
 
 def create_masf(

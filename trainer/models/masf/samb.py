@@ -8,10 +8,10 @@
   descriptor without being fitted to the normal data.
 * :class:`GreedyCoresetSampler` picks prototypes by greedy k-center (farthest-point) selection, seeded.
 * :class:`MemoryBank` holds the prototypes as a buffer (in ``state_dict``, moves with ``.to()``, exports).
-* :class:`KNNScorer` scores a query as the mean Euclidean distance to its ``k`` nearest prototypes, with
-  ``|x|^2 - 2 x.y + |y|^2`` in chunks of positions (MatMul + TopK: export-friendly, no N x M distance
-  matrix at once, and the chunking never depends on the batch size, so a graph with a dynamic batch
-  exports).
+* :class:`KNNScorer` scores a query as the mean Euclidean distance to its ``k`` nearest prototypes: the
+  neighbours are selected with ``|y|^2 - 2 x.y`` (MatMul + TopK: export-friendly, no N x M x C tensor),
+  their distances recomputed exactly as ``|x - y|``; chunks split positions, never the batch, so a graph
+  with a dynamic batch exports.
 
 The channel spectrum ``|rfft(p)|`` is computed by ``PatchEmbedder.spectral_magnitude``
 (:class:`~trainer.models.masf.spectral.ChannelDFTMagnitude`): ``torch.fft`` or, for export, a MatMul
@@ -73,8 +73,9 @@ class PatchEmbedder(nn.Module):
 
     def _spectral(self, p: torch.Tensor) -> torch.Tensor:
         """``[..., C]`` -> ``MLP(pad_to_C(|rfft(p)|))`` ``[..., C]``, in FP32."""
+        # Called outside the autocast block: a module called inside one loses its name scope on export.
+        mag = self.spectral_magnitude(p)  # [..., C // 2 + 1], FP32 inside
         with fp32(p.device):
-            mag = self.spectral_magnitude(p)  # [..., C // 2 + 1]
             mag = F.pad(mag, (0, self.channels - mag.shape[-1]))
             return F.gelu(mag @ self.w1.float()) @ self.w2.float()
 
@@ -171,10 +172,16 @@ class KNNScorer(nn.Module):
     """Mean Euclidean distance to the ``k`` nearest prototypes, in chunks of ``chunk`` positions per image.
 
     Note:
-        Distances use ``|x|^2 - 2 x.y + |y|^2`` (clamped at 0, then sqrt) rather than ``cdist``: the same
-        math in MatMul/TopK form for ONNX and TensorRT (TensorRT's TopK needs ``k < 3840``). ``k == 1``
-        uses ``min``. Chunks split the positions of each image (a static size), never the batch, so an
-        exported graph keeps a dynamic batch; one step holds ``N x chunk x M`` distances.
+        The neighbours are *selected* with ``|y|^2 - 2 x.y`` (the squared distance minus the query's
+        constant ``|x|^2``; MatMul + TopK, or ArgMin for ``k == 1``: the same math in ONNX / TensorRT
+        form, no ``cdist``; TensorRT's TopK needs ``k < 3840``), and their distances are then
+        *recomputed* as ``|x - y|`` from the gathered prototypes. The expanded form cancels
+        catastrophically for a query that (nearly) coincides with a prototype: in FP32 its error is
+        ~``sqrt(eps) ~ 3e-4`` in the distance, enough for two correct implementations (PyTorch, ONNX
+        Runtime) to differ by 1e-3 of the map range on parts with a uniform background. The direct form
+        is accurate to FP32 rounding. Chunks split the positions of each image (a static size), never
+        the batch, so an exported graph keeps a dynamic batch; one step holds ``N x chunk x M`` scores
+        and ``N x chunk x k x C`` gathered prototypes.
     """
 
     def __init__(self, k: int = 1, chunk: int = 1024) -> None:
@@ -199,10 +206,12 @@ class KNNScorer(nn.Module):
             out = []
             for start in range(0, q.shape[1], self.chunk):
                 qc = q[:, start : start + self.chunk]  # [N, p, C]
-                d2 = (qc * qc).sum(-1, keepdim=True) - 2.0 * torch.matmul(qc, b.T) + b_sq  # [N, p, M]
+                # selection only: ranks are right, values near 0 are not (cancellation)
+                score = b_sq - 2.0 * torch.matmul(qc, b.T)  # [N, p, M] = d^2 - |q|^2
                 if k == 1:
-                    near = d2.min(dim=-1, keepdim=True).values
+                    idx = score.argmin(dim=-1, keepdim=True)  # [N, p, 1]
                 else:
-                    near = torch.topk(d2, k, dim=-1, largest=False).values
-                out.append(near.clamp_min(0).sqrt().mean(-1))
+                    idx = torch.topk(score, k, dim=-1, largest=False).indices  # [N, p, k]
+                diff = qc[:, :, None, :] - F.embedding(idx, b)  # [N, p, k, C]; Gather rows of b
+                out.append((diff * diff).sum(-1).sqrt().mean(-1))
             return torch.cat(out, dim=1).reshape(lead)

@@ -248,7 +248,8 @@ class SpectralPhaseRotation(SpectralOp):
         with fp32(x.device):
             x = x.float()
             if self.mode == "fft":
-                spec = torch.fft.fft2(x, norm="ortho")[None]  # [1, N, C, H, W]
+                spec = torch.fft.fft2(x, norm="ortho")  # [N, C, H, W] complex
+                # [N, C, H, W] x [V, 1, 1, H, W] -> [V, N, C, H, W] (no op on the complex tensor but fft)
                 re, im = self._rotate(spec.real, spec.imag, self.cos_eps, self.sin_eps)
                 return torch.fft.ifft2(torch.complex(re, im), norm="ortho").real
             return self._gemm(x)

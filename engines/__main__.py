@@ -1,0 +1,7 @@
+"""``python -m engines`` = ``masf-engine``."""
+
+import sys
+
+from engines.cli import main
+
+sys.exit(main())

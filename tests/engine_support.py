@@ -1,0 +1,53 @@
+"""Shared, cached artefacts of the engine tests: one exported bundle per test session.
+
+A bundle export (torch.export + torch.onnx + parity) takes ~20 s here, so every engine test module uses
+the same one. It is made through the CLI (``masf-engine export``), so the first module that needs it
+also exercises the command; its exit code and output are kept for ``test_engine_cli``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+_CACHE: dict[Path, ExportedBundle] = {}
+
+
+@dataclass(frozen=True)
+class ExportedBundle:
+    """The shared bundle and how the CLI reported it."""
+
+    path: Path
+    run: Path
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def exported_bundle(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
+    """Export ``trained_run`` once per session with ``masf-engine export`` (gemm, plain path)."""
+    if trained_run in _CACHE:
+        return _CACHE[trained_run]
+    import torch
+
+    from engines.cli import main
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("bundle")
+    metrics = root / "eval.json"
+    metrics.write_text(json.dumps({"image_auroc": 0.9, "pixel_auroc": 0.8}))
+    out = root / "part.bundle"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = ["export", "--run", str(trained_run), "--out", str(out), "--part", "widget", "--threads", "1"]
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main([*argv, "--metrics", str(metrics)])
+    result = ExportedBundle(out, trained_run, code, stdout.getvalue(), stderr.getvalue())
+    if code != 0:
+        pytest.fail(f"masf-engine export failed ({code}): {result.stderr}")
+    _CACHE[trained_run] = result
+    return result
