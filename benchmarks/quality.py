@@ -144,7 +144,21 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality")
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: render the table from the JSON files already in --out (resumed or split runs)",
+    )
     args = parser.parse_args()
+    if args.table_only:
+        rows = [
+            json.loads(p.read_text())
+            for d in args.datasets
+            for v in args.variants
+            if (p := args.out / f"{d}__{v}.json").is_file()
+        ]
+        print(markdown(rows))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
