@@ -7,7 +7,7 @@ PIP := $(VPY) -m pip
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 DATA ?= ../shared/data/mvtec_ad/bottle
 
-.PHONY: venv test lint format demo bench-quality clean
+.PHONY: venv test lint format demo bench-quality gpu-check clean
 
 # torch goes in first, alone, so that pip never resolves a second torch (DEVELOPERS.md).
 $(VENV)/.torch-stamp:
@@ -17,7 +17,7 @@ $(VENV)/.torch-stamp:
 	touch $@
 
 $(VENV)/.project-stamp: $(VENV)/.torch-stamp pyproject.toml
-	$(PIP) install -q -e '.[trainer,engines,test]'
+	$(PIP) install -q -e '.[trainer,engines,test,tensorrt-build]'
 	touch $@
 
 venv: $(VENV)/.project-stamp
@@ -41,6 +41,12 @@ demo: venv
 
 bench-quality: venv
 	$(VPY) benchmarks/quality.py
+
+# For a machine with an NVIDIA GPU and TensorRT (not this one): needs `pip install tensorrt` (NVIDIA's
+# index) or tensorrt-rtx on an RTX GPU, plus `pip install -e '.[gpu]'` (pycuda). Trains a small run on
+# $(DATA), exports it, builds the FP16 engine, compares TensorRT with ONNX Runtime, prints latency.
+gpu-check: venv
+	$(VPY) benchmarks/gpu_check.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

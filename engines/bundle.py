@@ -1,4 +1,4 @@
-"""Model bundles: a directory with ``manifest.json``, ``model.onnx`` and (later) TensorRT engines.
+"""Model bundles: a directory with ``manifest.json``, ``model.onnx`` and optional TensorRT engines.
 
 The manifest makes a bundle self-describing, so the edge daemon needs nothing else (and never torch):
 
@@ -11,13 +11,16 @@ The manifest makes a bundle self-describing, so the edge daemon needs nothing el
   ``tta``), its rule and statistics, and every path's calibration (``by_path``);
 * ``data``: the training-data fingerprint and split sizes; ``validation``: metrics if given;
 * ``source``: the run the bundle was exported from (directory, weights sha256);
-* ``files``: every file of the bundle with its sha256 and size; ``export``: the export record.
+* ``files``: every file of the bundle with its sha256 and size; ``export``: the export record;
+* ``engines`` (optional): one entry per TensorRT engine (``file``, ``record``: its build record JSON,
+  ``precision``, ``tensorrt``, ``target``, ``max_batch``), both files listed in ``files``.
 
 :func:`write_bundle` writes into a temporary sibling directory, then renames it into place, so a reader
-never sees a half-written bundle. :func:`load_manifest` checks JSON, schema version (upgrading older
-ones through :data:`UPGRADES`), required keys and types; :meth:`Bundle.open` also verifies every file's
-size and sha256. Every problem is a :class:`~engines.errors.BundleError` whose one-line message says what
-to do. Torch-free (standard library and :mod:`engines.preprocess` only).
+never sees a half-written bundle; :func:`update_bundle` adds or replaces files and manifest sections the
+same way (``masf-engine build`` adds engines with it). :func:`load_manifest` checks JSON, schema version
+(upgrading older ones through :data:`UPGRADES`), required keys and types; :meth:`Bundle.open` also
+verifies every file's size and sha256. Every problem is a :class:`~engines.errors.BundleError` whose
+one-line message says what to do. Torch-free (standard library and :mod:`engines.preprocess` only).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,7 @@ __all__ = [
     "file_record",
     "load_manifest",
     "sha256_file",
+    "update_bundle",
     "upgrade_manifest",
     "validate_manifest",
     "verify_files",
@@ -107,7 +111,8 @@ _REQUIRED: dict[str, _Type] = {
     "export.inputs": list,
     "export.outputs": list,
 }
-_OPTIONAL: dict[str, _Type] = {"validation": (dict, type(None)), "source": dict}
+_OPTIONAL: dict[str, _Type] = {"validation": (dict, type(None)), "source": dict, "engines": list}
+_ENGINE_KEYS = ("file", "record", "precision")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -232,6 +237,15 @@ def validate_manifest(doc: Mapping[str, Any], where: str = "bundle") -> Preproce
     _check_files(doc["files"], where)
     if doc["export"]["file"] not in doc["files"]:
         raise BundleError(f"{where}: export.file {doc['export']['file']!r} is not in files: {_REEXPORT}")
+    for k, entry in enumerate(doc.get("engines", [])):
+        if not isinstance(entry, Mapping) or not all(isinstance(entry.get(key), str) for key in _ENGINE_KEYS):
+            raise BundleError(
+                f"{where}: engines[{k}] needs {list(_ENGINE_KEYS)}: rebuild with masf-engine build"
+            )
+        for key in ("file", "record"):
+            if entry[key] not in doc["files"]:
+                msg = f"{where}: engines[{k}].{key} {entry[key]!r} is not in files"
+                raise BundleError(f"{msg}: rebuild it with masf-engine build")
     return spec
 
 
@@ -327,6 +341,11 @@ class Bundle:
         """Path of the ONNX graph."""
         return self.path / self.manifest["export"]["file"]
 
+    @property
+    def engines(self) -> list[dict[str, Any]]:
+        """The TensorRT engine entries of the manifest (empty when none was built)."""
+        return list(self.manifest.get("engines", []))
+
     def file(self, name: str) -> Path:
         """Path of a file listed in the manifest.
 
@@ -399,3 +418,39 @@ def write_bundle(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return Bundle.open(out)
+
+
+def update_bundle(
+    path: str | Path,
+    files: Mapping[str, str | Path | bytes],
+    sections: Mapping[str, Any],
+    remove: Sequence[str] = (),
+) -> Bundle:
+    """Add or replace files and manifest sections of a bundle, atomically (through :func:`write_bundle`).
+
+    The bundle is verified first; every file it keeps is copied with the new ones into a temporary
+    sibling that replaces it, so a reader sees the old or the new bundle, never a mix.
+
+    Args:
+        path: the bundle directory.
+        files: bundle file name -> source path or bytes (added or replacing a file of the same name).
+        sections: top-level manifest keys to set (e.g. ``{"engines": [...]}``).
+        remove: file names to drop from the bundle.
+
+    Returns:
+        The updated bundle, opened and verified.
+
+    Raises:
+        BundleError: the bundle is invalid, a section would make the manifest invalid, or a name is bad.
+    """
+    current = Bundle.open(path)
+    for key in ("schema_version", "files"):
+        if key in sections:
+            raise BundleError(f"bundle {current.path}: {key!r} is managed by the bundle writer")
+    kept: dict[str, str | Path | bytes] = {
+        name: current.path / name for name in current.manifest["files"] if name not in remove
+    }
+    kept.update(files)
+    manifest = {**current.manifest, **copy.deepcopy(dict(sections))}
+    manifest.pop("files", None)
+    return write_bundle(current.path, manifest, kept, overwrite=True)

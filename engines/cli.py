@@ -2,12 +2,16 @@
 
     masf-engine export --run RUN_DIR --out BUNDLE [--spectral-mode gemm|dft] [--tta] [--part NAME]
                        [--verify-data DIR] [--metrics EVAL.json] [--opset 18] [--overwrite] [--threads N]
+    masf-engine build --bundle BUNDLE [--precision fp16|fp32] [--max-batch N] [--opt-batch N] [--sm SM86]
+                      [--timing-cache PATH] [--workspace-mb MB] [--weak-typing] [--hardware-compat]
+                      [--version-compat] [--tensorrt auto|tensorrt|tensorrt_rtx]
     masf-engine verify --bundle BUNDLE
     masf-engine info --bundle BUNDLE [--json]
 
-``export`` needs the trainer (torch); ``verify`` and ``info`` do not import torch. User errors (bad run,
-bundle, data folder or option) print one line ``error: ...`` and exit with status 2; a failed parity
-check exits with status 3 and writes no bundle.
+``export`` needs the trainer (torch); ``build`` needs TensorRT (``tensorrt`` on the GPU machine, or
+``tensorrt-rtx``, which also builds on a machine without a GPU); ``verify`` and ``info`` import neither.
+User errors (bad run, bundle, data folder, option, missing TensorRT) print one line ``error: ...`` and
+exit with status 2; a failed parity check exits with status 3 and writes no bundle.
 """
 
 from __future__ import annotations
@@ -51,6 +55,30 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     ex.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity run")
+
+    bld = sub.add_parser("build", help="bundle ONNX -> TensorRT engine + build record, added to the bundle")
+    bld.add_argument("--bundle", required=True, help="bundle directory (from masf-engine export)")
+    bld.add_argument(
+        "--precision", choices=("fp16", "fp32"), default="fp16", help="fp16 keeps an FP32 island"
+    )
+    bld.add_argument("--max-batch", type=int, default=8, help="largest batch of the profile (default 8)")
+    bld.add_argument("--opt-batch", type=int, default=None, help="batch to tune for (default: max batch)")
+    bld.add_argument("--sm", default=None, help="TensorRT-RTX target compute capability, e.g. SM86")
+    bld.add_argument("--timing-cache", default=None, help="timing cache file to reuse and update")
+    bld.add_argument("--workspace-mb", type=int, default=1024, help="workspace limit in MB (default 1024)")
+    bld.add_argument(
+        "--weak-typing",
+        action="store_true",
+        help="TensorRT 10: FP16 flag + FP32 layer constraints on the FP32 graph (default: strongly typed)",
+    )
+    bld.add_argument("--hardware-compat", action="store_true", help="TensorRT: engine for any Ampere+ GPU")
+    bld.add_argument("--version-compat", action="store_true", help="TensorRT: version-compatible engine")
+    bld.add_argument(
+        "--tensorrt",
+        choices=("auto", "tensorrt", "tensorrt_rtx"),
+        default="auto",
+        help="TensorRT package (auto: tensorrt if installed, else tensorrt_rtx)",
+    )
 
     ver = sub.add_parser("verify", help="check a bundle's schema and every file's checksum")
     ver.add_argument("--bundle", required=True, help="bundle directory")
@@ -111,9 +139,41 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build(args: argparse.Namespace) -> int:
+    from engines.tensorrt.bundle_engines import build_bundle_engine
+
+    bundle, record = build_bundle_engine(
+        args.bundle,
+        args.precision,
+        args.max_batch,
+        opt_batch=args.opt_batch,
+        workspace_mb=args.workspace_mb,
+        timing_cache=args.timing_cache,
+        compute_capability=args.sm,
+        strongly_typed=not args.weak_typing,
+        hardware_compat=args.hardware_compat,
+        version_compat=args.version_compat,
+        flavour=None if args.tensorrt == "auto" else args.tensorrt,
+    )
+    target = ", ".join(record.target_sms) or (
+        "portable (TensorRT-RTX default)"
+        if record.tensorrt_flavour == "tensorrt_rtx"
+        else record.hardware_compatibility
+    )
+    gpu = f"on {record.gpu['name']}" if record.gpu else "without a GPU"
+    print(
+        f"engine {record.engine_file} added to {bundle.path}: {record.precision} ({record.strategy}), batch "
+        f"1..{record.max_batch}, {record.tensorrt_flavour} {record.tensorrt_version}, target {target}, built "
+        f"{gpu} in {record.build_seconds:.1f} s, {record.engine_size / 1e6:.1f} MB"
+    )
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         return _export(args)
+    if args.command == "build":
+        return _build(args)
     from engines.bundle import Bundle
 
     if args.command == "verify":
@@ -146,6 +206,14 @@ def _run(args: argparse.Namespace) -> int:
             f"{export['spectral_mode']}, tta {export['tta']}, {sum(export.get('ops', {}).values())} nodes",
             f"parity      map {parity.get('map_max_rel_err', float('nan')):.1e}, score "
             f"{parity.get('score_max_rel_err', float('nan')):.1e} on {parity.get('images', '?')}",
+            "engines     "
+            + (
+                ", ".join(
+                    f"{e['file']} ({e['precision']}, {e.get('tensorrt')}, batch <= {e.get('max_batch')})"
+                    for e in bundle.engines
+                )
+                or "none (masf-engine build --bundle B)"
+            ),
             "files       " + ", ".join(f"{k} ({v['size']} B)" for k, v in m["files"].items()),
         ]
         print("\n".join(lines))

@@ -8,7 +8,15 @@ The edge daemon imports this module, so it must never import torch or the traine
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "BundleError", "EngineError", "ExportError", "InputError", "ParityError"]
+__all__ = [
+    "BackendError",
+    "BuildError",
+    "BundleError",
+    "EngineError",
+    "ExportError",
+    "InputError",
+    "ParityError",
+]
 
 
 class EngineError(Exception):
@@ -29,6 +37,10 @@ class ParityError(ExportError):
 
 class BackendError(EngineError):
     """Unknown or unavailable inference backend (nothing falls back silently)."""
+
+
+class BuildError(EngineError):
+    """A TensorRT engine cannot be built (missing or corrupt ONNX, parser errors, unsupported option)."""
 
 
 class InputError(EngineError, ValueError):

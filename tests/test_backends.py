@@ -48,10 +48,20 @@ def test_get_backend_by_name_without_fallback() -> None:
     assert get_backend("onnxruntime") is OrtBackend
     assert get_backend("ORT") is OrtBackend
     assert get_backend("torch") is TorchBackend
-    for name in ("tensorrt", "trt"):
-        with pytest.raises(BackendError, match=r"'tensorrt' is not available in this build yet.*onnxruntime"):
-            get_backend(name)
-    with pytest.raises(BackendError, match=r"unknown backend 'openvino'"):
+    try:
+        from engines.backends.tensorrt import TensorRTBackend, check_available
+
+        check_available()
+    except BackendError as err:  # no TensorRT or pycuda here: the same clear error, never a fallback
+        for name in ("tensorrt", "trt"):
+            with pytest.raises(BackendError, match=r"needs TensorRT and pycuda.*nothing falls back"):
+                get_backend(name)
+        assert "install" in str(err)
+    else:  # a GPU machine with TensorRT and pycuda
+        assert get_backend("trt") is TensorRTBackend
+    with pytest.raises(
+        BackendError, match=r"unknown backend 'openvino': choose one of \['onnxruntime', 'tensorrt'"
+    ):
         get_backend("openvino")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import engines.bundle as bundle_mod
-from engines.bundle import MANIFEST_FILE, SCHEMA_VERSION, Bundle, load_manifest, write_bundle
+from engines.bundle import MANIFEST_FILE, SCHEMA_VERSION, Bundle, load_manifest, update_bundle, write_bundle
 from engines.errors import BundleError, EngineError
 from engines.preprocess import PreprocessSpec
 
@@ -252,3 +252,26 @@ def test_upgrade_hook_brings_old_manifests_forward(written: Bundle, monkeypatch:
     assert opened.manifest["schema_version"] == SCHEMA_VERSION + 1
     assert opened.manifest["model"]["part_label"] == "WIDGET"
     assert (written.path / MANIFEST_FILE).read_text() == before  # reading never rewrites the bundle
+
+
+def test_update_bundle_adds_files_and_sections_atomically(written: Bundle, tmp_path: Path) -> None:
+    engine = {"file": "e.engine", "record": "e.build.json", "precision": "fp16"}
+    updated = update_bundle(
+        written.path, {"e.engine": b"engine bytes", "e.build.json": b"{}"}, {"engines": [engine]}
+    )
+    assert sorted(updated.manifest["files"]) == ["e.build.json", "e.engine", "model.onnx"]
+    assert updated.manifest["files"]["e.engine"]["sha256"] == hashlib.sha256(b"engine bytes").hexdigest()
+    assert updated.engines == [engine] and Bundle.open(written.path).engines == [engine]
+    assert updated.manifest["model"] == written.manifest["model"]  # the rest is kept
+    assert (written.path / "model.onnx").read_bytes() == ONNX_BYTES
+    assert _leftovers(tmp_path) == []
+    # replacing a file; removing a file that an engine entry still names is refused (nothing written)
+    update_bundle(written.path, {"e.engine": b"rebuilt"}, {})
+    with pytest.raises(BundleError, match=r"engines\[0\].record 'e.build.json' is not in files"):
+        update_bundle(written.path, {}, {}, remove=["e.build.json"])
+    assert Bundle.open(written.path).file("e.engine").read_bytes() == b"rebuilt"
+    with pytest.raises(BundleError, match=r"engines\[0\] needs \['file', 'record', 'precision'\]"):
+        update_bundle(written.path, {}, {"engines": [{"file": "e.engine"}]})
+    with pytest.raises(BundleError, match="'files' is managed by the bundle writer"):
+        update_bundle(written.path, {}, {"files": {}})
+    assert Bundle.open(written.path).engines == [engine]  # failed updates changed nothing

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from engine_support import ExportedBundle, exported_bundle
 
+from engines.bundle import Bundle
 from engines.cli import EXIT_PARITY_FAILED, EXIT_USER_ERROR, main
 from engines.errors import ParityError
 
@@ -145,3 +146,34 @@ def test_python_dash_m_engines_verify_without_torch(exported: ExportedBundle) ->
     )
     assert res.returncode == 0, res.stderr
     assert "OK (schema 1" in res.stdout and "TORCH False" in res.stdout
+
+
+def test_build_adds_an_engine_and_user_errors_exit_2(
+    exported: ExportedBundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trt_rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (.[tensorrt-build])")
+    copy = tmp_path / "b"
+    shutil.copytree(exported.path, copy)
+    argv = ["build", "--bundle", str(copy), "--precision", "fp32", "--max-batch", "2", "--sm", "SM86"]
+    assert main([*argv, "--tensorrt", "tensorrt_rtx", "--timing-cache", str(tmp_path / "tc")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"engine model.fp32.sm86.engine added to {copy}: fp32")
+    assert f"batch 1..2, tensorrt_rtx {trt_rtx.__version__}, target SM86, built without a GPU" in out[0]
+    assert main(["verify", "--bundle", str(copy)]) == 0
+    assert "3 file(s) verified" in capsys.readouterr().out
+    assert main(["info", "--bundle", str(copy)]) == 0
+    assert "engines     model.fp32.sm86.engine (fp32, tensorrt_rtx" in capsys.readouterr().out
+    cases = [
+        (["--weak-typing"], "weak typing (layer precision constraints) needs NVIDIA TensorRT 10"),
+        (["--sm", "SM90"], "cannot target SM90"),
+        (["--hardware-compat"], "TensorRT-RTX has no hardware/version compatibility modes"),
+        (["--max-batch", "0"], "need 1 <= opt batch"),
+    ]
+    for extra, message in cases:
+        assert main(["build", "--bundle", str(copy), "--tensorrt", "tensorrt_rtx", *extra]) == EXIT_USER_ERROR
+        assert message in _one_error_line(capsys.readouterr().err), extra
+    assert main(["build", "--bundle", str(tmp_path / "none")]) == EXIT_USER_ERROR
+    assert "not found (create one with: masf-engine export" in _one_error_line(capsys.readouterr().err)
+    assert sorted(Bundle.open(copy).manifest["files"]) == [
+        "model.fp32.sm86.build.json", "model.fp32.sm86.engine", "model.onnx",
+    ]  # fmt: skip

@@ -271,3 +271,28 @@ def test_unsupported_ops_and_restrictions() -> None:
         helper.make_graph([node], "g", [x, axes], [y]), opset_imports=[helper.make_opsetid("", 18)]
     )
     assert trt10_issues(dyn) == ["ReduceMax rmax: axes must be a constant"]
+
+
+def test_uint8_inputs_must_be_cast_first() -> None:
+    """TensorRT takes UINT8 only in a Cast: a Transpose of the uint8 frame is rejected by its parser."""
+    img = helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 4, 4, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    transpose_first = [
+        helper.make_node("Transpose", ["image"], ["t"], name="permute", perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["t"], ["y"], name="cast", to=TensorProto.FLOAT),
+    ]
+    cast_first = [
+        helper.make_node("Cast", ["image"], ["c"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["c"], ["y"], name="permute", perm=[0, 3, 1, 2]),
+    ]
+    for nodes, expected in (
+        (
+            transpose_first,
+            ["Transpose permute: reads the UINT8 input 'image' (TensorRT needs a Cast to float first)"],
+        ),
+        (cast_first, []),
+    ):
+        model = helper.make_model(
+            helper.make_graph(nodes, "g", [img], [y]), opset_imports=[helper.make_opsetid("", 18)]
+        )
+        assert trt10_issues(model) == expected

@@ -5,7 +5,8 @@ are imported on demand, so ``import engines.backends`` pulls in neither onnxrunt
 
 * ``onnxruntime`` (alias ``ort``): :class:`~engines.backends.ort.OrtBackend`, CPU, the edge default;
 * ``torch``: :class:`~engines.backends.torch_backend.TorchBackend`, the reference (needs the trainer);
-* ``tensorrt`` (alias ``trt``): not available in this build yet (a clear error says so).
+* ``tensorrt`` (alias ``trt``): :class:`~engines.backends.tensorrt.TensorRTBackend`, NVIDIA GPU; needs
+  TensorRT and pycuda, checked when it is asked for (a clear error says what to install).
 """
 
 from __future__ import annotations
@@ -20,28 +21,21 @@ __all__ = ["BACKENDS", "Backend", "Scores", "get_backend"]
 BACKENDS = {
     "onnxruntime": ("engines.backends.ort", "OrtBackend"),
     "torch": ("engines.backends.torch_backend", "TorchBackend"),
+    "tensorrt": ("engines.backends.tensorrt", "TensorRTBackend"),
 }
 _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
 
 
 def get_backend(name: str) -> type[Backend]:
-    """The backend class called ``name`` (``onnxruntime``/``ort``, ``torch``).
+    """The backend class called ``name`` (``onnxruntime``/``ort``, ``torch``, ``tensorrt``/``trt``).
 
     Raises:
-        BackendError: ``tensorrt`` (not in this build yet), an unknown name, or a backend whose packages
-            are not installed; the message says what to use or install.
+        BackendError: an unknown name, or a backend whose packages are not installed (for ``tensorrt``:
+            TensorRT or pycuda); the message says what to use or install.
     """
     key = _ALIASES.get(name.lower(), name.lower())
-    if key == "tensorrt":
-        raise BackendError(
-            "backend 'tensorrt' is not available in this build yet (TensorRT engines arrive with "
-            "'masf-engine build'); it will need NVIDIA TensorRT >= 10 and pycuda on a GPU machine. "
-            "Use backend 'onnxruntime' meanwhile"
-        )
     if key not in BACKENDS:
-        raise BackendError(
-            f"unknown backend {name!r}: choose one of {sorted(BACKENDS)} (or 'tensorrt' later)"
-        )
+        raise BackendError(f"unknown backend {name!r}: choose one of {sorted(BACKENDS)}")
     module, cls_name = BACKENDS[key]
     try:
         mod = importlib.import_module(module)
@@ -50,5 +44,7 @@ def get_backend(name: str) -> type[Backend]:
         raise BackendError(
             f"backend {key!r} cannot be imported ({err}): pip install 'masf-edge[{extra}]'"
         ) from None
+    if key == "tensorrt":
+        mod.check_available()
     backend: type[Backend] = getattr(mod, cls_name)
     return backend

@@ -5,7 +5,8 @@ Names are imported lazily, so ``engines.export.trt_ops`` (onnx only) can be used
 * :func:`export_onnx` (``engines.export.onnx``): the model's inference path as one ONNX graph;
 * :func:`check_parity` (``engines.export.parity``): ONNX Runtime vs PyTorch eager;
 * :func:`export_run` (``engines.export.from_run``): run directory -> verified bundle (``masf-engine export``);
-* :func:`unsupported_ops`, :func:`trt10_issues` (``engines.export.trt_ops``): TensorRT 10 op check.
+* :func:`unsupported_ops`, :func:`trt10_issues` (``engines.export.trt_ops``): TensorRT 10 op check;
+* :func:`to_mixed_precision` (``engines.export.mixed_precision``): FP16 graph with an FP32 spectral island.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["check_parity", "export_onnx", "export_run", "trt10_issues", "unsupported_ops"]
+__all__ = [
+    "check_parity",
+    "export_onnx",
+    "export_run",
+    "to_mixed_precision",
+    "trt10_issues",
+    "unsupported_ops",
+]
 
 _WHERE = {
     "export_onnx": "engines.export.onnx",
     "check_parity": "engines.export.parity",
     "export_run": "engines.export.from_run",
+    "to_mixed_precision": "engines.export.mixed_precision",
     "trt10_issues": "engines.export.trt_ops",
     "unsupported_ops": "engines.export.trt_ops",
 }

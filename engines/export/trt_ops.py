@@ -4,7 +4,9 @@ The operator list is data, kept next to this module in ``trt10_supported_ops.jso
 (onnx-tensorrt ``docs/operators.md``, TensorRT 10.15 edition, and ``docs/Changelog.md`` for the release
 that added an operator after 10.0). :func:`unsupported_ops` lists the op types of a model that a given
 TensorRT 10.x version does not parse; :func:`trt10_issues` adds the restrictions this project runs into
-(TopK's constant ``K < 3840``, constant reduction axes, the opset range of the version).
+(TopK's constant ``K < 3840``, constant reduction axes, the opset range of the version, UINT8 graph inputs
+that only a Cast may read: TensorRT's ``DataType.UINT8`` is an I/O type that must be converted to float
+before any other layer uses it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _CONSTANT_AXES = {
     "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
     "ReduceProd", "ReduceSum", "ReduceSumSquare", "Squeeze", "Unsqueeze",
 }  # fmt: skip
+_UINT8_READERS = {"Cast", "Shape"}
+"""Ops that may read a UINT8 graph input in TensorRT (Cast to float/half; Shape reads only the dims)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,7 +99,8 @@ def trt10_issues(model: Any, trt_version: str = "10.0") -> list[str]:
     """Everything in ``model`` that TensorRT ``trt_version`` would reject: unsupported ops and restrictions.
 
     Checks: unsupported op types, the default-domain opset against the version's opset range, every
-    TopK's ``K`` (a constant below 3840) and ``sorted``, and constant ``axes`` of Reduce*/(Un)Squeeze.
+    TopK's ``K`` (a constant below 3840) and ``sorted``, constant ``axes`` of Reduce*/(Un)Squeeze, and
+    that UINT8 graph inputs go only into Cast (or Shape) nodes.
 
     Returns:
         One line per problem; empty when the graph should parse.
@@ -109,6 +114,7 @@ def trt10_issues(model: Any, trt_version: str = "10.0") -> list[str]:
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and not lo <= opset.version <= hi:
             issues.append(f"opset {opset.version} outside TensorRT {trt_version}'s range {lo}..{hi}")
+    issues += _uint8_input_issues(model.graph)
     constants = _constant_values(model.graph)
     max_k = int(table["topk_max_k"])
     for node in model.graph.node:
@@ -124,4 +130,18 @@ def trt10_issues(model: Any, trt_version: str = "10.0") -> list[str]:
             axes = node.input[1]
             if axes and axes not in constants:  # "" = optional input left out
                 issues.append(f"{node.op_type} {node.name}: axes must be a constant")
+    return issues
+
+
+def _uint8_input_issues(graph: Any) -> list[str]:
+    from onnx import TensorProto
+
+    uint8_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.UINT8}
+    issues = []
+    for node in graph.node:
+        if node.op_type in _UINT8_READERS:
+            continue
+        for name in sorted(uint8_inputs & set(node.input)):
+            msg = f"{node.op_type} {node.name}: reads the UINT8 input {name!r}"
+            issues.append(f"{msg} (TensorRT needs a Cast to float first)")
     return issues

@@ -1,9 +1,12 @@
 """The module that is exported: uint8 NHWC frames in, raw anomaly map and score out.
 
 The edge feeds exactly what :func:`engines.preprocess.preprocess_batch` produces (uint8 ``[N, H, W, 3]``
-RGB) plus the letterbox mask, so the graph starts with the cast and the NHWC -> NCHW transpose; the
-normalisation (mean/std of the backbone) is the model's own first op. No threshold inside: the graph
-returns raw scores and the calibrated threshold travels in the bundle manifest.
+RGB) plus the letterbox mask, so the graph starts with the casts and the NHWC -> NCHW transpose; the
+normalisation (mean/std of the backbone) is the model's own first op. Both uint8 inputs are cast to float
+before any other op touches them: TensorRT takes UINT8 tensors only in Cast/Identity layers (a Transpose
+or Reshape of a UINT8 tensor is rejected by its ONNX parser), and ``trt_ops.trt10_issues`` checks it.
+No threshold inside: the graph returns raw scores and the calibrated threshold travels in the bundle
+manifest.
 """
 
 from __future__ import annotations
@@ -35,6 +38,6 @@ class ExportWrapper(nn.Module):
         Returns:
             ``(anomaly_map, score)``: float32 ``[N, 1, H, W]`` and ``[N]``.
         """
-        x = image.permute(0, 3, 1, 2).to(torch.float32)  # [N, 3, H, W], 0..255
-        out = self.model(x, valid)
+        x = image.to(torch.float32).permute(0, 3, 1, 2)  # cast first (TensorRT: UINT8 only into a Cast)
+        out = self.model(x, valid.to(torch.float32))  # [N, 3, H, W] 0..255; mask 0./1.
         return out.anomaly_map.to(torch.float32), out.pred_score.to(torch.float32)

@@ -1,0 +1,169 @@
+"""GPU check (``make gpu-check``): TensorRT FP16 engine vs ONNX Runtime on the bottle test images.
+
+For a machine with an NVIDIA GPU, TensorRT (``tensorrt`` >= 10, or ``tensorrt_rtx`` on an RTX GPU) and
+pycuda (``pip install 'masf-edge[gpu]'``). Steps, each printed:
+
+1. a small run on ``--data`` (``masf-train fit``, lite0, ``--epochs`` epochs; reused if present);
+2. its bundle (``masf-engine export``, parity on the data's test images);
+3. the FP16 engine with the FP32 spectral island (``masf-engine build``, batch 1..``--max-batch``);
+4. every test image through TensorRT and ONNX Runtime (CPU, FP32): max anomaly-map difference (absolute
+   and relative to the map's range), max score difference, verdict agreement at the bundle threshold;
+5. latency of the engine (preprocessed batches, ``EngineRunner.run``: copies in, execute, copies out) at
+   batch 1 and 8: median and p99 over ``--iters`` runs, with the GPU name.
+
+    .venv/bin/python benchmarks/gpu_check.py [--data DIR] [--work DIR] [--epochs 3] [--json OUT]
+
+Exit status 0 when the verdicts agree on every image, 1 otherwise (2: a setup error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "mvtec_ad" / "bottle"
+CONFIG = REPO / "configs" / "train" / "masf_lite0.yaml"
+BIN = Path(sys.executable).parent
+
+
+def _step(title: str) -> float:
+    print(f"== {title}", flush=True)
+    return time.perf_counter()
+
+
+def _run(cmd: list[str]) -> None:
+    print("   $ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _test_images(data: Path) -> tuple[list[np.ndarray], list[str]]:
+    from trainer.data import read_image, scan_test
+
+    samples = scan_test(data)
+    return [read_image(s.path) for s in samples], [str(s.path.relative_to(data)) for s in samples]
+
+
+def _latency(runner: Any, batch: np.ndarray, valid: np.ndarray, size: int, iters: int) -> dict[str, float]:
+    reps = int(np.ceil(size / batch.shape[0]))
+    image = np.ascontiguousarray(np.concatenate([batch] * reps)[:size])
+    mask = np.ascontiguousarray(np.concatenate([valid] * reps)[:size])
+    for _ in range(10):
+        runner.run(image, mask)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        runner.run(image, mask)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"batch": size, "median_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="MVTec-layout part folder (default: bottle)")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "gpu_check", help="run + bundle folder")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs of the small run")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=200, help="timed runs per batch size")
+    parser.add_argument("--tensorrt", choices=("auto", "tensorrt", "tensorrt_rtx"), default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+
+    from engines.backends.ort import OrtBackend
+    from engines.backends.tensorrt import TensorRTBackend, check_available
+    from engines.errors import EngineError
+    from engines.preprocess import preprocess_batch
+    from engines.tensorrt import gpu_info
+
+    try:
+        check_available()
+    except EngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    gpu = gpu_info()
+    print(f"GPU: {gpu.name} ({gpu.sm})" if gpu else "GPU: none found", flush=True)
+    run_dir, bundle_dir = args.work / "run", args.work / "bundle"
+    t0 = _step(f"1. small run on {args.data} ({args.epochs} epochs)")
+    if not (run_dir / "model.safetensors").is_file():
+        fit = [str(BIN / "masf-train"), "fit", "--config", str(CONFIG), "--data", str(args.data)]
+        _run(
+            [
+                *fit,
+                "--out",
+                str(run_dir),
+                "--set",
+                f"train.epochs={args.epochs}",
+                "--set",
+                "train.warmup_epochs=1",
+            ]
+        )
+    _step(f"2. bundle (parity on the test images) [{time.perf_counter() - t0:.0f} s]")
+    export = [str(BIN / "masf-engine"), "export", "--run", str(run_dir), "--out", str(bundle_dir)]
+    _run([*export, "--verify-data", str(args.data), "--overwrite"])
+    _step("3. FP16 engine")
+    build = [str(BIN / "masf-engine"), "build", "--bundle", str(bundle_dir), "--precision", "fp16"]
+    build += ["--max-batch", str(args.max_batch), "--timing-cache", str(args.work / "timing.cache")]
+    if args.tensorrt != "auto":
+        build += ["--tensorrt", args.tensorrt]
+    if args.tensorrt == "tensorrt_rtx" and gpu is not None:
+        build += ["--sm", gpu.sm]
+    _run(build)
+
+    _step("4. TensorRT vs ONNX Runtime on the test images")
+    images, names = _test_images(args.data)
+    flavour = None if args.tensorrt == "auto" else args.tensorrt
+    with (
+        OrtBackend.from_bundle(bundle_dir) as ort,
+        TensorRTBackend.from_bundle(bundle_dir, flavour=flavour) as trt,
+    ):
+        ref, out = ort.infer(images), trt.infer(images)
+        threshold = ort.threshold
+        diff = np.abs(out.anomaly_map - ref.anomaly_map).reshape(len(images), -1).max(axis=1)
+        ranges = np.ptp(ref.anomaly_map.reshape(len(images), -1), axis=1)
+        score_diff = np.abs(out.score.astype(np.float64) - ref.score)
+        mismatch = [
+            n for n, a, b in zip(names, out.failed(threshold), ref.failed(threshold), strict=True) if a != b
+        ]
+        batch, geoms = preprocess_batch(images[: args.max_batch], ort.spec)
+        valid = np.stack([g.valid_mask() for g in geoms])[:, None].astype(np.uint8)
+        _step(f"5. latency ({args.iters} runs per batch size, engine {trt.engine_file})")
+        latency = [_latency(trt.runner, batch, valid, size, args.iters) for size in (1, args.max_batch)]
+    result = {
+        "gpu": gpu.to_dict() if gpu else None,
+        "engine": trt.engine_file,
+        "images": len(images),
+        "map_max_abs_diff": float(diff.max()),
+        "map_max_rel_diff": float(np.max(diff / np.where(ranges > 0, ranges, 1.0))),
+        "score_max_abs_diff": float(score_diff.max()),
+        "score_max_rel_diff": float(np.max(score_diff / np.maximum(np.abs(ref.score), 1e-12))),
+        "threshold": threshold,
+        "verdict_mismatches": mismatch,
+        "min_threshold_margin": float(np.min(np.abs(ref.score - threshold))),
+        "latency": latency,
+    }
+    verdicts = "agree" if not mismatch else f"DIFFER on {mismatch}"
+    print(
+        f"{len(images)} images: map diff max {result['map_max_abs_diff']:.3g} "
+        f"({result['map_max_rel_diff']:.2%} of the map range), score diff max "
+        f"{result['score_max_abs_diff']:.3g} ({result['score_max_rel_diff']:.2%}), verdicts {verdicts}"
+    )
+    for row in latency:
+        print(
+            f"TensorRT {result['engine']} on {gpu.name if gpu else '?'}: batch {row['batch']}: median "
+            f"{row['median_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if not mismatch else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
