@@ -16,8 +16,6 @@ Loading checks the schema version, the presence of every file and a strict state
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
+from engines.fileio import write_atomic
 from engines.preprocess import PreprocessSpec
 from trainer.calibrate import Calibration
 from trainer.config import Config, config_from_dict, config_to_dict
@@ -54,24 +53,13 @@ class RunInfo:
         return self.preprocess.height, self.preprocess.width
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_run(out_dir: Path, model: torch.nn.Module, info: RunInfo) -> None:
     """Write ``model.safetensors``, ``run.json`` and ``config.yaml`` into ``out_dir`` (atomically each)."""
     from safetensors.torch import save
 
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out_dir / MODEL_FILE, save(state))
+    write_atomic(out_dir / MODEL_FILE, save(state))
     doc = {
         "schema_version": SCHEMA_VERSION,
         **info.meta,
@@ -79,8 +67,8 @@ def save_run(out_dir: Path, model: torch.nn.Module, info: RunInfo) -> None:
         "preprocess": info.preprocess.to_dict(),
         "calibration": info.calibration.to_dict(),
     }
-    _atomic_write(out_dir / RUN_FILE, (json.dumps(doc, indent=2) + "\n").encode())
-    _atomic_write(
+    write_atomic(out_dir / RUN_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+    write_atomic(
         out_dir / "config.yaml", yaml.safe_dump(config_to_dict(info.config), sort_keys=False).encode()
     )
 

@@ -38,6 +38,7 @@ from typing import Any
 from engines.bundle import GRAPH_INPUTS, GRAPH_OUTPUTS, sha256_file
 from engines.errors import BuildError, EngineError
 from engines.export.mixed_precision import DEFAULT_FP32_SCOPES, in_scopes, node_scope
+from engines.fileio import write_atomic
 from engines.tensorrt import TensorRTModule, gpu_info, import_tensorrt
 from engines.tensorrt.record import BuildRecord, record_path
 
@@ -338,7 +339,7 @@ def _save_timing_cache(rt: TensorRTModule, config: Any, info: dict[str, Any]) ->
         return
     path = Path(info["path"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, bytes(config.get_timing_cache().serialize()))
+    write_atomic(path, bytes(config.get_timing_cache().serialize()))
     info["saved"] = True
 
 
@@ -367,17 +368,6 @@ def _native_stdout_to_log() -> Iterator[None]:
             for line in sink.read().decode("utf-8", "replace").splitlines():
                 if line.strip():
                     log.info("tensorrt: %s", line.strip())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _network_graph(
@@ -476,7 +466,7 @@ def build_engine(
         why = logger.errors[-1] if logger.errors else "no error message"
         raise BuildError(f"TensorRT could not build {parse_path.name}: {' '.join(why.split())[:400]}")
     _save_timing_cache(rt, config, cache_info)
-    _write_atomic(out_path, bytes(serialized))
+    write_atomic(out_path, bytes(serialized))
     flags = [n for n, f in trt.BuilderFlag.__members__.items() if config.get_flag(f)]
     hw = "NONE" if rt.flavour == "tensorrt_rtx" else _name(config.hardware_compatibility_level)
     record = BuildRecord(

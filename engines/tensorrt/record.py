@@ -10,14 +10,13 @@ rules are tested without a GPU.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from engines.errors import BundleError
+from engines.fileio import write_atomic
 
 __all__ = ["RECORD_SCHEMA", "BuildRecord", "compatibility_problems", "record_path", "write_json_atomic"]
 
@@ -32,14 +31,7 @@ def record_path(engine_path: str | Path) -> Path:
 
 def write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
     """Write ``doc`` as indented JSON to a temporary sibling, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
 
 
 @dataclass(frozen=True)
