@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/engine_bench.py on the tiny trained run (64x64): every part runs, the JSON is whole.
+"""Smoke test of benchmarks/engine_bench.py on the tiny run (64x64): every part runs, the JSON is whole.
 
 The numbers themselves mean nothing here (2 repeats on a tiny model); the benchmark proper runs on a
 lite0 run at 256x256 (see benchmarks/RESULTS.md).
