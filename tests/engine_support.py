@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,3 +53,14 @@ def exported_bundle(trained_run: Path, tmp_path_factory: pytest.TempPathFactory)
         pytest.fail(f"masf-engine export failed ({code}): {result.stderr}")
     _CACHE[trained_run] = result
     return result
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter from the repo root (what a separate edge process imports)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )

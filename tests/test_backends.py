@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from engine_support import ExportedBundle, exported_bundle
+from engine_support import ExportedBundle, exported_bundle, run_python
 
 from engines.backends import Backend, Scores, get_backend
 from engines.backends.base import full_frame_geometry
@@ -181,12 +179,6 @@ def test_ort_backend_imports_neither_torch_nor_timm(exported: ExportedBundle) ->
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'trainer'))\n"
         "print('LOADED', bad)\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code, str(exported.path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    res = run_python(code, str(exported.path))
     assert res.returncode == 0, res.stderr
     assert "LOADED []" in res.stdout

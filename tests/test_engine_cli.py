@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from engine_support import ExportedBundle, exported_bundle
+from engine_support import ExportedBundle, exported_bundle, run_python
 
 from engines.bundle import Bundle
 from engines.cli import EXIT_PARITY_FAILED, EXIT_USER_ERROR, main
@@ -137,13 +135,7 @@ def test_python_dash_m_engines_verify_without_torch(exported: ExportedBundle) ->
         "    assert e.code == 0, e.code\n"
         "print('TORCH', 'torch' in sys.modules)\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code, str(exported.path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    res = run_python(code, str(exported.path))
     assert res.returncode == 0, res.stderr
     assert "OK (schema 1" in res.stdout and "TORCH False" in res.stdout
 
