@@ -39,7 +39,7 @@ from trainer.calibrate import Calibration, calibrate
 from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
 from trainer.errors import RunError
-from trainer.inference import predict_arrays
+from trainer.inference import frames_to_tensor, predict_arrays
 from trainer.models.masf import MASF, apply_tta, create_masf
 from trainer.runs import RunInfo, save_run
 
@@ -109,7 +109,7 @@ def _teacher_features(
     dtype = torch.float16 if total > _FEATURE_FP16_BYTES else torch.float32
     store = [torch.empty(n, c, h, w, dtype=dtype) for c, (h, w) in zip(channels, sizes, strict=True)]
     for start in tqdm(range(0, n, batch_size), desc="teacher features", disable=not progress, leave=False):
-        x = torch.from_numpy(batch[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float()
+        x = frames_to_tensor(batch[start : start + batch_size], device)
         for s, f in zip(store, model.collect(x), strict=True):
             s[start : start + f.shape[0]] = f.to("cpu", dtype)
     return store
@@ -204,7 +204,7 @@ def _cue_statistics(model: MASF, calib: np.ndarray, device: torch.device, batch_
     """Mean/std of each scale's raw cues over the calibration images -> UGHF buffers."""
     acc: dict[str, list[list[torch.Tensor]]] = {"cos": [], "bank": []}
     for start in range(0, calib.shape[0], batch_size):
-        x = torch.from_numpy(calib[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float()
+        x = frames_to_tensor(calib[start : start + batch_size], device)
         cos, bank = model.raw_cues(model.collect(x))
         for key, maps in (("cos", cos), ("bank", bank)):
             if maps is not None:
