@@ -46,6 +46,9 @@ def _unit(x: Any) -> bool:
     return 0.0 < x <= 1.0
 
 
+_CANDIDATES = "a non-empty list of cos weights in [0, 1]"
+
+
 def _oneof(*options: str) -> tuple[Check, str]:
     return (lambda x: x in options), "one of " + ", ".join(repr(o) for o in options)
 
@@ -126,6 +129,14 @@ class FusionSection:
     # Learning-rate multiplier of the UGHF log-variances (1 = the standard joint optimisation). Larger
     # values let the scale weights reach their optimum ~ 1/L_l within the schedule; see the MASF README.
     lr_scale: float = _f(1.0, _pos, "positive")
+    # After training, choose cos_weight (bank_weight = 1 - cos_weight) among the candidates (and the
+    # configured mix) with synthetic defects on the calibration images (trainer/select.py); "none" keeps
+    # the configured mix (the paper's 0.6 / 0.4).
+    select: str = _f("synthetic", *_oneof("synthetic", "none"))
+    candidates: list[float] = field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        metadata={"check": lambda v: len(v) > 0 and all(0.0 <= x <= 1.0 for x in v), "rule": _CANDIDATES},
+    )
 
 
 @dataclass(frozen=True)
@@ -269,6 +280,8 @@ def config_from_dict(data: Any, source: str = "config") -> Config:
             f"{source}: student.width ({cfg.student.width}) must be divisible by "
             f"student.heads ({cfg.student.heads})"
         )
+    if cfg.fusion.cos_weight + cfg.fusion.bank_weight <= 0:
+        raise ConfigError(f"{source}: fusion.cos_weight and fusion.bank_weight are both 0: make one positive")
     if not cfg.student.enabled and not cfg.bank.enabled:
         raise ConfigError(f"{source}: student.enabled and bank.enabled are both false: enable at least one")
     return cfg

@@ -26,6 +26,7 @@ import platform
 import resource
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from trainer.errors import RunError
 from trainer.inference import frames_to_tensor, predict_arrays
 from trainer.models.masf import MASF, apply_tta, create_masf
 from trainer.runs import RunInfo, save_run
+from trainer.select import MixSelection, select_cue_mix
 
 __all__ = [
     "calibrate_model",
@@ -205,7 +207,7 @@ def _cue_statistics(model: MASF, calib: np.ndarray, device: torch.device, batch_
     acc: dict[str, list[list[torch.Tensor]]] = {"cos": [], "bank": []}
     for start in range(0, calib.shape[0], batch_size):
         x = frames_to_tensor(calib[start : start + batch_size], device)
-        cos, bank = model.raw_cues(model.collect(x))
+        cos, bank = model.raw_cues(model.collect(x), all_cues=True)
         for key, maps in (("cos", cos), ("bank", bank)):
             if maps is not None:
                 acc[key].append([m.flatten().cpu() for m in maps])
@@ -219,16 +221,38 @@ def _cue_statistics(model: MASF, calib: np.ndarray, device: torch.device, batch_
     model.fusion.set_statistics(stats(acc["cos"]), stats(acc["bank"]))
 
 
+@dataclass(frozen=True)
+class Calibrated:
+    """What :func:`calibrate_model` decided: the config with the chosen cue mix, a calibration per
+    inference path (``{"plain": ..., "tta": ...}``) and the cue-mix selection (``None``: not run)."""
+
+    config: Config
+    by_path: dict[str, Calibration]
+    selection: MixSelection | None
+
+
 def calibrate_model(
     model: MASF, cfg: Config, calib_images: Sequence[np.ndarray], spec: PreprocessSpec, device: torch.device
-) -> dict[str, Calibration]:
-    """Cue statistics, then a threshold for each inference path: ``{"plain": ..., "tta": ...}``.
+) -> Calibrated:
+    """Cue statistics, the cue mix (``fusion.select``), then a threshold for each inference path.
 
     Both paths are calibrated so that an evaluation or a deployment with or without TTSA always uses the
-    threshold of the path it runs (a TTSA score is on another scale than a plain one).
+    threshold of the path it runs (a TTSA score is on another scale than a plain one). The chosen mix is
+    applied to ``model`` and written into the returned config, so a saved run reloads with it.
     """
     calib_batch, _ = preprocess_batch(list(calib_images), spec)
     _cue_statistics(model, calib_batch, device, cfg.train.batch_size)
+    del calib_batch
+    selection = None
+    if cfg.fusion.select == "synthetic":
+        selection = select_cue_mix(
+            model, calib_images, spec, device, cfg.fusion.candidates, cfg.seed, cfg.train.batch_size
+        )
+    if selection is not None:
+        a = selection.cos_weight
+        model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
+        cfg = replace(cfg, fusion=replace(cfg.fusion, cos_weight=a, bank_weight=1.0 - a))
+        _logger.info("cue mix %.2f distillation / %.2f bank (chosen on synthetic defects)", a, 1 - a)
     result = {}
     for path, enabled in (("plain", False), ("tta", True)):
         deployed, _ = apply_tta(model, enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
@@ -239,7 +263,7 @@ def calibrate_model(
                 scores.append(p.score)
                 pixels.append(p.anomaly_map[p.geometry.valid_mask()])
         result[path] = calibrate(np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr)
-    return result
+    return Calibrated(cfg, result, selection)
 
 
 def calibration_for(info: RunInfo, tta: bool) -> Calibration:
@@ -254,16 +278,21 @@ def calibration_for(info: RunInfo, tta: bool) -> Calibration:
 
 
 def recalibrate(model: MASF, info: RunInfo, data_root: str | Path) -> RunInfo:
-    """Re-run calibration of ``model`` (e.g. with a component switched off) on the run's own
-    calibration images under ``data_root``; returns a new :class:`RunInfo` (the run dir is untouched)."""
+    """Re-run calibration (cue statistics, cue mix, thresholds) of ``model`` (e.g. with a component
+    switched off) on the run's own calibration images under ``data_root``; returns a new :class:`RunInfo`
+    (the run dir is untouched)."""
     root = Path(data_root)
     paths = [root / p for p in info.meta["data"]["split"]["calib"]]
     images = [read_image(p) for p in paths]
     device = next(model.parameters()).device
-    by_path = calibrate_model(model, info.config, images, info.preprocess, device)
-    meta = {**info.meta, "calibration_by_path": {k: v.to_dict() for k, v in by_path.items()}}
-    chosen = by_path["tta" if info.config.tta.enabled else "plain"]
-    return RunInfo(info.config, info.preprocess, chosen, meta)
+    done = calibrate_model(model, info.config, images, info.preprocess, device)
+    meta = {
+        **info.meta,
+        "calibration_by_path": {k: v.to_dict() for k, v in done.by_path.items()},
+        "fusion_selection": done.selection.to_dict() if done.selection else None,
+    }
+    chosen = done.by_path["tta" if info.config.tta.enabled else "plain"]
+    return RunInfo(done.config, info.preprocess, chosen, meta)
 
 
 def _peak_rss_mb() -> float:
@@ -315,7 +344,8 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     del feats
 
     t0 = time.perf_counter()
-    by_path = calibrate_model(model, cfg, calib_images, spec, device)
+    done = calibrate_model(model, cfg, calib_images, spec, device)
+    cfg, by_path = done.config, done.by_path
     calibration = by_path["tta" if cfg.tta.enabled else "plain"]
     t_calib = time.perf_counter() - t0
 
@@ -338,6 +368,7 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
         },
         "tta_applied": cfg.tta.enabled,
         "calibration_by_path": {k: v.to_dict() for k, v in by_path.items()},
+        "fusion_selection": done.selection.to_dict() if done.selection else None,
         "bank_sizes": bank_sizes,
         "scale_weights": [float(v) for v in model.fusion.scale_weights().detach().cpu()],
         "train_log": history,

@@ -3,7 +3,12 @@
 Each good image is a machined surface: directional brushing texture, a lighting gradient, a drilled hole
 and a chamfered edge, with small random pose and lighting changes. Defects are drawn on top with a
 mask: ``scratch`` (thin bright/dark polyline), ``spot`` (stain blob with soft edge), ``crack`` (dark
-branching line). Everything is seeded; numpy + OpenCV only.
+branching line), ``patch`` (a soft-edged region of another image, or of another place in the same
+image, pasted rotated and with another brightness: a CutPaste-like structural or texture defect).
+
+:func:`add_defect` works on any image (RGB or grayscale, any size; sizes are relative to the image), so
+the trainer also uses it to put synthetic defects into real calibration images (``trainer/select.py``).
+Everything is seeded; numpy + OpenCV only.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["DEFECT_TYPES", "make_dataset", "render_part"]
+__all__ = ["DEFECT_TYPES", "SELECTION_DEFECTS", "add_defect", "make_dataset", "render_part"]
 
 DEFECT_TYPES = ("scratch", "spot", "crack")
+# The kinds drawn into calibration images to choose the cue mix (``trainer/select.py``).
+SELECTION_DEFECTS = ("scratch", "spot", "crack", "patch")
 
 
 def render_part(
@@ -45,7 +52,45 @@ def render_part(
     return np.clip(img[..., None].astype(np.float32) * tint, 0, 255).astype(np.uint8)
 
 
-def _defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def _patch(
+    rng: np.random.Generator, img: np.ndarray, donor: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste a rotated, re-lit, soft-edged ellipse of ``donor`` (or of ``img`` elsewhere) into ``img``."""
+    h, w = img.shape[:2]
+    src = img if donor is None or donor.shape != img.shape else donor
+    side = min(h, w)
+    ah, aw = (max(2, int(side * rng.uniform(0.05, 0.12))) for _ in range(2))
+    cy, cx = int(rng.uniform(0.2, 0.8) * h), int(rng.uniform(0.2, 0.8) * w)
+    # the region of the source: another place (never the same one), rotated by 90/180/270 degrees
+    sy, sx = (h - 1 - cy) if h > 4 * ah else cy, int(rng.uniform(0.2, 0.8) * w)
+    y0, x0 = max(0, sy - ah), max(0, sx - aw)
+    piece = src[y0 : y0 + 2 * ah, x0 : x0 + 2 * aw].astype(np.float32)
+    gain = rng.choice([rng.uniform(0.6, 0.8), rng.uniform(1.2, 1.4)])
+    piece = np.rot90(piece, int(rng.integers(1, 4))) * gain
+    ph, pw = piece.shape[:2]
+    top, left = min(max(0, cy - ph // 2), h - ph), min(max(0, cx - pw // 2), w - pw)
+    shape = np.zeros((ph, pw), np.float32)
+    cv2.ellipse(shape, (pw // 2, ph // 2), (max(1, pw // 2 - 1), max(1, ph // 2 - 1)), 0, 0, 360, 1.0, -1)
+    soft = cv2.GaussianBlur(shape, (0, 0), 1.0)
+    canvas = img.astype(np.float32)
+    region = canvas[top : top + ph, left : left + pw]
+    alpha = soft[..., None] if img.ndim == 3 else soft
+    canvas[top : top + ph, left : left + pw] = region * (1 - alpha) + piece * alpha
+    mask = np.zeros((h, w), np.uint8)
+    mask[top : top + ph, left : left + pw] = (soft > 0.5).astype(np.uint8) * 255
+    return np.clip(canvas, 0, 255).astype(np.uint8), mask
+
+
+def add_defect(
+    rng: np.random.Generator, img: np.ndarray, kind: str, donor: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one defect of ``kind`` into a copy of ``img`` (uint8 ``[H, W]`` or ``[H, W, 3]``).
+
+    Returns the defective image and its uint8 mask ``[H, W]`` (255 = defect). ``donor`` (same shape as
+    ``img``) is the image a ``patch`` is cut from; without one, it comes from elsewhere in ``img``.
+    """
+    if kind == "patch":
+        return _patch(rng, img, donor)
     h, w = img.shape[:2]
     mask = np.zeros((h, w), np.uint8)
     canvas = img.copy()
@@ -81,7 +126,7 @@ def _defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.nd
             cv2.polylines(canvas, [arr], False, color, 1)
             cv2.polylines(mask, [arr], False, 255, 2)
     else:
-        raise ValueError(f"unknown defect type {kind!r}; expected one of {DEFECT_TYPES}")
+        raise ValueError(f"unknown defect type {kind!r}; expected one of {SELECTION_DEFECTS}")
     return canvas, mask
 
 
@@ -112,7 +157,7 @@ def make_dataset(
         _write(root / "test" / "good" / f"{i:03d}.png", render_part(rng, height, width, gray))
     for kind in defect_types:
         for i in range(n_test_defect):
-            img, mask = _defect(rng, render_part(rng, height, width, gray), kind)
+            img, mask = add_defect(rng, render_part(rng, height, width, gray), kind)
             _write(root / "test" / kind / f"{i:03d}.png", img)
             _write(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
     return root

@@ -130,10 +130,12 @@ class MASF(nn.Module):
         return [b for b in self.banks if isinstance(b, MemoryBank)]
 
     def raw_cues(
-        self, feats: list[torch.Tensor]
+        self, feats: list[torch.Tensor], all_cues: bool = False
     ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
-        cos = self.cos_maps(feats) if self.use_student else None
-        bank = self.bank_maps(feats) if self.use_bank else None
+        """Per-scale cues of the enabled branches. A cue whose fusion weight is 0 (e.g. chosen so by
+        ``trainer/select.py``) is skipped unless ``all_cues``: it would not change the map."""
+        cos = self.cos_maps(feats) if self.use_student and (all_cues or self.fusion.cos_weight > 0) else None
+        bank = self.bank_maps(feats) if self.use_bank and (all_cues or self.fusion.bank_weight > 0) else None
         return cos, bank
 
     # -- inference ---------------------------------------------------------------------------------------

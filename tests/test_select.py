@@ -1,0 +1,119 @@
+"""Tests for trainer.select: synthetic defects on calibration images choose the cue mix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from trainer.data import read_image
+from trainer.runs import load_run
+from trainer.select import rank_mixes, select_cue_mix, synthetic_defects
+
+H = W = 32
+
+
+class _FakeModel:
+    """Just what ``rank_mixes`` uses of a MASF: ``fusion``, ``post`` and ``input_size``."""
+
+    def __init__(self) -> None:
+        from trainer.models.masf.ughf import UGHF, MapPostprocess
+
+        self.fusion = UGHF(1, cos_weight=0.6, bank_weight=0.4, learned=False)
+        self.post = MapPostprocess(sigma=1.0)
+        self.input_size = (H, W)
+
+
+def _cues(
+    n: int, informative: str, defect: bool, rng: np.random.Generator
+) -> tuple[list[tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]], np.ndarray]:
+    """One batch of half-resolution cues; the ``informative`` one marks a square defect."""
+    masks = np.zeros((n, H, W), dtype=bool)
+    signal = torch.zeros(n, H // 2, W // 2)
+    for i in range(n):
+        if defect:
+            y, x = rng.integers(2, H // 2 - 6, 2)
+            signal[i, y : y + 4, x : x + 4] = 4.0
+            masks[i, 2 * y : 2 * y + 8, 2 * x : 2 * x + 8] = True
+    noise = lambda: torch.from_numpy(rng.normal(0, 1, (n, H // 2, W // 2)).astype(np.float32))  # noqa: E731
+    good_cue, noise_cue = signal + 0.3 * noise(), 2.0 * noise()
+    cos, bank = (good_cue, noise_cue) if informative == "cos" else (noise_cue, good_cue)
+    return [([cos], [bank], torch.ones(n, 1, H, W))], masks
+
+
+@pytest.mark.parametrize(("informative", "want"), [("cos", 1.0), ("bank", 0.0)])
+def test_the_informative_cue_wins(informative: str, want: float) -> None:
+    rng = np.random.default_rng(0)
+    model = _FakeModel()
+    good, _ = _cues(12, informative, False, rng)
+    bad, masks = _cues(24, informative, True, rng)
+    chosen, rows = rank_mixes(model, good, bad, masks, [0.0, 0.25, 0.5, 0.75, 1.0], 0.6)  # type: ignore[arg-type]
+    assert chosen == want
+    by_a = {r["cos_weight"]: r for r in rows}
+    assert by_a[want]["objective"] > by_a[1.0 - want]["objective"] + 0.2
+    assert all(r["objective"] == pytest.approx(r["image_auroc"] + r["pixel_auroc"]) for r in rows)
+    # the model's own weights are left as they were
+    assert (model.fusion.cos_weight, model.fusion.bank_weight) == (0.6, 0.4)
+
+
+def test_an_exact_tie_keeps_the_configured_mix() -> None:
+    rng = np.random.default_rng(1)
+    model = _FakeModel()
+    good, _ = _cues(8, "cos", False, rng)
+    bad, masks = _cues(8, "cos", True, rng)
+    same = [([c[0]], [c[0]], v) for c, _, v in good], [([c[0]], [c[0]], v) for c, _, v in bad]
+    chosen, rows = rank_mixes(model, *same, masks, [0.0, 0.5, 0.6, 1.0], 0.6)  # type: ignore[arg-type]
+    assert len({round(r["objective"], 12) for r in rows}) == 1
+    assert chosen == 0.6
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_synthetic_defects_are_visible_and_masked(gray: bool) -> None:
+    rng = np.random.default_rng(0)
+    shape = (60, 200) if gray else (80, 80, 3)
+    images = [rng.integers(60, 200, shape, dtype=np.uint8) for _ in range(3)]
+    pairs = synthetic_defects(images, seed=0)
+    assert len(pairs) == 3 * 4
+    for k, (img, mask) in enumerate(pairs):
+        src = images[k // 4]
+        assert img.shape == src.shape and img.dtype == np.uint8 and mask.shape == src.shape[:2]
+        inside = mask > 0
+        assert inside.any()
+        changed = np.abs(img.astype(int) - src.astype(int)).reshape(*src.shape[:2], -1).max(-1) > 8
+        # the masks of drawn lines are 1 px wider than the line
+        assert changed[inside].mean() > 0.3, f"defect {k % 4} barely changes its own mask"
+        assert changed[~inside].mean() < 0.05, f"defect {k % 4} leaks far outside its mask"
+    again = synthetic_defects(images, seed=0)
+    for (img_a, mask_a), (img_b, mask_b) in zip(pairs, again, strict=True):
+        assert np.array_equal(img_a, img_b) and np.array_equal(mask_a, mask_b)
+
+
+def test_fit_stores_the_choice_and_the_run_reloads_with_it(trained_run: Path, synth_data: Path) -> None:
+    doc = json.loads((trained_run / "run.json").read_text())
+    sel = doc["fusion_selection"]
+    grid = [r["cos_weight"] for r in sel["candidates"]]
+    assert grid == sorted(set(grid)) and 0.6 in grid and {0.0, 1.0} <= set(grid)
+    best = max(r["objective"] for r in sel["candidates"])
+    assert [r["objective"] for r in sel["candidates"] if r["cos_weight"] == sel["cos_weight"]] == [best]
+    assert sel["n_synthetic"] == 4 * sel["n_good"] == 4 * doc["calibration"]["n_images"]
+    model, info = load_run(trained_run)
+    assert info.config.fusion.cos_weight == pytest.approx(sel["cos_weight"])
+    assert model.fusion.cos_weight + model.fusion.bank_weight == pytest.approx(1.0)
+    # selecting again on the same images gives the same choice (seeded)
+    calib = [read_image(synth_data / p) for p in info.meta["data"]["split"]["calib"]]
+    again = select_cue_mix(model, calib, info.preprocess, torch.device("cpu"), [0.0, 0.25, 0.5, 0.75, 1.0], 0)
+    assert again is not None and again.cos_weight == sel["cos_weight"]
+
+
+def test_single_cue_models_and_select_none_keep_the_mix(synth_data: Path, tmp_path: Path) -> None:
+    from trainer.train import fit
+
+    info = fit(tiny_config(student={"enabled": False}), synth_data, tmp_path / "bank", progress=False)
+    assert info.meta["fusion_selection"] is None
+    info = fit(tiny_config(fusion={"select": "none"}), synth_data, tmp_path / "fixed", progress=False)
+    assert info.meta["fusion_selection"] is None
+    assert (info.config.fusion.cos_weight, info.config.fusion.bank_weight) == (0.6, 0.4)

@@ -1,0 +1,172 @@
+"""Choose the cue mix of a trained model for its part, without test images.
+
+UGHF mixes two cues per scale, ``s_l = a * cos_l + (1 - a) * bank_l`` (the paper fixes ``a = 0.6``). How
+much each cue is worth depends on the part: on bottle both localise defects; on magnetic tile the
+distillation cue alone is far weaker than the bank (measured, ``benchmarks/RESULTS.md``), and the paper's
+mix lets more defects through than the bank alone. So after training, ``a`` is chosen per part:
+
+1. every calibration image (held-out good images, never seen by the student or the bank) gets one
+   synthetic defect of each kind in :data:`~trainer.data.synthetic.SELECTION_DEFECTS` (scratch, spot,
+   crack, CutPaste-like patch from another calibration image), seeded;
+2. both cues are computed once for the good and the defective versions;
+3. each candidate ``a`` (``fusion.candidates`` plus the configured mix) is scored with
+   ``image AUROC (defective vs good) + pixel AUROC (synthetic masks, every 2nd pixel)`` through the
+   model's own fusion, smoothing and image score;
+4. the best candidate wins; an exact tie keeps the candidate nearest the configured mix.
+
+The choice and every candidate's numbers are stored in the run (``fusion_selection``). Synthetic defects
+are not real ones: the rule can only prefer what separates *some* visible anomalies from this part's
+normal variation, and the numbers are a ranking aid, not a quality estimate. ``fusion.select: none``
+keeps the configured mix (the paper's configuration does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.preprocess import Geometry, PreprocessSpec, preprocess_batch
+from trainer.data.synthetic import SELECTION_DEFECTS, add_defect
+from trainer.evaluate.metrics import roc_auc
+from trainer.inference import to_tensor
+from trainer.models.masf import MASF
+
+__all__ = ["MixSelection", "rank_mixes", "select_cue_mix", "synthetic_defects"]
+
+_PIXEL_STRIDE = 2
+
+
+@dataclass(frozen=True)
+class MixSelection:
+    """The chosen distillation-cue weight ``cos_weight`` (bank weight ``1 - cos_weight``) and the table."""
+
+    cos_weight: float
+    candidates: list[dict[str, float]]
+    n_good: int
+    n_synthetic: int
+    kinds: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": "synthetic defects on calibration images: max image AUROC + pixel AUROC",
+            "cos_weight": self.cos_weight,
+            "bank_weight": 1.0 - self.cos_weight,
+            "n_good": self.n_good,
+            "n_synthetic": self.n_synthetic,
+            "kinds": list(self.kinds),
+            "candidates": self.candidates,
+        }
+
+
+def synthetic_defects(
+    images: Sequence[np.ndarray], seed: int, kinds: Sequence[str] = SELECTION_DEFECTS
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One defect of each kind per image: ``[(image, mask uint8), ...]``, image-major, seeded."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, img in enumerate(images):
+        donor = images[(i + 1) % len(images)] if len(images) > 1 else None
+        for kind in kinds:
+            out.append(add_defect(rng, img, kind, donor))
+    return out
+
+
+_Cues = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def _cues(
+    model: MASF, images: Sequence[np.ndarray], spec: PreprocessSpec, device: torch.device, batch_size: int
+) -> tuple[list[_Cues], list[Geometry]]:
+    """Raw cues of both branches, batch by batch (``[(cos per scale, bank per scale, valid), ...]``), and
+    each image's geometry."""
+    out, geos = [], []
+    for start in range(0, len(images), batch_size):
+        batch, geometries = preprocess_batch(list(images[start : start + batch_size]), spec)
+        x, valid = to_tensor(batch, geometries, device)
+        feats = model.collect(x)
+        out.append((model.cos_maps(feats), model.bank_maps(feats), valid))
+        geos.extend(geometries)
+    return out, geos
+
+
+@torch.no_grad()
+def rank_mixes(
+    model: MASF,
+    good: list[_Cues],
+    defective: list[_Cues],
+    masks: np.ndarray,
+    candidates: Sequence[float],
+    default: float,
+) -> tuple[float, list[dict[str, float]]]:
+    """Score each candidate ``cos_weight`` on cached cues; returns the winner and the per-candidate table.
+
+    ``masks``: bool ``[N_defective, H, W]`` in the model frame. The model's fusion weights are restored.
+    """
+    fusion = model.fusion
+    saved = (fusion.cos_weight, fusion.bank_weight)
+    size = model.input_size
+    s = slice(None, None, _PIXEL_STRIDE)
+    sub_masks = masks[:, s, s]
+    rows = []
+    try:
+        for a in candidates:
+            fusion.cos_weight, fusion.bank_weight = float(a), 1.0 - float(a)
+            scores: dict[bool, list[np.ndarray]] = {False: [], True: []}
+            pixels: dict[bool, list[np.ndarray]] = {False: [], True: []}
+            valids: dict[bool, list[np.ndarray]] = {False: [], True: []}
+            for is_defect, chunks in ((False, good), (True, defective)):
+                for cos, bank, valid in chunks:
+                    out = model.post(fusion(cos, bank, size), valid)
+                    scores[is_defect].append(out.pred_score.float().cpu().numpy())
+                    pixels[is_defect].append(out.anomaly_map[:, 0, s, s].float().cpu().numpy())
+                    valids[is_defect].append(valid[:, 0, s, s].cpu().numpy() > 0)
+            sg, sd = np.concatenate(scores[False]), np.concatenate(scores[True])
+            image_auroc = roc_auc(np.r_[sg, sd], np.r_[np.zeros(sg.size), np.ones(sd.size)])
+            pg, pd = np.concatenate(pixels[False]), np.concatenate(pixels[True])
+            vg, vd = np.concatenate(valids[False]), np.concatenate(valids[True])
+            pixel_auroc = roc_auc(
+                np.r_[pg[vg], pd[vd]], np.r_[np.zeros(int(vg.sum())), sub_masks[vd].astype(np.float64)]
+            )
+            rows.append(
+                {
+                    "cos_weight": float(a),
+                    "image_auroc": float(image_auroc),
+                    "pixel_auroc": float(pixel_auroc),
+                    "objective": float(image_auroc + pixel_auroc),
+                }
+            )
+    finally:
+        fusion.cos_weight, fusion.bank_weight = saved
+    best = max(rows, key=lambda r: (r["objective"], -abs(r["cos_weight"] - default)))
+    return best["cos_weight"], rows
+
+
+def select_cue_mix(
+    model: MASF,
+    calib_images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    candidates: Sequence[float],
+    seed: int,
+    batch_size: int = 8,
+) -> MixSelection | None:
+    """Choose ``cos_weight`` for ``model`` (cue statistics must be set). ``None`` when the model has
+    only one cue (nothing to mix). The model is left unchanged: the caller applies the choice."""
+    if not (model.use_student and model.use_bank):
+        return None
+    fusion = model.fusion
+    default = fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)
+    grid = sorted({round(float(a), 6) for a in (*candidates, default)})
+    pairs = synthetic_defects(calib_images, seed)
+    good_cues, _ = _cues(model, calib_images, spec, device, batch_size)
+    defect_cues, geometries = _cues(model, [img for img, _ in pairs], spec, device, batch_size)
+    masks = np.stack([g.to_model(m) for g, (_, m) in zip(geometries, pairs, strict=True)])
+    if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
+        return None  # defects too small to survive the resize: keep the configured mix
+    chosen, rows = rank_mixes(model, good_cues, defect_cues, masks, grid, default)
+    return MixSelection(chosen, rows, len(calib_images), len(pairs), SELECTION_DEFECTS)
