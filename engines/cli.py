@@ -1,6 +1,6 @@
 """``masf-engine`` command line (same as ``python -m engines``).
 
-    masf-engine export --run RUN_DIR --out BUNDLE [--spectral-mode gemm|dft] [--tta] [--part NAME]
+    masf-engine export --run RUN_DIR --out BUNDLE [--spectral-mode gemm|dft|plugin] [--tta] [--part NAME]
                        [--verify-data DIR] [--metrics EVAL.json] [--opset 18] [--overwrite] [--threads N]
     masf-engine build --bundle BUNDLE [--precision fp16|fp32] [--max-batch N] [--opt-batch N] [--sm SM86]
                       [--timing-cache PATH] [--workspace-mb MB] [--weak-typing] [--hardware-compat]
@@ -41,9 +41,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="bundle directory to create")
     ex.add_argument(
         "--spectral-mode",
-        choices=("gemm", "dft"),
+        choices=("gemm", "dft", "plugin"),
         default="gemm",
-        help="gemm: DFTs as MatMuls, parses on every TensorRT 10 (default); dft: native ONNX DFT nodes",
+        help="gemm: DFTs as MatMuls, parses on every TensorRT 10 (default); dft: native ONNX DFT nodes; "
+        "plugin: cuFFT TensorRT plugin nodes (TensorRT >= 10.6 with tensorrt.plugin; not ONNX Runtime)",
     )
     ex.add_argument("--tta", action="store_true", help="export the TTSA path (views as a batch in the graph)")
     ex.add_argument("--part", help="part name in the manifest (default: the run's data folder name)")

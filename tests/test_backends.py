@@ -14,6 +14,7 @@ from engines.backends import Backend, Scores, get_backend
 from engines.backends.base import full_frame_geometry
 from engines.backends.ort import OrtBackend
 from engines.backends.torch_backend import TorchBackend
+from engines.bundle import Bundle, update_bundle
 from engines.errors import BackendError, BundleError, InputError
 from engines.export.parity import MAP_RTOL, SCORE_RTOL
 from engines.preprocess import preprocess_batch
@@ -136,6 +137,22 @@ def test_geometries_must_match_the_batch(ort_backend: OrtBackend) -> None:
         ort_backend.infer(batch, [full_frame_geometry(64, 64)])
     with pytest.raises(InputError, match=r"only accepted with a preprocessed batch"):
         ort_backend.infer([batch[0]], [full_frame_geometry(64, 64)])
+
+
+def test_plugin_mode_bundle_is_refused_with_what_to_do(exported: ExportedBundle, tmp_path: Path) -> None:
+    """A plugin-mode graph has cuFFT TensorRT plugin nodes, which ONNX Runtime has no kernel for."""
+    copy = tmp_path / "plugin.bundle"
+    shutil.copytree(exported.path, copy)
+    export = {**Bundle.open(copy).manifest["export"], "spectral_mode": "plugin"}
+    update_bundle(copy, {}, {"export": export})
+    with pytest.raises(BackendError) as err:
+        get_backend("onnxruntime").from_bundle(copy)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == (
+        f"bundle {copy} has spectral mode 'plugin' (cuFFT TensorRT plugin nodes), which ONNX Runtime cannot "
+        "run: use backend 'tensorrt', or re-export with masf-engine export --spectral-mode gemm (or dft)"
+    )
 
 
 def test_close_and_context_manager(exported: ExportedBundle) -> None:

@@ -10,7 +10,7 @@ import pytest
 from engine_support import ExportedBundle, exported_bundle, run_python
 
 from engines.bundle import Bundle
-from engines.cli import EXIT_PARITY_FAILED, EXIT_USER_ERROR, main
+from engines.cli import EXIT_PARITY_FAILED, EXIT_USER_ERROR, _build_parser, main
 from engines.errors import ParityError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,9 +109,12 @@ def test_export_user_errors_exit_2_before_exporting(
 
 def test_bad_option_is_rejected_by_argparse(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["export", "--run", "r", "--out", "o", "--spectral-mode", "plugin"])
+        main(["export", "--run", "r", "--out", "o", "--spectral-mode", "fftw"])
     assert info.value.code == 2
-    assert "invalid choice: 'plugin'" in capsys.readouterr().err
+    assert "invalid choice: 'fftw'" in capsys.readouterr().err
+    for mode in ("gemm", "dft", "plugin"):
+        args = _build_parser().parse_args(["export", "--run", "r", "--out", "o", "--spectral-mode", mode])
+        assert args.spectral_mode == mode
 
 
 def test_parity_failure_exits_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

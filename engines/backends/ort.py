@@ -2,7 +2,8 @@
 
 Imports only numpy, onnxruntime and ``engines.*`` (never torch or timm; tested in a subprocess). The
 session is created once, in ``__init__``, with the requested execution providers and nothing else: a
-provider that is not available is an error, never a silent fallback to another one.
+provider that is not available is an error, never a silent fallback to another one. A ``plugin``-mode
+bundle (cuFFT TensorRT plugin nodes, no ONNX Runtime kernel) is refused with what to do instead.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ class OrtBackend(Backend):
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
     ) -> None:
         super().__init__(bundle)
+        if bundle.manifest["export"]["spectral_mode"] == "plugin":
+            raise BackendError(
+                f"bundle {bundle.path} has spectral mode 'plugin' (cuFFT TensorRT plugin nodes), which ONNX "
+                "Runtime cannot run: use backend 'tensorrt', or re-export with masf-engine export "
+                "--spectral-mode gemm (or dft)"
+            )
         ort = _import_ort()
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:

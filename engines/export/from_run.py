@@ -138,7 +138,7 @@ def export_run(
     Args:
         run_dir: run directory written by ``masf-train fit``.
         out: bundle directory to create.
-        spectral_mode: ``"gemm"`` or ``"dft"``.
+        spectral_mode: ``"gemm"``, ``"dft"`` or ``"plugin"`` (see :mod:`engines.export.onnx`).
         tta: export the TTSA path (threshold of the ``tta`` calibration).
         part: part name for the manifest (default: the name of the run's data folder).
         verify_data: parity images from this MVTec-layout folder's ``test/`` (default: calibration images).

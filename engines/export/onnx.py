@@ -14,6 +14,10 @@ Spectral modes:
   (``trainer.models.masf.spectral``), so the graph has no ``DFT``/``STFT`` node and parses on every
   TensorRT 10 release; the result is checked against the TensorRT 10 op table (``trt_ops``).
 * ``dft``: ``torch.fft`` exported as native ONNX ``DFT`` nodes, for ONNX Runtime and TensorRT >= 11.2.
+* ``plugin``: the ``dft`` graph with every ``DFT`` node replaced by one ``masf::CuFFTDFT`` custom-op node
+  (:mod:`engines.export.plugin`), which TensorRT >= 10.6 runs as a cuFFT plugin registered with
+  ``tensorrt.plugin`` (:mod:`engines.tensorrt.dft_plugin`). ONNX Runtime cannot run it, so parity is
+  checked on the ``dft`` graph, and the plugin graph is checked to convert back to it exactly.
 
 Exporter: ``torch.export.export`` (non-strict, dynamic batch) then the torch.export-based
 ``torch.onnx.export``. Exporting the program ourselves matters: the convenience path silently falls back
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import re
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +46,7 @@ import torch
 from engines.bundle import GRAPH_INPUTS, GRAPH_OUTPUTS, sha256_file
 from engines.errors import ExportError, ParityError
 from engines.export.parity import check_parity
+from engines.export.plugin import PLUGIN_OP, check_round_trip, dft_to_plugin
 from engines.export.trt_ops import op_counts, supported_ops_table, trt10_issues
 from engines.export.wrapper import ExportWrapper
 
@@ -50,8 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EXPORT_SPECTRAL_MODES", "export_onnx", "spectral_scopes", "to_onnx_proto"]
 
-EXPORT_SPECTRAL_MODES = ("gemm", "dft")
-_TORCH_MODE = {"gemm": "gemm", "dft": "fft"}
+EXPORT_SPECTRAL_MODES = ("gemm", "dft", "plugin")
+_TORCH_MODE = {"gemm": "gemm", "dft": "fft", "plugin": "fft"}
 _BATCH = "N"
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _MAX_BATCH = 4096
@@ -104,7 +110,8 @@ def to_onnx_proto(
             verbose=False,
         )
     except Exception as err:
-        hint = "use --spectral-mode gemm" if label == "dft" else "report this with the run directory"
+        dft_like = label in ("dft", "plugin")
+        hint = "use --spectral-mode gemm" if dft_like else "report this with the run directory"
         raise ExportError(
             f"torch.onnx could not convert the graph in spectral mode {label!r} ({_first_line(err)}): {hint}"
         ) from err
@@ -213,7 +220,8 @@ def export_onnx(
         model: the trained model (eval mode, CPU), e.g. from ``trainer.runs.load_run``.
         info: the run's :class:`~trainer.runs.RunInfo` (input size, TTSA settings, calibration).
         path: where to write the ``.onnx`` file.
-        spectral_mode: ``"gemm"`` (no DFT nodes) or ``"dft"`` (native ONNX DFT).
+        spectral_mode: ``"gemm"`` (no DFT nodes), ``"dft"`` (native ONNX DFT) or ``"plugin"`` (cuFFT
+            plugin nodes for TensorRT; parity is checked on the equivalent ``dft`` graph).
         tta: export the TTSA path (its views run as a batch inside the graph).
         opset: ONNX opset (18: supported by TensorRT 10.0+ and ONNX Runtime >= 1.14).
         parity_images: raw uint8 images; when given, ONNX Runtime is compared with PyTorch eager on them.
@@ -223,11 +231,12 @@ def export_onnx(
     Returns:
         The export record: format, file, opset, exporter, spectral mode, tta, inputs/outputs (names,
         dtypes, shapes with ``"N"`` for the batch), op counts, spectral scopes, TensorRT 10 issues, sha256,
-        size, export time and the parity numbers (or None).
+        size, export time and the parity numbers (or None); in ``plugin`` mode also ``plugin`` (op,
+        node count, the graph parity ran on).
 
     Raises:
         ExportError: unknown option, exporter failure, a ``DFT`` node or a TensorRT 10 problem in ``gemm``
-            mode, a graph without a dynamic batch.
+            mode, a graph without a dynamic batch, a ``DFT`` the cuFFT plugin cannot take (``plugin``).
         ParityError: the graph does not match PyTorch within the tolerances (the file is written).
     """
     import onnx
@@ -262,6 +271,14 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except Exception as err:
         raise ExportError(f"the exported graph fails onnx.checker ({_first_line(err)})") from err
+    dft_proto, plugin_specs = proto, None
+    if spectral_mode == "plugin":
+        proto, plugin_specs = dft_to_plugin(dft_proto)
+        check_round_trip(dft_proto, proto)
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except Exception as err:
+            raise ExportError(f"the plugin graph fails onnx.checker ({_first_line(err)})") from err
     ops = op_counts(proto)
     issues = trt10_issues(proto)
     dft_ops = sorted(set(ops) & {"DFT", "STFT"})
@@ -295,13 +312,26 @@ def export_onnx(
         "export_seconds": round(export_s, 2),
         "parity": None,
     }
+    if plugin_specs is not None:
+        record["plugin"] = {
+            "op": PLUGIN_OP,
+            "nodes": len(plugin_specs),
+            "replaces": "every ONNX DFT node of the dft graph (checked to convert back exactly)",
+            "parity_graph": "dft (ONNX Runtime has no kernel for the plugin op)",
+        }
     if parity_images is not None:
         threshold = calibration_for(info, bool(applied)).threshold
         _set_modes(deployed, "fft")
         try:
-            parity = check_parity(
-                deployed, path, parity_images, info.preprocess, threshold, parity_batch_sizes, threads
-            )
+            with tempfile.TemporaryDirectory(prefix="masf-parity-") as tmp:
+                parity_path = path
+                if plugin_specs is not None:  # same maths, runnable by ONNX Runtime
+                    parity_path = Path(tmp) / "model.dft.onnx"
+                    onnx.save(dft_proto, str(parity_path))
+                parity = check_parity(
+                    deployed, parity_path, parity_images, info.preprocess, threshold, parity_batch_sizes,
+                    threads,
+                )  # fmt: skip
         finally:
             _set_modes(deployed, previous)
         record["parity"] = parity
