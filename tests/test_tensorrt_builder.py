@@ -326,3 +326,48 @@ def test_import_prefers_full_tensorrt_then_rtx() -> None:
     expected = "tensorrt" if importlib.util.find_spec("tensorrt") else "tensorrt_rtx"
     assert rt.flavour == expected and rt.version == rt.trt.__version__
     assert import_tensorrt("tensorrt_rtx").weak_typing is False  # only strongly typed networks
+
+
+# ------------------------------------------------------------------ plugin-mode graphs (cuFFT DFT plugin)
+
+
+def _plugin_graph(path: Path) -> Path:
+    """A one-node plugin-mode graph: ``rfft`` over 16 samples as a ``masf::CuFFTDFT`` node."""
+    from onnx import TensorProto, helper
+
+    from engines.export.plugin import dft_to_plugin
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 1])
+    y = helper.make_tensor_value_info("score", TensorProto.FLOAT, None)
+    node = helper.make_node("DFT", ["image"], ["score"], name="model.spectral/node_dft", axis=2, onesided=1)
+    graph = helper.make_graph([node], "g", [x], [y])
+    plugin, _ = dft_to_plugin(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    onnx.save(plugin, str(path))
+    return path
+
+
+def test_plugin_graph_without_tensorrt_plugin_is_refused_before_parsing(
+    onnx_path: Path, tmp_path: Path
+) -> None:
+    """TensorRT-RTX 1.7 has no usable ``tensorrt.plugin`` and its parser aborts the process on a Python
+    plugin node: the builder must say so in one line before the parser sees the graph."""
+    from engines.tensorrt.builder import register_graph_plugins
+    from engines.tensorrt.dft_plugin import plugin_api_problem
+
+    rt = import_tensorrt("tensorrt_rtx")
+    if plugin_api_problem(rt) is None:
+        pytest.skip("this tensorrt_rtx has tensorrt.plugin: registration is tested in test_dft_plugin")
+    path = _plugin_graph(tmp_path / "plugin.onnx")
+    out = tmp_path / "e.engine"
+    for precision in ("fp32", "fp16"):
+        with pytest.raises(BuildError) as err:
+            build_engine(path, out, precision, compute_capability="SM86", flavour="tensorrt_rtx")
+        message = str(err.value)
+        assert "\n" not in message
+        assert message.startswith("the cuFFT plugin (spectral mode 'plugin') needs NVIDIA TensorRT >= 10.6")
+        assert "--tensorrt tensorrt" in message and "--spectral-mode gemm or dft" in message
+    assert not out.exists() and not (tmp_path / "plugin.fp16.onnx").exists()
+    with pytest.raises(BuildError, match=r"needs NVIDIA TensorRT >= 10.6"):
+        parse_onnx(rt, path)
+    assert register_graph_plugins(rt, onnx_path) == []  # gemm graph: nothing to register
+    assert register_graph_plugins(rt, tmp_path / "missing.onnx") == []  # left to the parser's error

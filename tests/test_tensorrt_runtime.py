@@ -92,3 +92,23 @@ def test_engine_runs_and_matches_onnxruntime(
     err = np.abs(out.anomaly_map - ref.anomaly_map).reshape(len(images), -1).max(axis=1) / ranges
     assert err.max() < 0.05 and np.array_equal(out.failed(trt.threshold), ref.failed(trt.threshold))
     assert np.allclose(again.score, out.score[:1], rtol=1e-3)
+
+
+def test_plugin_bundle_needs_the_plugin_api_and_cupy() -> None:
+    """Before a plugin-mode engine is deserialised: the plugin is registered, and CuPy must be there."""
+    from engines.tensorrt import import_tensorrt
+    from engines.tensorrt.dft_plugin import plugin_api_problem
+    from engines.tensorrt.runtime import _prepare_dft_plugin
+
+    try:
+        rt = import_tensorrt()
+    except BackendError as err:
+        pytest.skip(str(err))
+    if plugin_api_problem(rt) is not None:  # TensorRT-RTX 1.7 here
+        with pytest.raises(BackendError, match=r"needs NVIDIA TensorRT >= 10.6 with tensorrt.plugin"):
+            _prepare_dft_plugin(rt)
+    elif importlib.util.find_spec("cupy") is None:
+        with pytest.raises(BackendError, match=r"needs CuPy .*pip install cupy-cuda13x"):
+            _prepare_dft_plugin(rt)
+    else:
+        pytest.skip("tensorrt.plugin and CuPy are installed: make gpu-check runs a plugin engine")

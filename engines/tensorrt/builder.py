@@ -14,6 +14,12 @@ Two precision strategies for FP16:
   (:func:`select_fp32_layers` is the pure selection, :func:`apply_fp32_constraints` applies it).
   Some 10.0.x builds ignored these constraints (NVIDIA/TensorRT#3941): prefer strong typing.
 
+A ``plugin``-mode graph (cuFFT ``masf::CuFFTDFT`` nodes, :mod:`engines.export.plugin`) gets its plugin
+registered (:func:`engines.tensorrt.dft_plugin.register_dft_plugin`, ``tensorrt.plugin``) before it is
+parsed; a TensorRT without that API (TensorRT-RTX 1.7, TensorRT < 10.6) is a :class:`BuildError` before
+parsing. The plugin nodes are in the spectral scopes, so they stay in the FP32 island, and the plugin
+declares FP32 only.
+
 TF32 is cleared in every build, so FP32 GEMMs of the spectral island are true FP32. The optimisation
 profile spans batch 1..``max_batch`` on ``image`` and ``valid``. A timing cache is loaded and saved where
 the API uses it (TensorRT; in TensorRT-RTX it is a no-op and is skipped). Each build writes the engine
@@ -50,6 +56,7 @@ __all__ = [
     "describe_layers",
     "normalize_sm",
     "parse_onnx",
+    "register_graph_plugins",
     "select_fp32_layers",
 ]
 
@@ -213,17 +220,19 @@ def _network_flags(trt: Any, strongly_typed: bool) -> int:
 def parse_onnx(
     rt: TensorRTModule, onnx_path: str | Path, strongly_typed: bool = True
 ) -> tuple[Any, Any, Any, Any]:
-    """Parse ``onnx_path`` into a new network.
+    """Parse ``onnx_path`` into a new network (registering the plugins it uses first).
 
     Returns:
         ``(builder, network, parser, logger)`` (keep them alive together).
 
     Raises:
-        BuildError: missing file, or the parser's errors summarised in one line.
+        BuildError: missing file, the parser's errors summarised in one line, or plugin nodes this
+            TensorRT cannot take.
     """
     path = Path(onnx_path)
     if not path.is_file():
         raise BuildError(f"ONNX file {path} not found: export a bundle first (masf-engine export)")
+    register_graph_plugins(rt, path)  # before the parser meets a plugin node
     trt = rt.trt
     logger = _capture_logger(trt)
     builder = trt.Builder(logger)
@@ -239,6 +248,32 @@ def parse_onnx(
             f"{GRAPH_OUTPUTS}: build from a bundle's model.onnx"
         )
     return builder, network, parser, logger
+
+
+def register_graph_plugins(rt: TensorRTModule, onnx_path: str | Path) -> list[str]:
+    """Register the plugins the graph at ``onnx_path`` uses (the cuFFT DFT plugin), before parsing it.
+
+    Returns:
+        The plugin ids the graph uses (``[]`` for gemm/dft graphs, or a file that is missing or not
+        ONNX: :func:`parse_onnx` reports those).
+
+    Raises:
+        BuildError: the graph has plugin nodes and ``rt`` cannot take them (says what to do instead).
+    """
+    from engines.export.plugin import PLUGIN_OP, graph_uses_plugin
+    from engines.tensorrt.dft_plugin import plugin_api_problem, register_dft_plugin
+
+    try:
+        uses = graph_uses_plugin(onnx_path)
+    except Exception:  # missing or not ONNX: reported by the parser or the mixed-precision pass
+        return []
+    if not uses:
+        return []
+    problem = plugin_api_problem(rt)
+    if problem is not None:  # e.g. TensorRT-RTX 1.7, whose parser would abort the process on the plugin
+        raise BuildError(problem)
+    register_dft_plugin(rt)
+    return [PLUGIN_OP]
 
 
 # -- build options -------------------------------------------------------------------------------------------
@@ -428,7 +463,8 @@ def build_engine(
         The build record (also written next to the engine).
 
     Raises:
-        BuildError: missing or corrupt ONNX, parser errors, an option this TensorRT lacks, build failure.
+        BuildError: missing or corrupt ONNX, parser errors, an option this TensorRT lacks, build failure,
+            a plugin-mode graph with a TensorRT that has no ``tensorrt.plugin``.
         BackendError: no TensorRT installed (the message says what to install).
     """
     t0 = time.perf_counter()
@@ -439,6 +475,7 @@ def build_engine(
         rt, precision, max_batch, opt, workspace_mb, strongly_typed, hardware_compat, version_compat
     )
     trt = rt.trt
+    plugins = register_graph_plugins(rt, onnx_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     network_onnx = Path(network_onnx_path or out_path.with_name(f"{onnx_path.stem}.fp16.onnx"))
     parse_path, island = _network_graph(onnx_path, precision, strongly_typed, fp32_scopes, network_onnx)
@@ -493,6 +530,7 @@ def build_engine(
         fp32_layers=fp32_layers,
         build_seconds=round(time.perf_counter() - t0, 2),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        extra={"plugins": plugins} if plugins else {},
     )
     record.save(record_path(out_path))
     return record

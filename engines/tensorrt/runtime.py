@@ -16,6 +16,10 @@ owned by the caller. Batches larger than the profile run in chunks.
 The CUDA context is the device's primary context, pushed for each call and popped after, so a runner
 can be used from any one thread at a time (a lock serialises calls). Nothing is imported at module
 import time: tensorrt and pycuda are imported by :func:`open_engine` / :class:`EngineRunner`.
+
+A ``plugin``-mode bundle's engine holds ``masf::CuFFTDFT`` plugin layers: :func:`open_engine` registers
+the plugin (``tensorrt.plugin``) before the engine is deserialised and checks that CuPy, which runs its
+cuFFT calls, is installed (written against the real APIs; unverified without a GPU: ``make gpu-check``).
 """
 
 from __future__ import annotations
@@ -170,6 +174,18 @@ class EngineRunner:
                 self._cuda_ctx.detach()
 
 
+def _prepare_dft_plugin(rt: TensorRTModule) -> None:
+    """A plugin-mode bundle: register the cuFFT plugin before deserialising, and check CuPy is there.
+
+    Raises:
+        BackendError: no ``tensorrt.plugin`` in ``rt``, or no CuPy (each says what to do).
+    """
+    from engines.tensorrt.dft_plugin import import_cupy, register_dft_plugin
+
+    register_dft_plugin(rt)
+    import_cupy()  # the plugin's impl runs cuFFT through CuPy: say so now, not at the first frame
+
+
 def open_engine(
     bundle: Bundle,
     device: int = 0,
@@ -195,12 +211,15 @@ def open_engine(
 
     Raises:
         BackendError: TensorRT/pycuda missing, no GPU, or no fitting engine without ``rebuild`` (the
-            message lists each engine's problem and the command that builds one).
+            message lists each engine's problem and the command that builds one); for a ``plugin``-mode
+            bundle also a TensorRT without ``tensorrt.plugin`` or a missing CuPy.
     """
     from engines.tensorrt.bundle_engines import build_bundle_engine, select_engine
 
     rt = import_tensorrt(flavour)
     import_pycuda()
+    if bundle.manifest["export"]["spectral_mode"] == "plugin":
+        _prepare_dft_plugin(rt)
     gpu = gpu_info(device)
     if gpu is None:
         raise BackendError(f"backend 'tensorrt': no CUDA GPU {device} found (pycuda / nvidia-smi)")
