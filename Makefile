@@ -43,8 +43,9 @@ bench-quality: venv
 	$(VPY) benchmarks/quality.py
 
 # For a machine with an NVIDIA GPU and TensorRT (not this one): needs `pip install tensorrt` (NVIDIA's
-# index) or tensorrt-rtx on an RTX GPU, plus `pip install -e '.[gpu]'` (pycuda). Trains a small run on
-# $(DATA), exports it, builds the FP16 engine, compares TensorRT with ONNX Runtime, prints latency.
+# index) or tensorrt-rtx on an RTX GPU, plus `pip install -e '.[gpu]'` (pycuda, CuPy). Trains a small run on
+# $(DATA), exports it, builds the FP16 engine, compares TensorRT with ONNX Runtime, prints latency; then
+# the same for the plugin spectral mode (cuFFT plugin; needs NVIDIA TensorRT >= 10.6, else skipped).
 gpu-check: venv
 	$(VPY) benchmarks/gpu_check.py --data $(DATA)
 

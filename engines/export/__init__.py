@@ -6,7 +6,9 @@ Names are imported lazily, so ``engines.export.trt_ops`` (onnx only) can be used
 * :func:`check_parity` (``engines.export.parity``): ONNX Runtime vs PyTorch eager;
 * :func:`export_run` (``engines.export.from_run``): run directory -> verified bundle (``masf-engine export``);
 * :func:`unsupported_ops`, :func:`trt10_issues` (``engines.export.trt_ops``): TensorRT 10 op check;
-* :func:`to_mixed_precision` (``engines.export.mixed_precision``): FP16 graph with an FP32 spectral island.
+* :func:`to_mixed_precision` (``engines.export.mixed_precision``): FP16 graph with an FP32 spectral island;
+* :func:`dft_to_plugin`, :func:`plugin_to_dft` (``engines.export.plugin``, onnx only): ``DFT`` nodes to
+  cuFFT TensorRT plugin nodes (spectral mode ``plugin``) and back.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 
 __all__ = [
     "check_parity",
+    "dft_to_plugin",
     "export_onnx",
     "export_run",
+    "plugin_to_dft",
     "to_mixed_precision",
     "trt10_issues",
     "unsupported_ops",
@@ -28,6 +32,8 @@ _WHERE = {
     "check_parity": "engines.export.parity",
     "export_run": "engines.export.from_run",
     "to_mixed_precision": "engines.export.mixed_precision",
+    "dft_to_plugin": "engines.export.plugin",
+    "plugin_to_dft": "engines.export.plugin",
     "trt10_issues": "engines.export.trt_ops",
     "unsupported_ops": "engines.export.trt_ops",
 }
