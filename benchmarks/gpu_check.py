@@ -91,6 +91,14 @@ def _compare(out: Any, ref: Any, names: list[str], threshold: float) -> dict[str
     }
 
 
+def _print_latency(result: dict[str, Any], where: str) -> None:
+    for row in result["latency"]:
+        print(
+            f"TensorRT {result['engine']} {where}: batch {row['batch']}: median "
+            f"{row['median_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
+        )
+
+
 def _print_comparison(label: str, result: dict[str, Any]) -> None:
     mismatch = result["verdict_mismatches"]
     verdicts = "agree" if not mismatch else f"DIFFER on {mismatch}"
@@ -142,11 +150,7 @@ def _plugin_step(
             _latency(trt.runner, batch, valid, size, args.iters) for size in (1, args.max_batch)
         ]
     _print_comparison("plugin-mode TensorRT vs ONNX Runtime (dft)", result)
-    for row in result["latency"]:
-        print(
-            f"TensorRT {result['engine']} (cuFFT plugin): batch {row['batch']}: median "
-            f"{row['median_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
-        )
+    _print_latency(result, "(cuFFT plugin)")
     return result
 
 
@@ -219,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             _latency(trt.runner, batch, valid, size, args.iters) for size in (1, args.max_batch)
         ]
     _print_comparison("TensorRT vs ONNX Runtime", result)
-    for row in result["latency"]:
-        print(
-            f"TensorRT {result['engine']} on {gpu.name if gpu else '?'}: batch {row['batch']}: median "
-            f"{row['median_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
-        )
+    _print_latency(result, f"on {gpu.name if gpu else '?'}")
     mismatch = list(result["verdict_mismatches"])
     _step("6. plugin spectral mode (cuFFT TensorRT plugin)")
     if plugin_problem is None:

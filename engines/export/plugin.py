@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from engines.errors import ExportError
+from engines.export.trt_ops import constant_values
 
 __all__ = [
     "PLUGIN_ATTRS",
@@ -83,18 +84,6 @@ class DFTNodeSpec:
 
 def _onnx_opset(model: Any) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _constants(graph: Any) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values
 
 
 def _scalar(constants: dict[str, np.ndarray], node: Any, slot: int, what: str) -> int | None:
@@ -211,7 +200,7 @@ def dft_to_plugin(model: Any) -> tuple[Any, list[DFTNodeSpec]]:
         if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
             raise ExportError(f"node {node.name} ({node.op_type}) has a subgraph: not supported here")
     opset = _onnx_opset(out)
-    constants = _constants(graph)
+    constants = constant_values(graph)
     specs: list[DFTNodeSpec] = []
     freed: list[str] = []
     nodes = []
@@ -301,7 +290,7 @@ def check_round_trip(dft_model: Any, plugin_model: Any) -> None:
     got = [(n.name, n.op_type) for n in back.graph.node]
     if want != got:
         raise ExportError("the plugin graph does not convert back to the dft graph's nodes: report this")
-    c_want, c_got = _constants(dft_model.graph), _constants(back.graph)
+    c_want, c_got = constant_values(dft_model.graph), constant_values(back.graph)
     for a, b in zip(dft_model.graph.node, back.graph.node, strict=True):
         if a.op_type == "DFT" and _dft_spec(a, opset, c_want) != _dft_spec(b, opset, c_got):
             raise ExportError(f"DFT node {a.name} changed in the plugin round trip: report this")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["op_counts", "supported_ops_table", "trt10_issues", "unsupported_ops"]
+__all__ = ["constant_values", "op_counts", "supported_ops_table", "trt10_issues", "unsupported_ops"]
 
 OPS_FILE = Path(__file__).with_name("trt10_supported_ops.json")
 _CONSTANT_AXES = {
@@ -83,7 +83,8 @@ def unsupported_ops(model: Any, trt_version: str = "10.0") -> list[str]:
     return sorted(bad)
 
 
-def _constant_values(graph: Any) -> dict[str, np.ndarray]:
+def constant_values(graph: Any) -> dict[str, np.ndarray]:
+    """``{tensor name: value}`` of a graph's initializers and ``Constant`` node outputs."""
     from onnx import numpy_helper
 
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
@@ -115,7 +116,7 @@ def trt10_issues(model: Any, trt_version: str = "10.0") -> list[str]:
         if opset.domain in ("", "ai.onnx") and not lo <= opset.version <= hi:
             issues.append(f"opset {opset.version} outside TensorRT {trt_version}'s range {lo}..{hi}")
     issues += _uint8_input_issues(model.graph)
-    constants = _constant_values(model.graph)
+    constants = constant_values(model.graph)
     max_k = int(table["topk_max_k"])
     for node in model.graph.node:
         if node.op_type == "TopK":
