@@ -117,3 +117,20 @@ def test_single_cue_models_and_select_none_keep_the_mix(synth_data: Path, tmp_pa
     info = fit(tiny_config(fusion={"select": "none"}), synth_data, tmp_path / "fixed", progress=False)
     assert info.meta["fusion_selection"] is None
     assert (info.config.fusion.cos_weight, info.config.fusion.bank_weight) == (0.6, 0.4)
+
+
+def test_a_cue_with_weight_zero_is_not_computed(trained_run: Path) -> None:
+    model, info = load_run(trained_run)
+    h, w = info.preprocess.size
+    x = torch.rand(2, 3, h, w) * 255
+    feats = model.collect(x)
+    model.fusion.cos_weight, model.fusion.bank_weight = 0.0, 1.0
+    cos, bank = model.raw_cues(feats)
+    assert cos is None and bank is not None
+    cos_all, _ = model.raw_cues(feats, all_cues=True)  # cue statistics and the selection need both
+    assert cos_all is not None
+    # the map is the bank's alone, with or without the (zero-weighted) distillation cue
+    size = model.input_size
+    torch.testing.assert_close(model.fusion(cos, bank, size), model.fusion(cos_all, bank, size))
+    model.fusion.cos_weight, model.fusion.bank_weight = 1.0, 0.0
+    assert model.raw_cues(feats)[1] is None
