@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from engine_support import ExportedBundle, exported_bundle
 
 from trainer.config import Config, config_from_dict
 from trainer.data.synthetic import make_dataset
@@ -54,3 +55,9 @@ def trained_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("run")
     fit(tiny_config(), synth_data, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
+    """``trained_run`` exported once per session with ``masf-engine export`` (shared by the engine tests)."""
+    return exported_bundle(trained_run, tmp_path_factory)

@@ -1,8 +1,9 @@
-"""Shared, cached artefacts of the engine tests: one exported bundle per test session.
+"""Shared artefacts of the engine tests.
 
 A bundle export (torch.export + torch.onnx + parity) takes ~20 s here, so every engine test module uses
-the same one. It is made through the CLI (``masf-engine export``), so the first module that needs it
-also exercises the command; its exit code and output are kept for ``test_engine_cli``.
+the same one: the session fixture ``exported`` (``conftest.py``) calls :func:`exported_bundle` once. It is
+made through the CLI (``masf-engine export``), so it also exercises the command; its exit code and output
+are kept for ``test_engine_cli``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-_CACHE: dict[Path, ExportedBundle] = {}
-
 
 @dataclass(frozen=True)
 class ExportedBundle:
@@ -32,9 +31,7 @@ class ExportedBundle:
 
 
 def exported_bundle(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
-    """Export ``trained_run`` once per session with ``masf-engine export`` (gemm, plain path)."""
-    if trained_run in _CACHE:
-        return _CACHE[trained_run]
+    """Export ``trained_run`` with ``masf-engine export`` (gemm, plain path)."""
     import torch
 
     from engines.cli import main
@@ -51,7 +48,6 @@ def exported_bundle(trained_run: Path, tmp_path_factory: pytest.TempPathFactory)
     result = ExportedBundle(out, trained_run, code, stdout.getvalue(), stderr.getvalue())
     if code != 0:
         pytest.fail(f"masf-engine export failed ({code}): {result.stderr}")
-    _CACHE[trained_run] = result
     return result
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engine_support import ExportedBundle, exported_bundle, run_python
+from engine_support import ExportedBundle, run_python
 
 from engines.backends import Backend, Scores, get_backend
 from engines.backends.base import full_frame_geometry
@@ -22,11 +22,6 @@ from trainer.data import read_image
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
-    return exported_bundle(trained_run, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from engine_support import exported_bundle
+from engine_support import ExportedBundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,14 +51,12 @@ def _positive(path: str) -> bool:
 
 
 @pytest.mark.timeout(300)
-def test_engine_benchmark_smoke(
-    trained_run: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_engine_benchmark_smoke(trained_run: Path, exported: ExportedBundle, tmp_path: Path) -> None:
     bench = _load_script()
     # To stay within ~30 s: the session's shared plain bundle (same run, gemm) is reused, as
     # --reuse-bundles does (one export less; the TTSA bundle is exported here), and the spectral ops are
     # exported to ORT one by one (~1 s each) only in the check at the end.
-    shutil.copytree(exported_bundle(trained_run, tmp_path_factory).path, tmp_path / "bundle_plain")
+    shutil.copytree(exported.path, tmp_path / "bundle_plain")
     result = bench.run_benchmark(
         trained_run,
         tmp_path,

@@ -7,18 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from engine_support import ExportedBundle, exported_bundle, run_python
+from engine_support import ExportedBundle, run_python
 
 from engines.bundle import Bundle
 from engines.cli import EXIT_PARITY_FAILED, EXIT_USER_ERROR, _build_parser, main
 from engines.errors import ParityError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
-    return exported_bundle(trained_run, tmp_path_factory)
 
 
 def _one_error_line(err: str) -> str:

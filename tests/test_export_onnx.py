@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from engine_support import ExportedBundle, exported_bundle
+from engine_support import ExportedBundle
 from onnx import TensorProto, helper
 from torch import nn
 
@@ -30,11 +30,6 @@ from trainer.train import calibration_for
 torch.set_num_threads(1)
 
 SPECTRAL_OPS = {"MatMul", "Slice", "Mul", "Add", "Sqrt", "Sub", "Concat", "Split"}
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
-    return exported_bundle(trained_run, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

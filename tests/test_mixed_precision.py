@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from engine_support import ExportedBundle, exported_bundle
+from engine_support import ExportedBundle
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.bundle import Bundle
@@ -28,11 +28,6 @@ FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 # range, max score difference 1.5 % relative, identical verdicts. Nearly all of it comes from the FP16
 # teacher convolutions (with the teacher also in FP32: 0.12 % / 0.11 %); the tolerances leave ~2.5x room.
 MAP_TOL, SCORE_TOL = 0.05, 0.04
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
-    return exported_bundle(trained_run, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

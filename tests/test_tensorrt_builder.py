@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 import pytest
-from engine_support import ExportedBundle, exported_bundle
+from engine_support import ExportedBundle
 
 from engines.bundle import Bundle
 from engines.errors import BackendError, BuildError
@@ -39,11 +39,6 @@ trt_rtx = pytest.importorskip(
 NO_GPU = (
     "no CUDA GPU here: deserialising or running an engine needs one (run make gpu-check on a GPU machine)"
 )
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
-    return exported_bundle(trained_run, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from engine_support import exported_bundle
+from engine_support import ExportedBundle
 
 from engines.bundle import Bundle, sha256_file
 from engines.errors import BundleError
@@ -21,10 +21,9 @@ trt_rtx = pytest.importorskip(
 
 
 @pytest.fixture(scope="module")
-def built(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, BuildRecord]:
-    source = exported_bundle(trained_run, tmp_path_factory)
+def built(exported: ExportedBundle, tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, BuildRecord]:
     copy = tmp_path_factory.mktemp("with_engines") / "part.bundle"
-    shutil.copytree(source.path, copy)  # the shared bundle stays engine-free
+    shutil.copytree(exported.path, copy)  # the shared bundle stays engine-free
     build_bundle_engine(copy, "fp16", 2, compute_capability="SM86", flavour="tensorrt_rtx")
     return build_bundle_engine(copy, "fp16", 4, compute_capability="SM86", flavour="tensorrt_rtx")  # replaces
 

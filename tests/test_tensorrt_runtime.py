@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_support import ExportedBundle, exported_bundle
+from engine_support import ExportedBundle
 
 from engines.backends import get_backend
 from engines.backends.ort import OrtBackend
@@ -29,11 +29,6 @@ from engines.tensorrt.runtime import open_engine
 ROOT = Path(__file__).resolve().parents[1]
 HAS_PYCUDA = importlib.util.find_spec("pycuda") is not None
 HAS_TRT = any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx"))
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
-    return exported_bundle(trained_run, tmp_path_factory)
 
 
 def test_modules_import_neither_tensorrt_nor_pycuda() -> None:
