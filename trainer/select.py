@@ -35,7 +35,7 @@ from trainer.evaluate.metrics import roc_auc
 from trainer.inference import to_tensor
 from trainer.models.masf import MASF
 
-__all__ = ["MixSelection", "rank_mixes", "select_cue_mix", "synthetic_defects"]
+__all__ = ["CueBatch", "MixSelection", "cue_batches", "rank_mixes", "select_cue_mix", "synthetic_defects"]
 
 _PIXEL_STRIDE = 2
 
@@ -75,21 +75,21 @@ def synthetic_defects(
     return out
 
 
-_Cues = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]
+CueBatch = tuple[list[torch.Tensor] | None, list[torch.Tensor] | None, torch.Tensor]
 
 
 @torch.no_grad()
-def _cues(
+def cue_batches(
     model: MASF, images: Sequence[np.ndarray], spec: PreprocessSpec, device: torch.device, batch_size: int
-) -> tuple[list[_Cues], list[Geometry]]:
-    """Raw cues of both branches, batch by batch (``[(cos per scale, bank per scale, valid), ...]``), and
-    each image's geometry."""
+) -> tuple[list[CueBatch], list[Geometry]]:
+    """Raw cues of every enabled branch, whatever their fusion weights, batch by batch
+    (``[(cos per scale, bank per scale, valid), ...]``), and each image's geometry."""
     out, geos = [], []
     for start in range(0, len(images), batch_size):
         batch, geometries = preprocess_batch(list(images[start : start + batch_size]), spec)
         x, valid = to_tensor(batch, geometries, device)
-        feats = model.collect(x)
-        out.append((model.cos_maps(feats), model.bank_maps(feats), valid))
+        cos, bank = model.raw_cues(model.collect(x), all_cues=True)
+        out.append((cos, bank, valid))
         geos.extend(geometries)
     return out, geos
 
@@ -97,8 +97,8 @@ def _cues(
 @torch.no_grad()
 def rank_mixes(
     model: MASF,
-    good: list[_Cues],
-    defective: list[_Cues],
+    good: list[CueBatch],
+    defective: list[CueBatch],
     masks: np.ndarray,
     candidates: Sequence[float],
     default: float,
@@ -111,27 +111,27 @@ def rank_mixes(
     saved = (fusion.cos_weight, fusion.bank_weight)
     size = model.input_size
     s = slice(None, None, _PIXEL_STRIDE)
-    sub_masks = masks[:, s, s]
+
+    def fused(chunks: list[CueBatch]) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores ``[N]`` and every 2nd pixel of the maps, for the current weights."""
+        outs = [model.post(fusion(cos, bank, size), valid) for cos, bank, valid in chunks]
+        scores = torch.cat([o.pred_score for o in outs]).float().cpu().numpy()
+        maps = torch.cat([o.anomaly_map[:, 0, s, s] for o in outs]).float().cpu().numpy()
+        return scores, maps
+
+    def valid_pixels(chunks: list[CueBatch]) -> np.ndarray:
+        return torch.cat([valid[:, 0, s, s] for *_, valid in chunks]).cpu().numpy() > 0
+
+    vg, vd = valid_pixels(good), valid_pixels(defective)
+    image_labels = np.r_[np.zeros(vg.shape[0]), np.ones(vd.shape[0])]
+    pixel_labels = np.r_[np.zeros(int(vg.sum())), masks[:, s, s][vd].astype(np.float64)]
     rows = []
     try:
         for a in candidates:
             fusion.cos_weight, fusion.bank_weight = float(a), 1.0 - float(a)
-            scores: dict[bool, list[np.ndarray]] = {False: [], True: []}
-            pixels: dict[bool, list[np.ndarray]] = {False: [], True: []}
-            valids: dict[bool, list[np.ndarray]] = {False: [], True: []}
-            for is_defect, chunks in ((False, good), (True, defective)):
-                for cos, bank, valid in chunks:
-                    out = model.post(fusion(cos, bank, size), valid)
-                    scores[is_defect].append(out.pred_score.float().cpu().numpy())
-                    pixels[is_defect].append(out.anomaly_map[:, 0, s, s].float().cpu().numpy())
-                    valids[is_defect].append(valid[:, 0, s, s].cpu().numpy() > 0)
-            sg, sd = np.concatenate(scores[False]), np.concatenate(scores[True])
-            image_auroc = roc_auc(np.r_[sg, sd], np.r_[np.zeros(sg.size), np.ones(sd.size)])
-            pg, pd = np.concatenate(pixels[False]), np.concatenate(pixels[True])
-            vg, vd = np.concatenate(valids[False]), np.concatenate(valids[True])
-            pixel_auroc = roc_auc(
-                np.r_[pg[vg], pd[vd]], np.r_[np.zeros(int(vg.sum())), sub_masks[vd].astype(np.float64)]
-            )
+            (sg, pg), (sd, pd) = fused(good), fused(defective)
+            image_auroc = roc_auc(np.r_[sg, sd], image_labels)
+            pixel_auroc = roc_auc(np.r_[pg[vg], pd[vd]], pixel_labels)
             rows.append(
                 {
                     "cos_weight": float(a),
@@ -154,17 +154,20 @@ def select_cue_mix(
     candidates: Sequence[float],
     seed: int,
     batch_size: int = 8,
+    good_cues: list[CueBatch] | None = None,
 ) -> MixSelection | None:
     """Choose ``cos_weight`` for ``model`` (cue statistics must be set). ``None`` when the model has
-    only one cue (nothing to mix). The model is left unchanged: the caller applies the choice."""
+    only one cue (nothing to mix). The model is left unchanged: the caller applies the choice.
+    ``good_cues``: :func:`cue_batches` of ``calib_images``, when the caller already has them."""
     if not (model.use_student and model.use_bank):
         return None
     fusion = model.fusion
     default = fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)
     grid = sorted({round(float(a), 6) for a in (*candidates, default)})
     pairs = synthetic_defects(calib_images, seed)
-    good_cues, _ = _cues(model, calib_images, spec, device, batch_size)
-    defect_cues, geometries = _cues(model, [img for img, _ in pairs], spec, device, batch_size)
+    if good_cues is None:
+        good_cues, _ = cue_batches(model, calib_images, spec, device, batch_size)
+    defect_cues, geometries = cue_batches(model, [img for img, _ in pairs], spec, device, batch_size)
     masks = np.stack([g.to_model(m) for g, (_, m) in zip(geometries, pairs, strict=True)])
     if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
         return None  # defects too small to survive the resize: keep the configured mix

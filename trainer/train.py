@@ -43,7 +43,7 @@ from trainer.errors import RunError
 from trainer.inference import frames_to_tensor, predict_arrays
 from trainer.models.masf import MASF, apply_tta, create_masf
 from trainer.runs import RunInfo, save_run
-from trainer.select import MixSelection, select_cue_mix
+from trainer.select import CueBatch, MixSelection, cue_batches, select_cue_mix
 
 __all__ = [
     "calibrate_model",
@@ -201,24 +201,17 @@ def _build_banks(
     return sizes
 
 
-@torch.no_grad()
-def _cue_statistics(model: MASF, calib: np.ndarray, device: torch.device, batch_size: int) -> None:
+def _set_cue_statistics(model: MASF, cues: list[CueBatch]) -> None:
     """Mean/std of each scale's raw cues over the calibration images -> UGHF buffers."""
-    acc: dict[str, list[list[torch.Tensor]]] = {"cos": [], "bank": []}
-    for start in range(0, calib.shape[0], batch_size):
-        x = frames_to_tensor(calib[start : start + batch_size], device)
-        cos, bank = model.raw_cues(model.collect(x), all_cues=True)
-        for key, maps in (("cos", cos), ("bank", bank)):
-            if maps is not None:
-                acc[key].append([m.flatten().cpu() for m in maps])
 
-    def stats(chunks: list[list[torch.Tensor]]) -> list[tuple[float, float]] | None:
+    def stats(branch: int) -> list[tuple[float, float]] | None:
+        chunks = [c[branch] for c in cues if c[branch] is not None]
         if not chunks:
             return None
-        per_scale = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
+        per_scale = [torch.cat([m.flatten().cpu() for m in parts]) for parts in zip(*chunks, strict=True)]
         return [(float(v.mean()), float(v.std())) for v in per_scale]
 
-    model.fusion.set_statistics(stats(acc["cos"]), stats(acc["bank"]))
+    model.fusion.set_statistics(stats(0), stats(1))
 
 
 @dataclass(frozen=True)
@@ -240,14 +233,21 @@ def calibrate_model(
     threshold of the path it runs (a TTSA score is on another scale than a plain one). The chosen mix is
     applied to ``model`` and written into the returned config, so a saved run reloads with it.
     """
-    calib_batch, _ = preprocess_batch(list(calib_images), spec)
-    _cue_statistics(model, calib_batch, device, cfg.train.batch_size)
-    del calib_batch
+    good_cues, _ = cue_batches(model, calib_images, spec, device, cfg.train.batch_size)
+    _set_cue_statistics(model, good_cues)
     selection = None
     if cfg.fusion.select == "synthetic":
         selection = select_cue_mix(
-            model, calib_images, spec, device, cfg.fusion.candidates, cfg.seed, cfg.train.batch_size
+            model,
+            calib_images,
+            spec,
+            device,
+            cfg.fusion.candidates,
+            cfg.seed,
+            cfg.train.batch_size,
+            good_cues,
         )
+    del good_cues
     if selection is not None:
         a = selection.cos_weight
         model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
