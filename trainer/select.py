@@ -5,13 +5,17 @@ much each cue is worth depends on the part: on bottle both localise defects; on 
 distillation cue alone is far weaker than the bank (measured, ``benchmarks/RESULTS.md``), and the paper's
 mix lets more defects through than the bank alone. So after training, ``a`` is chosen per part:
 
-1. every calibration image (held-out good images, never seen by the student or the bank) gets one
-   synthetic defect of each kind in :data:`~trainer.data.synthetic.SELECTION_DEFECTS` (scratch, spot,
-   crack, CutPaste-like patch from another calibration image), seeded;
+1. the calibration images (held-out good images, never seen by the student or the bank) get graded
+   synthetic defects of each kind in :data:`~trainer.data.synthetic.SELECTION_DEFECTS` (scratch, spot,
+   crack, CutPaste-like patch from another calibration image), seeded: faint to obvious (contrast 25 to
+   100 %) and thin or small to large (0.5x to 3x the nominal size, log-uniform), at least
+   :data:`MIN_SYNTHETIC` of them (several rounds over a small calibration set). Graded, because with
+   only obvious defects every usable mix detects all of them and the image term cannot tell the
+   candidates apart, while escapes in the field are the faint defects;
 2. both cues are computed once for the good and the defective versions;
-3. each candidate ``a`` (``fusion.candidates`` plus the configured mix) is scored with
-   ``image AUROC (defective vs good) + pixel AUROC (synthetic masks, every 2nd pixel)`` through the
-   model's own fusion, smoothing and image score;
+3. each candidate ``a`` (``fusion.candidates`` plus the configured mix) is scored with the sum of the
+   three headline metrics on this set, ``image AUROC + pixel AUROC + AUPRO`` (every 2nd pixel of the
+   placed part), through the model's own fusion, smoothing and image score;
 4. the best candidate wins; an exact tie keeps the candidate nearest the configured mix.
 
 The choice and every candidate's numbers are stored in the run (``fusion_selection``). Synthetic defects
@@ -22,6 +26,7 @@ keeps the configured mix (the paper's configuration does).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +36,18 @@ import torch
 
 from engines.preprocess import Geometry, PreprocessSpec, preprocess_batch
 from trainer.data.synthetic import SELECTION_DEFECTS, add_defect
-from trainer.evaluate.metrics import roc_auc
+from trainer.evaluate.metrics import pixel_metrics, roc_auc
 from trainer.inference import to_tensor
 from trainer.models.masf import MASF
 
 __all__ = ["CueBatch", "MixSelection", "cue_batches", "rank_mixes", "select_cue_mix", "synthetic_defects"]
 
 _PIXEL_STRIDE = 2
+# Synthetic defects: contrast (fraction of add_defect's full contrast, uniform) and size (multiple of its
+# nominal size, log-uniform), and how many at least (several rounds over small calibration sets).
+STRENGTHS = (0.25, 1.0)
+SCALES = (0.5, 3.0)
+MIN_SYNTHETIC = 160
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class MixSelection:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rule": "synthetic defects on calibration images: max image AUROC + pixel AUROC",
+            "rule": "graded synthetic defects on calibration images: max image AUROC + pixel AUROC + AUPRO",
             "cos_weight": self.cos_weight,
             "bank_weight": 1.0 - self.cos_weight,
             "n_good": self.n_good,
@@ -63,15 +73,30 @@ class MixSelection:
 
 
 def synthetic_defects(
-    images: Sequence[np.ndarray], seed: int, kinds: Sequence[str] = SELECTION_DEFECTS
+    images: Sequence[np.ndarray],
+    seed: int,
+    kinds: Sequence[str] = SELECTION_DEFECTS,
+    min_total: int = MIN_SYNTHETIC,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One defect of each kind per image: ``[(image, mask uint8), ...]``, image-major, seeded."""
+    """Graded synthetic defects: ``[(image, mask uint8), ...]``, seeded.
+
+    Each round draws one defect of each kind into every image (round-major, then image-major); rounds
+    repeat until there are at least ``min_total`` defects. Each defect's contrast is drawn uniformly from
+    :data:`STRENGTHS` and its size log-uniformly from :data:`SCALES` (``add_defect``'s ``strength`` and
+    ``scale``), so the set spans faint to obvious and thin or small to large, as real defects do.
+    """
     rng = np.random.default_rng(seed)
+    n = len(images)
+    rounds = max(1, math.ceil(min_total / max(1, n * len(kinds))))
+    lo, hi = math.log(SCALES[0]), math.log(SCALES[1])
     out = []
-    for i, img in enumerate(images):
-        donor = images[(i + 1) % len(images)] if len(images) > 1 else None
-        for kind in kinds:
-            out.append(add_defect(rng, img, kind, donor))
+    for r in range(rounds):
+        for i, img in enumerate(images):
+            donor = images[(i + 1 + r) % n] if n > 1 else None
+            for kind in kinds:
+                strength = float(rng.uniform(*STRENGTHS))
+                scale = math.exp(rng.uniform(lo, hi))
+                out.append(add_defect(rng, img, kind, donor, strength=strength, scale=scale))
     return out
 
 
@@ -94,6 +119,17 @@ def cue_batches(
     return out, geos
 
 
+def _valid_boxes(chunks: list[CueBatch]) -> list[tuple[slice, slice]]:
+    """Per image, the (strided) bounding box of its valid pixels: the placed part, without letterbox
+    padding (a rectangle)."""
+    boxes = []
+    for *_, valid in chunks:
+        for v in valid[:, 0, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].cpu().numpy() > 0:
+            rows, cols = np.flatnonzero(v.any(1)), np.flatnonzero(v.any(0))
+            boxes.append((slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)))
+    return boxes
+
+
 @torch.no_grad()
 def rank_mixes(
     model: MASF,
@@ -105,39 +141,41 @@ def rank_mixes(
 ) -> tuple[float, list[dict[str, float]]]:
     """Score each candidate ``cos_weight`` on cached cues; returns the winner and the per-candidate table.
 
+    The objective is the sum of the three headline metrics on the synthetic set: image AUROC (defective
+    vs good images), pixel AUROC and AUPRO (FPR <= 0.3) over every 2nd pixel of the placed part.
     ``masks``: bool ``[N_defective, H, W]`` in the model frame. The model's fusion weights are restored.
     """
     fusion = model.fusion
     saved = (fusion.cos_weight, fusion.bank_weight)
     size = model.input_size
     s = slice(None, None, _PIXEL_STRIDE)
+    boxes_good, boxes_bad = _valid_boxes(good), _valid_boxes(defective)
 
-    def fused(chunks: list[CueBatch]) -> tuple[np.ndarray, np.ndarray]:
-        """Image scores ``[N]`` and every 2nd pixel of the maps, for the current weights."""
+    def fused(
+        chunks: list[CueBatch], boxes: list[tuple[slice, slice]]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Image scores ``[N]`` and each image's strided map of its placed part, for the current weights."""
         outs = [model.post(fusion(cos, bank, size), valid) for cos, bank, valid in chunks]
         scores = torch.cat([o.pred_score for o in outs]).float().cpu().numpy()
         maps = torch.cat([o.anomaly_map[:, 0, s, s] for o in outs]).float().cpu().numpy()
-        return scores, maps
+        return scores, [m[box] for m, box in zip(maps, boxes, strict=True)]
 
-    def valid_pixels(chunks: list[CueBatch]) -> np.ndarray:
-        return torch.cat([valid[:, 0, s, s] for *_, valid in chunks]).cpu().numpy() > 0
-
-    vg, vd = valid_pixels(good), valid_pixels(defective)
-    image_labels = np.r_[np.zeros(vg.shape[0]), np.ones(vd.shape[0])]
-    pixel_labels = np.r_[np.zeros(int(vg.sum())), masks[:, s, s][vd].astype(np.float64)]
+    truth = [None] * len(boxes_good) + [m[s, s][box] for m, box in zip(masks, boxes_bad, strict=True)]
+    image_labels = np.r_[np.zeros(len(boxes_good)), np.ones(len(boxes_bad))]
     rows = []
     try:
         for a in candidates:
             fusion.cos_weight, fusion.bank_weight = float(a), 1.0 - float(a)
-            (sg, pg), (sd, pd) = fused(good), fused(defective)
+            (sg, mg), (sd, md) = fused(good, boxes_good), fused(defective, boxes_bad)
             image_auroc = roc_auc(np.r_[sg, sd], image_labels)
-            pixel_auroc = roc_auc(np.r_[pg[vg], pd[vd]], pixel_labels)
+            px = pixel_metrics([*mg, *md], truth)
             rows.append(
                 {
                     "cos_weight": float(a),
                     "image_auroc": float(image_auroc),
-                    "pixel_auroc": float(pixel_auroc),
-                    "objective": float(image_auroc + pixel_auroc),
+                    "pixel_auroc": float(px["pixel_auroc"]),
+                    "aupro": float(px["aupro"]),
+                    "objective": float(image_auroc + px["pixel_auroc"] + px["aupro"]),
                 }
             )
     finally:

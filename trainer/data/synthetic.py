@@ -23,6 +23,7 @@ __all__ = ["DEFECT_TYPES", "SELECTION_DEFECTS", "add_defect", "make_dataset", "r
 DEFECT_TYPES = ("scratch", "spot", "crack")
 # The kinds drawn into calibration images to choose the cue mix (``trainer/select.py``).
 SELECTION_DEFECTS = ("scratch", "spot", "crack", "patch")
+_MAX_HALF = 0.3  # largest half-axis of a spot or patch, as a fraction of the image's shorter side
 
 
 def render_part(
@@ -53,13 +54,13 @@ def render_part(
 
 
 def _patch(
-    rng: np.random.Generator, img: np.ndarray, donor: np.ndarray | None
+    rng: np.random.Generator, img: np.ndarray, donor: np.ndarray | None, strength: float, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paste a rotated, re-lit, soft-edged ellipse of ``donor`` (or of ``img`` elsewhere) into ``img``."""
     h, w = img.shape[:2]
     src = img if donor is None or donor.shape != img.shape else donor
     side = min(h, w)
-    ah, aw = (max(2, int(side * rng.uniform(0.05, 0.12))) for _ in range(2))
+    ah, aw = (max(2, int(side * min(_MAX_HALF, rng.uniform(0.05, 0.12) * scale))) for _ in range(2))
     cy, cx = int(rng.uniform(0.2, 0.8) * h), int(rng.uniform(0.2, 0.8) * w)
     # the region of the source: another place (never the same one), rotated by 90/180/270 degrees
     sy, sx = (h - 1 - cy) if h > 4 * ah else cy, int(rng.uniform(0.2, 0.8) * w)
@@ -74,7 +75,7 @@ def _patch(
     soft = cv2.GaussianBlur(shape, (0, 0), 1.0)
     canvas = img.astype(np.float32)
     region = canvas[top : top + ph, left : left + pw]
-    alpha = soft[..., None] if img.ndim == 3 else soft
+    alpha = soft[..., None] * strength if img.ndim == 3 else soft * strength
     canvas[top : top + ph, left : left + pw] = region * (1 - alpha) + piece * alpha
     mask = np.zeros((h, w), np.uint8)
     mask[top : top + ph, left : left + pw] = (soft > 0.5).astype(np.uint8) * 255
@@ -82,52 +83,69 @@ def _patch(
 
 
 def add_defect(
-    rng: np.random.Generator, img: np.ndarray, kind: str, donor: np.ndarray | None = None
+    rng: np.random.Generator,
+    img: np.ndarray,
+    kind: str,
+    donor: np.ndarray | None = None,
+    strength: float = 1.0,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one defect of ``kind`` into a copy of ``img`` (uint8 ``[H, W]`` or ``[H, W, 3]``).
 
     Returns the defective image and its uint8 mask ``[H, W]`` (255 = defect). ``donor`` (same shape as
     ``img``) is the image a ``patch`` is cut from; without one, it comes from elsewhere in ``img``.
+    ``strength`` in (0, 1] is the fraction of the full contrast: the defect is blended over the part with
+    that opacity (1 = opaque); ``scale`` > 0 multiplies its size (line length and width, blob and patch
+    axes, capped so a region stays inside the part). Neither changes the random draws: the same ``rng``
+    state gives the same defect at any strength and size.
     """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    if not scale > 0.0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
     if kind == "patch":
-        return _patch(rng, img, donor)
+        return _patch(rng, img, donor, strength, scale)
     h, w = img.shape[:2]
     mask = np.zeros((h, w), np.uint8)
-    canvas = img.copy()
-    color: tuple[int, ...]
+    layer = np.zeros((h, w), np.float32)  # how much of the defect's colour each pixel takes
+    paint: float | np.ndarray
     if kind == "scratch":
         start = np.array([w * rng.uniform(0.2, 0.8), h * 0.2])
-        pts = np.cumsum(rng.normal(0, max(h, w) * 0.08, (5, 2)), axis=0) + start
+        pts = np.cumsum(rng.normal(0, max(h, w) * 0.08 * scale, (5, 2)), axis=0) + start
         pts = np.clip(pts, 0, [w - 1, h - 1]).astype(np.int32)
-        shade = int(rng.choice([30, 240]))
-        color = (shade,) * (3 if img.ndim == 3 else 1)
-        thick = max(1, min(h, w) // 64)
-        cv2.polylines(canvas, [pts], False, color, thick)
+        paint = float(rng.choice([30, 240]))
+        thick = max(1, int(min(h, w) * scale / 64))
+        cv2.polylines(layer, [pts], False, 1.0, thick)
         cv2.polylines(mask, [pts], False, 255, thick + 1)
     elif kind == "spot":
         center = (int(rng.uniform(0.2, 0.8) * w), int(rng.uniform(0.2, 0.8) * h))
-        axes = (int(min(h, w) * rng.uniform(0.05, 0.1)), int(min(h, w) * rng.uniform(0.04, 0.08)))
+        axes = tuple(
+            int(min(h, w) * min(_MAX_HALF, rng.uniform(lo, hi) * scale))
+            for lo, hi in ((0.05, 0.1), (0.04, 0.08))
+        )
         cv2.ellipse(mask, center, axes, rng.uniform(0, 180), 0, 360, 255, -1)
-        soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 1.5)
-        stain = np.array([90, 60, 30], np.float32) if img.ndim == 3 else np.float32(60)
-        blend = soft[..., None] if img.ndim == 3 else soft
-        canvas = np.clip(canvas * (1 - 0.7 * blend) + stain * 0.7 * blend, 0, 255).astype(np.uint8)
+        layer = 0.7 * cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 1.5)
+        paint = np.array([90, 60, 30], np.float32) if img.ndim == 3 else 60.0
     elif kind == "crack":
         x, y = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
-        color = (20,) * (3 if img.ndim == 3 else 1)
+        paint = 20.0
         for _ in range(3):
             pts = [(x, y)]
             heading = rng.uniform(0, 2 * np.pi)
             for _ in range(6):
                 heading += rng.normal(0, 0.5)
-                step = min(h, w) * 0.05
+                step = min(h, w) * 0.05 * scale
                 pts.append((pts[-1][0] + step * np.cos(heading), pts[-1][1] + step * np.sin(heading)))
             arr = np.clip(np.array(pts), 0, [w - 1, h - 1]).astype(np.int32)
-            cv2.polylines(canvas, [arr], False, color, 1)
+            cv2.polylines(layer, [arr], False, 1.0, 1)
             cv2.polylines(mask, [arr], False, 255, 2)
     else:
         raise ValueError(f"unknown defect type {kind!r}; expected one of {SELECTION_DEFECTS}")
-    return canvas, mask
+    alpha = layer * strength
+    if img.ndim == 3:
+        alpha = alpha[..., None]
+    canvas = img.astype(np.float64) * (1 - alpha) + np.asarray(paint, np.float64) * alpha
+    return np.clip(canvas, 0, 255).astype(np.uint8), mask
 
 
 def _write(path: Path, img: np.ndarray) -> None:

@@ -1,0 +1,62 @@
+"""Tests for trainer.data.synthetic: defects drawn into any image, with a contrast and a size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.data.synthetic import SELECTION_DEFECTS, add_defect, render_part
+
+
+def _draw(kind: str, gray: bool, **kw: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    img, donor = render_part(rng, 96, 128, gray), render_part(rng, 96, 128, gray)
+    out, mask = add_defect(rng, img, kind, donor, **kw)
+    return img, out, mask
+
+
+def _change(img: np.ndarray, out: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute change inside the mask, over channels."""
+    diff = np.abs(out.astype(np.float64) - img.astype(np.float64)).reshape(*mask.shape, -1).mean(-1)
+    return float(diff[mask > 0].mean())
+
+
+@pytest.mark.parametrize("gray", [False, True])
+@pytest.mark.parametrize("kind", SELECTION_DEFECTS)
+def test_strength_scales_the_contrast_and_keeps_the_shape(kind: str, gray: bool) -> None:
+    img, full, mask = _draw(kind, gray)
+    _, faint, faint_mask = _draw(kind, gray, strength=0.25)
+    assert np.array_equal(mask, faint_mask)  # same draws, same place and shape
+    assert full.shape == img.shape and full.dtype == np.uint8
+    strong, weak = _change(img, full, mask), _change(img, faint, mask)
+    assert weak > 1.0, "a faint defect must still change the image"
+    assert 0.1 < weak / strong < 0.45, f"strength 0.25 gave {weak:.1f} vs {strong:.1f} at full contrast"
+
+
+@pytest.mark.parametrize("kind", ["spot", "patch"])
+def test_scale_grows_regions_and_is_capped(kind: str) -> None:
+    areas = [int((_draw(kind, False, scale=s)[2] > 0).sum()) for s in (0.5, 1.0, 2.0, 50.0)]
+    assert areas[0] < areas[1] < areas[2], areas
+    assert areas[2] > 2.5 * areas[1]  # area grows about with the square of the scale
+    # a huge scale is capped: the region stays smaller than the image
+    assert areas[3] < 0.5 * 96 * 128, areas
+
+
+@pytest.mark.parametrize("kind", ["scratch", "crack"])
+def test_scale_lengthens_lines(kind: str) -> None:
+    lengths = [int((_draw(kind, False, scale=s)[2] > 0).sum()) for s in (0.5, 2.0)]
+    assert lengths[1] > 1.5 * lengths[0], lengths
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [({"strength": 0.0}, "strength"), ({"strength": 1.5}, "strength"), ({"scale": 0.0}, "scale")],
+)
+def test_bad_strength_or_scale_is_refused(kw: dict[str, float], msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        _draw("spot", False, **kw)
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown defect type 'dent'"):
+        _draw("dent", False)
