@@ -49,11 +49,14 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny trained run on ``synth_data``, shared by the tests that only read it."""
+    """One tiny trained run on ``synth_data``, shared by the tests that only read it.
+
+    It keeps both cues at the configured mix (``fusion.select: none``), so every test sees the whole
+    model and graph whatever the mix selection would choose; ``tests/test_select.py`` trains its own."""
     from trainer.train import fit
 
     out = tmp_path_factory.mktemp("run")
-    fit(tiny_config(), synth_data, out, progress=False)
+    fit(tiny_config(fusion={"select": "none"}), synth_data, out, progress=False)
     return out
 
 

@@ -13,7 +13,7 @@ from conftest import tiny_config
 
 from trainer.data import read_image
 from trainer.runs import load_run
-from trainer.select import MIN_SYNTHETIC, rank_mixes, select_cue_mix, synthetic_defects
+from trainer.select import MIN_SYNTHETIC, _choose, rank_mixes, select_cue_mix, synthetic_defects
 
 H = W = 32
 
@@ -52,7 +52,7 @@ def test_the_informative_cue_wins(informative: str, want: float) -> None:
     model = _FakeModel()
     good, _ = _cues(12, informative, False, rng)
     bad, masks = _cues(24, informative, True, rng)
-    chosen, rows = rank_mixes(model, good, bad, masks, [0.0, 0.25, 0.5, 0.75, 1.0], 0.6)  # type: ignore[arg-type]
+    chosen, rows = rank_mixes(model, good, bad, masks, [0.0, 0.25, 0.5, 0.75, 1.0])  # type: ignore[arg-type]
     assert chosen == want
     by_a = {r["cos_weight"]: r for r in rows}
     assert by_a[want]["objective"] > by_a[1.0 - want]["objective"] + 0.2
@@ -64,15 +64,34 @@ def test_the_informative_cue_wins(informative: str, want: float) -> None:
     assert (model.fusion.cos_weight, model.fusion.bank_weight) == (0.6, 0.4)
 
 
-def test_an_exact_tie_keeps_the_configured_mix() -> None:
+def test_an_exact_tie_goes_to_the_bank_alone() -> None:
     rng = np.random.default_rng(1)
     model = _FakeModel()
     good, _ = _cues(8, "cos", False, rng)
     bad, masks = _cues(8, "cos", True, rng)
     same = [([c[0]], [c[0]], v) for c, _, v in good], [([c[0]], [c[0]], v) for c, _, v in bad]
-    chosen, rows = rank_mixes(model, *same, masks, [0.0, 0.5, 0.6, 1.0], 0.6)  # type: ignore[arg-type]
+    chosen, rows = rank_mixes(model, *same, masks, [0.0, 0.5, 0.6, 1.0])  # type: ignore[arg-type]
     assert len({round(r["objective"], 12) for r in rows}) == 1
-    assert chosen == 0.6
+    assert chosen == 0.0
+
+
+def _rows(objectives: dict[float, list[float]]) -> tuple[list[dict[str, float]], np.ndarray]:
+    rows = [{"cos_weight": a, "objective": float(np.mean(f))} for a, f in objectives.items()]
+    return rows, np.array(list(objectives.values()))
+
+
+def test_a_mix_must_beat_the_bank_by_more_than_its_noise() -> None:
+    # the mix is better on average, but by less than the spread over the folds: the bank alone wins
+    noisy = {0.0: [2.80, 2.90, 2.70, 2.85, 2.75], 0.5: [2.86, 2.85, 2.80, 2.80, 2.79], 1.0: [2.5] * 5}
+    rows, folds = _rows(noisy)
+    assert max(rows, key=lambda r: r["objective"])["cos_weight"] == 0.5
+    assert _choose(rows, folds)["cos_weight"] == 0.0
+    assert [r["within_1se"] for r in rows] == [1.0, 1.0, 0.0]
+    # the same mean gain, consistent over the folds: the mix wins
+    steady = {0.0: [2.80, 2.90, 2.70, 2.85, 2.75], 0.5: [2.82, 2.92, 2.72, 2.87, 2.77], 1.0: [2.5] * 5}
+    rows, folds = _rows(steady)
+    assert _choose(rows, folds)["cos_weight"] == 0.5
+    assert rows[0]["within_1se"] == 0.0 and rows[0]["se"] == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("gray", [False, True])
@@ -111,16 +130,28 @@ def test_synthetic_defects_are_graded_and_fill_small_sets() -> None:
     assert max(contrast) > 2.5 * min(contrast), f"spot contrasts barely vary: {contrast}"
 
 
-def test_fit_stores_the_choice_and_the_run_reloads_with_it(trained_run: Path, synth_data: Path) -> None:
-    doc = json.loads((trained_run / "run.json").read_text())
+@pytest.fixture(scope="module")
+def selected_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run with the cue mix chosen on synthetic defects (the default)."""
+    from trainer.train import fit
+
+    out = tmp_path_factory.mktemp("selected")
+    fit(tiny_config(), synth_data, out, progress=False)
+    return out
+
+
+def test_fit_stores_the_choice_and_the_run_reloads_with_it(selected_run: Path, synth_data: Path) -> None:
+    doc = json.loads((selected_run / "run.json").read_text())
     sel = doc["fusion_selection"]
     grid = [r["cos_weight"] for r in sel["candidates"]]
     assert grid == sorted(set(grid)) and 0.6 in grid and {0.0, 1.0} <= set(grid)
     best = max(r["objective"] for r in sel["candidates"])
-    assert [r["objective"] for r in sel["candidates"] if r["cos_weight"] == sel["cos_weight"]] == [best]
+    (chosen,) = [r for r in sel["candidates"] if r["cos_weight"] == sel["cos_weight"]]
+    assert chosen["within_1se"] == 1.0 and best - chosen["objective"] <= chosen["se"]
+    assert all(r["se"] >= 0 for r in sel["candidates"])
     assert sel["n_good"] == doc["calibration"]["n_images"]
     assert sel["n_synthetic"] == 4 * sel["n_good"] * math.ceil(MIN_SYNTHETIC / (4 * sel["n_good"]))
-    model, info = load_run(trained_run)
+    model, info = load_run(selected_run)
     assert info.config.fusion.cos_weight == pytest.approx(sel["cos_weight"])
     assert model.fusion.cos_weight + model.fusion.bank_weight == pytest.approx(1.0)
     # selecting again on the same images gives the same choice (seeded)
@@ -129,12 +160,14 @@ def test_fit_stores_the_choice_and_the_run_reloads_with_it(trained_run: Path, sy
     assert again is not None and again.cos_weight == sel["cos_weight"]
 
 
-def test_single_cue_models_and_select_none_keep_the_mix(synth_data: Path, tmp_path: Path) -> None:
+def test_single_cue_models_and_select_none_keep_the_mix(
+    synth_data: Path, trained_run: Path, tmp_path: Path
+) -> None:
     from trainer.train import fit
 
     info = fit(tiny_config(student={"enabled": False}), synth_data, tmp_path / "bank", progress=False)
     assert info.meta["fusion_selection"] is None
-    info = fit(tiny_config(fusion={"select": "none"}), synth_data, tmp_path / "fixed", progress=False)
+    _, info = load_run(trained_run)  # trained with fusion.select: none
     assert info.meta["fusion_selection"] is None
     assert (info.config.fusion.cos_weight, info.config.fusion.bank_weight) == (0.6, 0.4)
 

@@ -15,8 +15,13 @@ mix lets more defects through than the bank alone. So after training, ``a`` is c
 2. both cues are computed once for the good and the defective versions;
 3. each candidate ``a`` (``fusion.candidates`` plus the configured mix) is scored with the sum of the
    three headline metrics on this set, ``image AUROC + pixel AUROC + AUPRO`` (every 2nd pixel of the
-   placed part), through the model's own fusion, smoothing and image score;
-4. the best candidate wins; an exact tie keeps the candidate nearest the configured mix.
+   placed part), through the model's own fusion, smoothing and image score; the same sum on 5 folds of
+   the calibration images (each with its own defects) gives each candidate's standard error against
+   the best;
+4. one-standard-error rule: among the candidates within one standard error of the best, a single cue
+   wins over a mix (it skips a branch at inference, and a mix must *measurably* beat the bank-only
+   baseline to be worth its cost and its risk), then the higher objective, then the smaller
+   distillation weight.
 
 The choice and every candidate's numbers are stored in the run (``fusion_selection``). Synthetic defects
 are not real ones: the rule can only prefer what separates *some* visible anomalies from this part's
@@ -48,6 +53,7 @@ _PIXEL_STRIDE = 2
 STRENGTHS = (0.25, 1.0)
 SCALES = (0.5, 3.0)
 MIN_SYNTHETIC = 160
+FOLDS = 5  # folds of the calibration images for the candidates' standard errors
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class MixSelection:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rule": "graded synthetic defects on calibration images: max image AUROC + pixel AUROC + AUPRO",
+            "rule": "graded synthetic defects in calibration images; image AUROC + pixel AUROC + AUPRO; 1-SE",
             "cos_weight": self.cos_weight,
             "bank_weight": 1.0 - self.cos_weight,
             "n_good": self.n_good,
@@ -130,6 +136,33 @@ def _valid_boxes(chunks: list[CueBatch]) -> list[tuple[slice, slice]]:
     return boxes
 
 
+def _objective(
+    scores: np.ndarray, labels: np.ndarray, maps: list[np.ndarray], truth: list[np.ndarray | None]
+) -> dict[str, float]:
+    px = pixel_metrics(maps, truth)
+    image_auroc = roc_auc(scores, labels)
+    return {
+        "image_auroc": float(image_auroc),
+        "pixel_auroc": float(px["pixel_auroc"]),
+        "aupro": float(px["aupro"]),
+        "objective": float(image_auroc + px["pixel_auroc"] + px["aupro"]),
+    }
+
+
+def _choose(rows: list[dict[str, float]], folds: np.ndarray) -> dict[str, float]:
+    """The one-standard-error rule: among the candidates whose objective is within one standard error
+    (over ``folds``, ``[candidate, fold]``) of the best, the one with the fewest cues (a single cue skips
+    a branch at inference), then the best objective, then the smaller distillation weight."""
+    best = max(range(len(rows)), key=lambda i: rows[i]["objective"])
+    k = folds.shape[1]
+    for i, row in enumerate(rows):
+        diff = folds[best] - folds[i]
+        row["se"] = float(diff.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0
+        row["within_1se"] = float(rows[best]["objective"] - row["objective"] <= row["se"])
+    fine = [r for r in rows if r["within_1se"]]
+    return min(fine, key=lambda r: (0 < r["cos_weight"] < 1, -r["objective"], r["cos_weight"]))
+
+
 @torch.no_grad()
 def rank_mixes(
     model: MASF,
@@ -137,12 +170,15 @@ def rank_mixes(
     defective: list[CueBatch],
     masks: np.ndarray,
     candidates: Sequence[float],
-    default: float,
+    groups: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, list[dict[str, float]]]:
     """Score each candidate ``cos_weight`` on cached cues; returns the winner and the per-candidate table.
 
     The objective is the sum of the three headline metrics on the synthetic set: image AUROC (defective
-    vs good images), pixel AUROC and AUPRO (FPR <= 0.3) over every 2nd pixel of the placed part.
+    vs good images), pixel AUROC and AUPRO (FPR <= 0.3) over every 2nd pixel of the placed part. It is
+    also computed on :data:`FOLDS` folds of the calibration images (``groups``: the calibration image
+    each good and each defective image comes from; default: each its own), whose spread gives each
+    candidate's standard error against the best; :func:`_choose` applies the one-standard-error rule.
     ``masks``: bool ``[N_defective, H, W]`` in the model frame. The model's fusion weights are restored.
     """
     fusion = model.fusion
@@ -150,6 +186,10 @@ def rank_mixes(
     size = model.input_size
     s = slice(None, None, _PIXEL_STRIDE)
     boxes_good, boxes_bad = _valid_boxes(good), _valid_boxes(defective)
+    n_good, n_bad = len(boxes_good), len(boxes_bad)
+    group_good, group_bad = groups if groups is not None else (np.arange(n_good), np.arange(n_bad))
+    k = max(1, min(FOLDS, n_good))
+    fold = np.r_[np.asarray(group_good) % k, np.asarray(group_bad) % k]
 
     def fused(
         chunks: list[CueBatch], boxes: list[tuple[slice, slice]]
@@ -160,27 +200,27 @@ def rank_mixes(
         maps = torch.cat([o.anomaly_map[:, 0, s, s] for o in outs]).float().cpu().numpy()
         return scores, [m[box] for m, box in zip(maps, boxes, strict=True)]
 
-    truth = [None] * len(boxes_good) + [m[s, s][box] for m, box in zip(masks, boxes_bad, strict=True)]
-    image_labels = np.r_[np.zeros(len(boxes_good)), np.ones(len(boxes_bad))]
-    rows = []
+    truth = [None] * n_good + [m[s, s][box] for m, box in zip(masks, boxes_bad, strict=True)]
+    labels = np.r_[np.zeros(n_good), np.ones(n_bad)]
+    rows, per_fold = [], []
     try:
         for a in candidates:
             fusion.cos_weight, fusion.bank_weight = float(a), 1.0 - float(a)
             (sg, mg), (sd, md) = fused(good, boxes_good), fused(defective, boxes_bad)
-            image_auroc = roc_auc(np.r_[sg, sd], image_labels)
-            px = pixel_metrics([*mg, *md], truth)
-            rows.append(
-                {
-                    "cos_weight": float(a),
-                    "image_auroc": float(image_auroc),
-                    "pixel_auroc": float(px["pixel_auroc"]),
-                    "aupro": float(px["aupro"]),
-                    "objective": float(image_auroc + px["pixel_auroc"] + px["aupro"]),
-                }
+            scores, maps = np.r_[sg, sd], [*mg, *md]
+            rows.append({"cos_weight": float(a), **_objective(scores, labels, maps, truth)})
+            per_fold.append(
+                [
+                    _objective(scores[idx], labels[idx], [maps[i] for i in idx], [truth[i] for i in idx])[
+                        "objective"
+                    ]
+                    for f in range(k)
+                    if (idx := np.flatnonzero(fold == f)).size
+                ]
             )
     finally:
         fusion.cos_weight, fusion.bank_weight = saved
-    best = max(rows, key=lambda r: (r["objective"], -abs(r["cos_weight"] - default)))
+    best = _choose(rows, np.asarray(per_fold))
     return best["cos_weight"], rows
 
 
@@ -209,5 +249,7 @@ def select_cue_mix(
     masks = np.stack([g.to_model(m) for g, (_, m) in zip(geometries, pairs, strict=True)])
     if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
         return None  # defects too small to survive the resize: keep the configured mix
-    chosen, rows = rank_mixes(model, good_cues, defect_cues, masks, grid, default)
+    n, per_round = len(calib_images), len(SELECTION_DEFECTS)
+    groups = (np.arange(n), (np.arange(len(pairs)) // per_round) % n)  # the image each defect is drawn in
+    chosen, rows = rank_mixes(model, good_cues, defect_cues, masks, grid, groups)
     return MixSelection(chosen, rows, len(calib_images), len(pairs), SELECTION_DEFECTS)
