@@ -53,6 +53,14 @@ def render_part(
     return np.clip(img[..., None].astype(np.float32) * tint, 0, 255).astype(np.uint8)
 
 
+def _blend(base: np.ndarray, layer: np.ndarray, paint: np.ndarray, strength: float) -> np.ndarray:
+    """``base`` with ``paint`` laid over it at opacity ``layer * strength`` (``layer``: ``[H, W]``)."""
+    alpha = layer * strength
+    if base.ndim == 3:
+        alpha = alpha[..., None]
+    return base * (1 - alpha) + paint * alpha
+
+
 def _patch(
     rng: np.random.Generator, img: np.ndarray, donor: np.ndarray | None, strength: float, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +83,7 @@ def _patch(
     soft = cv2.GaussianBlur(shape, (0, 0), 1.0)
     canvas = img.astype(np.float32)
     region = canvas[top : top + ph, left : left + pw]
-    alpha = soft[..., None] * strength if img.ndim == 3 else soft * strength
-    canvas[top : top + ph, left : left + pw] = region * (1 - alpha) + piece * alpha
+    canvas[top : top + ph, left : left + pw] = _blend(region, soft, piece, strength)
     mask = np.zeros((h, w), np.uint8)
     mask[top : top + ph, left : left + pw] = (soft > 0.5).astype(np.uint8) * 255
     return np.clip(canvas, 0, 255).astype(np.uint8), mask
@@ -141,10 +148,7 @@ def add_defect(
             cv2.polylines(mask, [arr], False, 255, 2)
     else:
         raise ValueError(f"unknown defect type {kind!r}; expected one of {SELECTION_DEFECTS}")
-    alpha = layer * strength
-    if img.ndim == 3:
-        alpha = alpha[..., None]
-    canvas = img.astype(np.float64) * (1 - alpha) + np.asarray(paint, np.float64) * alpha
+    canvas = _blend(img.astype(np.float64), layer, np.asarray(paint, np.float64), strength)
     return np.clip(canvas, 0, 255).astype(np.uint8), mask
 
 
