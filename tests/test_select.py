@@ -101,8 +101,9 @@ def test_synthetic_defects_are_visible_and_masked(gray: bool) -> None:
     images = [rng.integers(60, 200, shape, dtype=np.uint8) for _ in range(3)]
     pairs = synthetic_defects(images, seed=0, min_total=1)
     assert len(pairs) == 3 * 4
-    for k, (img, mask) in enumerate(pairs):
-        src = images[k // 4]
+    for k, (img, mask, index) in enumerate(pairs):
+        assert index == k // 4  # one of each kind per image, image-major
+        src = images[index]
         assert img.shape == src.shape and img.dtype == np.uint8 and mask.shape == src.shape[:2]
         inside = mask > 0
         assert inside.any()
@@ -111,7 +112,7 @@ def test_synthetic_defects_are_visible_and_masked(gray: bool) -> None:
         assert changed[inside].mean() > 0.25, f"defect {k % 4} barely changes its own mask"
         assert changed[~inside].mean() < 0.05, f"defect {k % 4} leaks far outside its mask"
     again = synthetic_defects(images, seed=0, min_total=1)
-    for (img_a, mask_a), (img_b, mask_b) in zip(pairs, again, strict=True):
+    for (img_a, mask_a, _), (img_b, mask_b, _) in zip(pairs, again, strict=True):
         assert np.array_equal(img_a, img_b) and np.array_equal(mask_a, mask_b)
 
 
@@ -123,7 +124,8 @@ def test_synthetic_defects_are_graded_and_fill_small_sets() -> None:
     ]
     pairs = synthetic_defects(images, seed=3, min_total=40)
     assert len(pairs) == 40  # 5 rounds of 2 images x 4 kinds
-    spots = [(img, mask > 0) for k, (img, mask) in enumerate(pairs) if k % 4 == 1]
+    assert [index for *_, index in pairs] == [k // 4 % 2 for k in range(40)]
+    spots = [(img, mask > 0) for k, (img, mask, _) in enumerate(pairs) if k % 4 == 1]
     areas = [int(m.sum()) for _, m in spots]
     contrast = [float(np.abs(img.astype(int) - 128)[m].mean()) for img, m in spots]
     assert max(areas) > 4 * min(areas), f"spot sizes barely vary: {areas}"

@@ -83,8 +83,8 @@ def synthetic_defects(
     seed: int,
     kinds: Sequence[str] = SELECTION_DEFECTS,
     min_total: int = MIN_SYNTHETIC,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Graded synthetic defects: ``[(image, mask uint8), ...]``, seeded.
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Graded synthetic defects: ``[(image, mask uint8, index of the image it is drawn in), ...]``, seeded.
 
     Each round draws one defect of each kind into every image (round-major, then image-major); rounds
     repeat until there are at least ``min_total`` defects. Each defect's contrast is drawn uniformly from
@@ -102,7 +102,7 @@ def synthetic_defects(
             for kind in kinds:
                 strength = float(rng.uniform(*STRENGTHS))
                 scale = math.exp(rng.uniform(lo, hi))
-                out.append(add_defect(rng, img, kind, donor, strength=strength, scale=scale))
+                out.append((*add_defect(rng, img, kind, donor, strength=strength, scale=scale), i))
     return out
 
 
@@ -242,14 +242,13 @@ def select_cue_mix(
     fusion = model.fusion
     default = fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)
     grid = sorted({round(float(a), 6) for a in (*candidates, default)})
-    pairs = synthetic_defects(calib_images, seed)
+    defects = synthetic_defects(calib_images, seed)
     if good_cues is None:
         good_cues, _ = cue_batches(model, calib_images, spec, device, batch_size)
-    defect_cues, geometries = cue_batches(model, [img for img, _ in pairs], spec, device, batch_size)
-    masks = np.stack([g.to_model(m) for g, (_, m) in zip(geometries, pairs, strict=True)])
+    defect_cues, geometries = cue_batches(model, [img for img, _, _ in defects], spec, device, batch_size)
+    masks = np.stack([g.to_model(m) for g, (_, m, _) in zip(geometries, defects, strict=True)])
     if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
         return None  # defects too small to survive the resize: keep the configured mix
-    n, per_round = len(calib_images), len(SELECTION_DEFECTS)
-    groups = (np.arange(n), (np.arange(len(pairs)) // per_round) % n)  # the image each defect is drawn in
+    groups = (np.arange(len(calib_images)), np.array([src for *_, src in defects]))
     chosen, rows = rank_mixes(model, good_cues, defect_cues, masks, grid, groups)
-    return MixSelection(chosen, rows, len(calib_images), len(pairs), SELECTION_DEFECTS)
+    return MixSelection(chosen, rows, len(calib_images), len(defects), SELECTION_DEFECTS)
