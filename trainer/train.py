@@ -223,6 +223,13 @@ class Calibrated:
     by_path: dict[str, Calibration]
     selection: MixSelection | None
 
+    def meta(self) -> dict[str, Any]:
+        """The run-metadata entries of this calibration."""
+        return {
+            "calibration_by_path": {k: v.to_dict() for k, v in self.by_path.items()},
+            "fusion_selection": self.selection.to_dict() if self.selection else None,
+        }
+
 
 def calibrate_model(
     model: MASF, cfg: Config, calib_images: Sequence[np.ndarray], spec: PreprocessSpec, device: torch.device
@@ -286,13 +293,8 @@ def recalibrate(model: MASF, info: RunInfo, data_root: str | Path) -> RunInfo:
     images = [read_image(p) for p in paths]
     device = next(model.parameters()).device
     done = calibrate_model(model, info.config, images, info.preprocess, device)
-    meta = {
-        **info.meta,
-        "calibration_by_path": {k: v.to_dict() for k, v in done.by_path.items()},
-        "fusion_selection": done.selection.to_dict() if done.selection else None,
-    }
     chosen = done.by_path["tta" if info.config.tta.enabled else "plain"]
-    return RunInfo(done.config, info.preprocess, chosen, meta)
+    return RunInfo(done.config, info.preprocess, chosen, {**info.meta, **done.meta()})
 
 
 def _peak_rss_mb() -> float:
@@ -345,8 +347,8 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
 
     t0 = time.perf_counter()
     done = calibrate_model(model, cfg, calib_images, spec, device)
-    cfg, by_path = done.config, done.by_path
-    calibration = by_path["tta" if cfg.tta.enabled else "plain"]
+    cfg = done.config
+    calibration = done.by_path["tta" if cfg.tta.enabled else "plain"]
     t_calib = time.perf_counter() - t0
 
     meta: dict[str, Any] = {
@@ -367,8 +369,7 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
             "split": split.to_dict(root),
         },
         "tta_applied": cfg.tta.enabled,
-        "calibration_by_path": {k: v.to_dict() for k, v in by_path.items()},
-        "fusion_selection": done.selection.to_dict() if done.selection else None,
+        **done.meta(),
         "bank_sizes": bank_sizes,
         "scale_weights": [float(v) for v in model.fusion.scale_weights().detach().cpu()],
         "train_log": history,
