@@ -7,7 +7,7 @@ PIP := $(VPY) -m pip
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 DATA ?= ../shared/data/mvtec_ad/bottle
 
-.PHONY: venv test lint format demo bench-quality gpu-check clean
+.PHONY: venv system-deps test lint format demo bench-quality gpu-check clean
 
 # torch goes in first, alone, so that pip never resolves a second torch (DEVELOPERS.md).
 $(VENV)/.torch-stamp:
@@ -17,22 +17,32 @@ $(VENV)/.torch-stamp:
 	touch $@
 
 $(VENV)/.project-stamp: $(VENV)/.torch-stamp pyproject.toml
-	$(PIP) install -q -e '.[trainer,engines,test,tensorrt-build]'
+	$(PIP) install -q -e '.[trainer,engines,edge,genicam,test,tensorrt-build]'
 	touch $@
 
 venv: $(VENV)/.project-stamp
 
-test: venv
+# Debian packages the tests use: ffmpeg + rtsp-server-perl (a real RTSP camera), systemd (systemd-analyze
+# verify of the unit). Installed once; a no-op when present.
+SYSTEM_DEPS := ffmpeg rtsp-server-perl systemd
+system-deps:
+	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: venv system-deps
 	$(VPY) -m pytest -q tests
 
 lint: venv
-	$(VENV)/bin/ruff check trainer engines tests benchmarks
-	$(VENV)/bin/ruff format --check trainer engines tests benchmarks
+	$(VENV)/bin/ruff check trainer engines edge tests benchmarks
+	$(VENV)/bin/ruff format --check trainer engines edge tests benchmarks
 	$(VENV)/bin/mypy
 
 format: venv
-	$(VENV)/bin/ruff format trainer engines tests benchmarks
-	$(VENV)/bin/ruff check --fix trainer engines tests benchmarks
+	$(VENV)/bin/ruff format trainer engines edge tests benchmarks
+	$(VENV)/bin/ruff check --fix trainer engines edge tests benchmarks
 
 demo: venv
 	@echo "make demo arrives with the edge daemon (issue 4). Until then, train and evaluate with:"

@@ -12,6 +12,7 @@ __all__ = [
     "BackendError",
     "BuildError",
     "BundleError",
+    "ConfigError",
     "EngineError",
     "ExportError",
     "InputError",
@@ -21,6 +22,10 @@ __all__ = [
 
 class EngineError(Exception):
     """A problem the user can fix; ``str(err)`` is a complete one-line message."""
+
+
+class ConfigError(EngineError):
+    """Invalid configuration value; the message names the file and the dotted field."""
 
 
 class BundleError(EngineError):

@@ -3,22 +3,18 @@
 Every section is a frozen dataclass; every field has a type, a default and a constraint. A bad value
 raises :class:`~trainer.errors.ConfigError` naming the file and the dotted field, e.g.
 ``configs/train/masf_lite0.yaml: student.heads must be a positive int, got 'four'``. Unknown fields are
-errors too (a typo must not silently fall back to a default).
+errors too (a typo must not silently fall back to a default). The machinery (types, checks, overrides) is
+:mod:`engines.config`, shared with the edge daemon's configuration.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from engines.config import build, field_spec, load_yaml, to_dict
 from trainer.errors import ConfigError
 
 __all__ = ["Config", "config_from_dict", "config_to_dict", "load_config"]
@@ -27,7 +23,7 @@ Check = Callable[[Any], bool]
 
 
 def _f(default: Any, check: Check | None = None, rule: str = "", **kw: Any) -> Any:
-    return field(default=default, metadata={"check": check, "rule": rule}, **kw)
+    return field_spec(default, check, rule, **kw)
 
 
 def _pos(x: Any) -> bool:
@@ -195,86 +191,9 @@ class Config:
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
 
 
-class _NonFinite(ConfigError):
-    pass
-
-
-def _type_name(tp: Any) -> str:
-    return {int: "an int", float: "a number", bool: "a bool (true/false)", str: "a string"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str, src: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; returns the (possibly converted) value."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, where, src)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[0]
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{src}: {where} must be null, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{src}: {where} must be a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{where}[{i}]", src) for i, v in enumerate(value)]
-    ok = False
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok and not math.isfinite(value):
-            raise _NonFinite(f"{src}: {where} must be a finite number, got {value!r}")
-        value = float(value) if ok else value
-    elif tp is str:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{src}: {where} must be {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _build(cls: Any, data: Any, prefix: str, src: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{src}: {prefix.rstrip('.') or 'the config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{src}: unknown field {prefix}{unknown[0]} (valid: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, f in fields.items():
-        where = f"{prefix}{name}"
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data.get(name), f"{where}.", src)
-            continue
-        if name not in data:
-            continue
-        check, rule = f.metadata.get("check"), f.metadata.get("rule", "")
-        try:
-            value = _coerce(data[name], tp, where, src)
-        except ConfigError as err:
-            if not rule or isinstance(err, _NonFinite):
-                raise
-            raise ConfigError(f"{src}: {where} must be {rule}, got {data[name]!r}") from None
-        if check is not None and value is not None and not check(value):
-            raise ConfigError(f"{src}: {where} must be {rule}, got {data[name]!r}")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def config_from_dict(data: Any, source: str = "config") -> Config:
     """Validate a plain dict (e.g. parsed YAML) into a :class:`Config`."""
-    cfg: Config = _build(Config, data, "", source)
+    cfg = build(Config, data, source, ConfigError)
     if cfg.student.enabled and isinstance(cfg.student.width, int) and cfg.student.width % cfg.student.heads:
         raise ConfigError(
             f"{source}: student.width ({cfg.student.width}) must be divisible by "
@@ -289,30 +208,10 @@ def config_from_dict(data: Any, source: str = "config") -> Config:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Load and validate a YAML config; ``overrides`` are dotted keys (``{"train.epochs": 2}``)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: fix the syntax") from None
-    for key, value in (overrides or {}).items() if isinstance(data, dict) else ():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if not isinstance(node, dict):
-                break
-            if node.get(p) is None:  # absent, or an empty section (`train:` with nothing under it)
-                node[p] = {}
-            node = node[p]
-        if not isinstance(node, dict):
-            raise ConfigError(f"{path}: cannot set {key}: its parent in the config is not a section")
-        node[leaf] = value
-    return config_from_dict(data, str(path))
+    cfg = load_yaml(path, Config, overrides, ConfigError)
+    return config_from_dict(to_dict(cfg), str(path))
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict (YAML/JSON-serialisable)."""
-    return dataclasses.asdict(cfg)
+    return to_dict(cfg)
