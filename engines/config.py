@@ -42,7 +42,9 @@ Check = Callable[[Any], bool]
 _T = TypeVar("_T")
 
 
-def field_spec(default: Any = dataclasses.MISSING, check: Check | None = None, rule: str = "", **kw: Any) -> Any:
+def field_spec(
+    default: Any = dataclasses.MISSING, check: Check | None = None, rule: str = "", **kw: Any
+) -> Any:
     """A dataclass field with a validation ``check`` and its human ``rule`` (used in error messages)."""
     return dataclasses.field(default=default, metadata={"check": check, "rule": rule}, **kw)
 

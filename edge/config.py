@@ -1,0 +1,278 @@
+"""The line configuration of the edge daemon (``configs/edge/*.yaml``), typed and validated on load.
+
+One file per production line: the line name, where results are published, the control socket, metrics,
+the evidence store, security, and one entry per camera (its source, bundle, backend, mode and threshold
+override). Validation uses the shared machinery of :mod:`engines.config`, so a bad value is one error
+naming the file and the dotted field (``configs/edge/line1.yaml: cameras[0].mode must be one of
+'free_run', 'triggered', got 'freerun'``) and ``--set cameras.0.threshold=3.5`` overrides work.
+Every field, its default and its rule are below; relative paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from engines.config import ConfigError, build, field_spec, load_yaml, oneof, to_dict
+from engines.pixels import PIXEL_FORMATS
+
+__all__ = [
+    "CameraSection",
+    "ControlSection",
+    "EdgeConfig",
+    "EvidenceSection",
+    "MetricsSection",
+    "PipelineSection",
+    "PublishSection",
+    "SecuritySection",
+    "SourceSection",
+    "config_from_dict",
+    "load_edge_config",
+]
+
+_f = field_spec
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_NAME_RULE = "a name of letters, digits, '_', '.' or '-' (at most 64, no '/')"
+
+
+def _name(x: Any) -> bool:
+    return isinstance(x, str) and _NAME.fullmatch(x) is not None
+
+
+def _pos(x: Any) -> bool:
+    return x > 0
+
+
+def _nonneg(x: Any) -> bool:
+    return x >= 0
+
+
+def _zmq_addr(x: Any) -> bool:
+    return isinstance(x, str) and re.fullmatch(r"(tcp|ipc|inproc)://\S+", x) is not None
+
+
+_ADDR_RULE = "a ZeroMQ endpoint such as 'tcp://127.0.0.1:5556' or 'ipc:///run/masf/line1.pub'"
+_SOURCE_KINDS = ("folder", "opencv", "genicam")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSection:
+    """Where a camera's frames come from. ``kind`` selects which of the other fields apply."""
+
+    kind: str = _f(dataclasses.MISSING, *oneof(*_SOURCE_KINDS))
+    # folder: images in name order (PNG/JPEG/BMP/TIFF); loop restarts at the first; fps 0 = as fast as
+    # the pipeline takes them; step: one image per software trigger (triggered mode).
+    path: str | None = _f(None)
+    loop: bool = _f(False)
+    fps: float = _f(0.0, _nonneg, "non-negative (0: as fast as possible / the camera's own rate)")
+    step: bool = _f(False)
+    # opencv: device index ("0"), video file, rtsp:// or http:// URL, or a GStreamer pipeline string.
+    uri: str | None = _f(None)
+    api: str = _f("auto", *oneof("auto", "ffmpeg", "gstreamer", "v4l2"))
+    # genicam: GenTL producer (.cti) files; the camera by serial number or user-defined name (else the
+    # first one found); pixel format, exposure, frame rate and trigger written to the camera's node map.
+    cti: list[str] = field(default_factory=list)
+    serial: str | None = _f(None)
+    user_id: str | None = _f(None)
+    exposure_us: float | None = _f(None, _pos, "positive (microseconds)")
+    trigger_source: str = _f("software", *oneof("software", "Line0", "Line1", "Line2", "Line3"))
+    # all kinds: the format of the frames as delivered (OpenCV: BGR8; GenICam: set on the camera).
+    pixel_format: str | None = _f(None, lambda x: x in PIXEL_FORMATS, "a GenICam pixel format name")
+    width: int | None = _f(None, _pos, "a positive int")
+    height: int | None = _f(None, _pos, "a positive int")
+    read_timeout_s: float = _f(2.0, _pos, "positive (seconds)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CameraSection:
+    """One camera: its frames, the part's bundle and how results are made."""
+
+    name: str = _f(dataclasses.MISSING, _name, _NAME_RULE)
+    source: SourceSection
+    bundle: str = _f(dataclasses.MISSING, lambda x: bool(x), "a bundle directory")
+    backend: str = _f("onnxruntime", *oneof("onnxruntime", "ort", "tensorrt", "trt"))
+    # ONNX Runtime intra-op threads (0: its default); TensorRT: ignored.
+    threads: int = _f(0, _nonneg, "a non-negative int (0: the backend's default)")
+    # free_run: keep only the newest frame (older ones dropped and counted); triggered: every frame is a
+    # part and is inspected in order (overflow: that part is published as UNKNOWN, never dropped).
+    mode: str = _f("free_run", *oneof("free_run", "triggered"))
+    # Overrides the bundle's calibrated threshold (recorded in every result); null: the bundle's.
+    threshold: float | None = _f(None)
+    # A frame older than this when inference starts (triggered mode) is UNKNOWN ("stale").
+    max_frame_age_s: float = _f(10.0, _pos, "positive (seconds)")
+
+
+@dataclass(frozen=True)
+class PublishSection:
+    address: str = _f("tcp://127.0.0.1:5556", _zmq_addr, _ADDR_RULE)
+    # ZeroMQ send high-water mark per subscriber (messages): a slow subscriber loses messages beyond it.
+    sndhwm: int = _f(1000, _pos, "a positive int")
+    # Heatmap PNG: always, only with FAIL/UNKNOWN, or on every Nth result (and every FAIL/UNKNOWN).
+    heatmaps: str = _f("always", *oneof("always", "fail", "every_n", "never"))
+    heatmap_every: int = _f(10, _pos, "a positive int")
+    heartbeat_s: float = _f(1.0, _pos, "positive (seconds)")
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    address: str = _f("tcp://127.0.0.1:5557", _zmq_addr, _ADDR_RULE)
+    max_request_bytes: int = _f(65536, _pos, "a positive int")
+
+
+@dataclass(frozen=True)
+class SecuritySection:
+    # CURVE encryption of the publish and control sockets: the server's secret key file (from
+    # `masf-edge keys`) and a folder of allowed clients' public key files (empty: any client with a key).
+    curve: bool = _f(False)
+    server_secret_key: str | None = _f(None)
+    client_public_keys: str | None = _f(None)
+    # Refuse any bundle that is not signed by one of these ed25519 public keys (PEM files).
+    require_signed_bundles: bool = _f(False)
+    trusted_keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    enabled: bool = _f(True)
+    host: str = _f("127.0.0.1")
+    port: int = _f(9108, lambda x: 0 <= x <= 65535, "a TCP port (0: any free one)")
+
+
+@dataclass(frozen=True)
+class EvidenceSection:
+    # FAIL / UNKNOWN frames with their heatmap overlay and header; null: not kept.
+    dir: str | None = _f(None)
+    max_mb: float = _f(500.0, _pos, "positive (MB)")
+    max_age_days: float = _f(30.0, _pos, "positive (days)")
+    verdicts: list[str] = field(
+        default_factory=lambda: ["FAIL", "UNKNOWN"],
+        metadata={
+            "check": lambda v: all(x in ("PASS", "FAIL", "UNKNOWN") for x in v),
+            "rule": "a list of PASS, FAIL, UNKNOWN",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    # Frames waiting for inference per camera (triggered mode: beyond it, parts are UNKNOWN).
+    queue_size: int = _f(8, _pos, "a positive int")
+    # Frames of cameras sharing one bundle scored in one batch when several wait.
+    max_batch: int = _f(4, _pos, "a positive int")
+    # An inference taking longer is reported UNKNOWN ("timeout") and the daemon is marked degraded.
+    infer_timeout_s: float = _f(10.0, _pos, "positive (seconds)")
+    # SIGTERM: in-flight frames are finished and published within this time, then the daemon exits.
+    drain_timeout_s: float = _f(10.0, _pos, "positive (seconds)")
+    # Camera loss: reconnect after min, doubling up to max seconds.
+    reconnect_min_s: float = _f(0.5, _pos, "positive (seconds)")
+    reconnect_max_s: float = _f(10.0, _pos, "positive (seconds)")
+    # The watchdog is fed only while some camera's frames progressed within this time or every camera
+    # is idle-healthy (triggered and waiting, paused).
+    stall_s: float = _f(10.0, _pos, "positive (seconds)")
+    # Inferences run once on a blank frame per bundle before READY.
+    warmup: bool = _f(True)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """A production line: see ``configs/edge/demo.yaml`` for a commented example."""
+
+    line: str = _f("line1", _name, _NAME_RULE)
+    cameras: list[CameraSection] = field(
+        default_factory=list,
+        metadata={"check": lambda v: len(v) > 0, "rule": "a non-empty list of cameras"},
+    )
+    publish: PublishSection = field(default_factory=PublishSection)
+    control: ControlSection = field(default_factory=ControlSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    evidence: EvidenceSection = field(default_factory=EvidenceSection)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
+
+    def camera(self, name: str) -> CameraSection:
+        """The camera called ``name``.
+
+        Raises:
+            KeyError: no such camera.
+        """
+        for cam in self.cameras:
+            if cam.name == name:
+                return cam
+        raise KeyError(name)
+
+
+def _resolve(path: str | None, base: Path | None) -> str | None:
+    if path is None or base is None or "://" in path:
+        return path
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _check_camera(cam: CameraSection, i: int, src: str, base: Path | None) -> CameraSection:
+    where = f"{src}: cameras[{i}]"
+    s = cam.source
+    if s.kind == "folder" and not s.path:
+        raise ConfigError(f"{where}.source.path is required for a folder source")
+    if s.kind == "opencv" and not s.uri:
+        raise ConfigError(f"{where}.source.uri is required for an opencv source (device index, file or URL)")
+    if s.kind == "genicam" and not s.cti:
+        raise ConfigError(f"{where}.source.cti needs at least one GenTL producer (.cti) file")
+    if s.step and (s.kind != "folder" or cam.mode != "triggered"):
+        raise ConfigError(f"{where}.source.step works with a folder source in triggered mode only")
+    source = replace(s, path=_resolve(s.path, base), cti=[str(_resolve(c, base)) for c in s.cti])
+    if s.kind == "opencv" and s.uri and not s.uri.isdigit() and "://" not in s.uri and "!" not in s.uri:
+        source = replace(source, uri=_resolve(s.uri, base))
+    return replace(cam, source=source, bundle=str(_resolve(cam.bundle, base)))
+
+
+def config_from_dict(data: Any, source: str = "edge config", base: Path | None = None) -> EdgeConfig:
+    """Validate a parsed document into an :class:`EdgeConfig` (paths resolved against ``base``).
+
+    Raises:
+        ConfigError: naming ``source`` and the field.
+    """
+    cfg = build(EdgeConfig, data, source)
+    names = [c.name for c in cfg.cameras]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{source}: camera name {dup[0]!r} is used twice: camera names must be unique")
+    if cfg.pipeline.reconnect_max_s < cfg.pipeline.reconnect_min_s:
+        raise ConfigError(f"{source}: pipeline.reconnect_max_s must be >= pipeline.reconnect_min_s")
+    sec = cfg.security
+    if sec.curve and not sec.server_secret_key:
+        raise ConfigError(
+            f"{source}: security.curve needs security.server_secret_key (make one: masf-edge keys)"
+        )
+    if sec.require_signed_bundles and not sec.trusted_keys:
+        raise ConfigError(
+            f"{source}: security.require_signed_bundles needs security.trusted_keys (PEM files)"
+        )
+    if cfg.publish.address == cfg.control.address:
+        raise ConfigError(f"{source}: publish.address and control.address must differ")
+    cameras = [_check_camera(c, i, source, base) for i, c in enumerate(cfg.cameras)]
+    security = replace(
+        sec,
+        server_secret_key=_resolve(sec.server_secret_key, base),
+        client_public_keys=_resolve(sec.client_public_keys, base),
+        trusted_keys=[str(_resolve(k, base)) for k in sec.trusted_keys],
+    )
+    evidence = replace(cfg.evidence, dir=_resolve(cfg.evidence.dir, base))
+    return replace(cfg, cameras=cameras, security=security, evidence=evidence)
+
+
+def load_edge_config(
+    path: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None
+) -> EdgeConfig:
+    """Load ``path`` (YAML), apply ``--set`` overrides and validate; relative paths are resolved against
+    the file's folder.
+
+    Raises:
+        ConfigError: missing or unreadable file, bad YAML, or an invalid field (named).
+    """
+    path = Path(path)
+    raw = load_yaml(path, EdgeConfig, overrides)
+    return config_from_dict(to_dict(raw), str(path), path.resolve().parent)
