@@ -7,19 +7,29 @@ The manifest makes a bundle self-describing, so the edge daemon needs nothing el
 * ``input``: frame size, channels, channel order (RGB), layout and dtype of the graph input;
 * ``preprocess``: the pinned :class:`~engines.preprocess.PreprocessSpec` (resize, colour, padding);
 * ``normalization`` and ``backbone``: mean/std (applied inside the graph), channels, strides;
-* ``calibration``: the threshold of the inference path the ONNX implements (``path``: ``plain`` or
-  ``tta``), its rule and statistics, and every path's calibration (``by_path``);
+* ``calibration``: which inference path the ONNX implements (``path``: ``plain`` or ``tta``) and every
+  path's calibration (``by_path``: threshold, rule, statistics); each threshold is stored exactly once;
 * ``data``: the training-data fingerprint and split sizes; ``validation``: metrics if given;
 * ``source``: the run the bundle was exported from (directory, weights sha256);
 * ``files``: every file of the bundle with its sha256 and size; ``export``: the export record;
 * ``engines`` (optional): one entry per TensorRT engine (``file``, ``record``: its build record JSON,
-  ``precision``, ``tensorrt``, ``target``, ``max_batch``), both files listed in ``files``.
+  ``precision``, ``tensorrt``, ``target``, ``max_batch``), both files listed in ``files``;
+* ``integrity``: ``{"algorithm": "sha256-canonical-json", "digest": ...}``, the sha256 of the canonical
+  JSON of every other key (sorted keys, no whitespace, UTF-8). Since ``files`` lists every file's sha256,
+  the digest identifies the whole bundle: it is the **bundle id** (:attr:`Bundle.bundle_id`). A manifest
+  edited by hand (a threshold digit) no longer matches its digest and is refused on open.
+
+An optional ``manifest.sig`` beside the manifest holds an ed25519 signature over the bundle id
+(:mod:`engines.signing`); :meth:`Bundle.open` with ``trusted_keys`` refuses a bundle that is not signed
+by one of them.
 
 :func:`write_bundle` writes into a temporary sibling directory, then renames it into place, so a reader
 never sees a half-written bundle; :func:`update_bundle` adds or replaces files and manifest sections the
 same way (``masf-engine build`` adds engines with it). :func:`load_manifest` checks JSON, schema version
 (upgrading older ones through :data:`UPGRADES`), required keys and types; :meth:`Bundle.open` also
-verifies every file's size and sha256. Every problem is a :class:`~engines.errors.BundleError` whose
+verifies every file's size and sha256, and :meth:`Bundle.read_verified` returns a file's bytes checked
+against the manifest in the same read (a backend loads the graph from these bytes, never by re-reading
+the path: no check-then-use race). Every problem is a :class:`~engines.errors.BundleError` whose
 one-line message says what to do. Torch-free (standard library and :mod:`engines.preprocess` only).
 """
 
@@ -44,12 +54,16 @@ from engines.preprocess import PreprocessSpec
 __all__ = [
     "GRAPH_INPUTS",
     "GRAPH_OUTPUTS",
+    "INTEGRITY_ALGORITHM",
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
+    "SIGNATURE_FILE",
     "UPGRADES",
     "Bundle",
     "file_record",
     "load_manifest",
+    "manifest_digest",
+    "seal_manifest",
     "sha256_file",
     "update_bundle",
     "upgrade_manifest",
@@ -58,8 +72,11 @@ __all__ = [
     "write_bundle",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: one threshold per inference path (``calibration.by_path``), sealed manifest (``integrity``)."""
 MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"
+INTEGRITY_ALGORITHM = "sha256-canonical-json"
 GRAPH_INPUTS = ("image", "valid")
 """Graph inputs: ``image`` uint8 ``[N, H, W, 3]`` RGB; ``valid`` uint8 ``[N, 1, H, W]`` (0 = padding)."""
 GRAPH_OUTPUTS = ("anomaly_map", "score")
@@ -68,7 +85,8 @@ GRAPH_OUTPUTS = ("anomaly_map", "score")
 _REEXPORT = "re-export with masf-engine export"
 
 UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-"""Manifest upgrades: ``UPGRADES[v]`` turns a schema ``v`` manifest into a ``v + 1`` one (pure function)."""
+"""Manifest upgrades: ``UPGRADES[v]`` turns a schema ``v`` manifest into a ``v + 1`` one (pure function).
+Schema 1 has none: its manifests were not sealed, so nothing proves they are unchanged (re-export)."""
 
 _Type = type | tuple[type, ...]
 _REQUIRED: dict[str, _Type] = {
@@ -96,8 +114,6 @@ _REQUIRED: dict[str, _Type] = {
     "backbone.name": str,
     "calibration": dict,
     "calibration.path": str,
-    "calibration.threshold": (int, float),
-    "calibration.rule": str,
     "calibration.by_path": dict,
     "data": dict,
     "data.train_fingerprint": str,
@@ -110,6 +126,9 @@ _REQUIRED: dict[str, _Type] = {
     "export.tta": bool,
     "export.inputs": list,
     "export.outputs": list,
+    "integrity": dict,
+    "integrity.algorithm": str,
+    "integrity.digest": str,
 }
 _OPTIONAL: dict[str, _Type] = {"validation": (dict, type(None)), "source": dict, "engines": list}
 _ENGINE_KEYS = ("file", "record", "precision")
@@ -151,14 +170,8 @@ def file_record(path: str | Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "size": Path(path).stat().st_size}
 
 
-def upgrade_manifest(doc: Mapping[str, Any], where: str = "bundle") -> dict[str, Any]:
-    """Bring a manifest of an older schema version up to :data:`SCHEMA_VERSION` (pure: ``doc`` unchanged).
-
-    Raises:
-        BundleError: the version is not an integer, is newer than this code, or has no upgrade path.
-    """
-    out = copy.deepcopy(dict(doc))
-    version = out.get("schema_version")
+def _check_version(version: Any, where: str) -> int:
+    """The schema version, if this code can read it (directly or through :data:`UPGRADES`)."""
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise BundleError(f"{where}: schema_version must be a positive integer, got {version!r}: {_REEXPORT}")
     if version > SCHEMA_VERSION:
@@ -166,9 +179,21 @@ def upgrade_manifest(doc: Mapping[str, Any], where: str = "bundle") -> dict[str,
             f"{where}: written by a newer masf-engine (schema_version {version}, this one reads up to "
             f"{SCHEMA_VERSION}): upgrade masf-edge on this machine"
         )
+    for v in range(version, SCHEMA_VERSION):
+        if v not in UPGRADES:
+            raise BundleError(f"{where}: schema_version {v} can no longer be read: {_REEXPORT}")
+    return version
+
+
+def upgrade_manifest(doc: Mapping[str, Any], where: str = "bundle") -> dict[str, Any]:
+    """Bring a manifest of an older schema version up to :data:`SCHEMA_VERSION` (pure: ``doc`` unchanged).
+
+    Raises:
+        BundleError: the version is not an integer, is newer than this code, or has no upgrade path.
+    """
+    out = copy.deepcopy(dict(doc))
+    version = _check_version(out.get("schema_version"), where)
     while version < SCHEMA_VERSION:
-        if version not in UPGRADES:
-            raise BundleError(f"{where}: schema_version {version} can no longer be read: {_REEXPORT}")
         out = UPGRADES[version](out)
         version += 1
         out["schema_version"] = version
@@ -228,12 +253,22 @@ def validate_manifest(doc: Mapping[str, Any], where: str = "bundle") -> Preproce
             f"{spec.height}x{spec.width}: {_REEXPORT}"
         )
     calib = doc["calibration"]
-    if not math.isfinite(calib["threshold"]):
-        raise BundleError(f"{where}: calibration.threshold is not finite: {_REEXPORT}")
     if calib["path"] not in calib["by_path"]:
         raise BundleError(
             f"{where}: calibration.by_path has no entry for path {calib['path']!r}: {_REEXPORT}"
         )
+    dup = sorted(k for k in ("threshold", "rule") if k in calib)
+    if dup:
+        raise BundleError(
+            f"{where}: calibration.{dup[0]} must only be stored in calibration.by_path: {_REEXPORT}"
+        )
+    for path_name, entry in calib["by_path"].items():
+        thr = entry.get("threshold") if isinstance(entry, Mapping) else None
+        if not _is_instance(thr, (int, float)) or not math.isfinite(float(thr or 0.0)):
+            raise BundleError(
+                f"{where}: calibration.by_path.{path_name}.threshold must be a finite number, got {thr!r}: "
+                f"{_REEXPORT}"
+            )
     _check_files(doc["files"], where)
     if doc["export"]["file"] not in doc["files"]:
         raise BundleError(f"{where}: export.file {doc['export']['file']!r} is not in files: {_REEXPORT}")
@@ -249,6 +284,34 @@ def validate_manifest(doc: Mapping[str, Any], where: str = "bundle") -> Preproce
     return spec
 
 
+def manifest_digest(doc: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of ``doc`` without its ``integrity`` key: the bundle id."""
+    body = {k: v for k, v in doc.items() if k != "integrity"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def seal_manifest(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``doc`` with its ``integrity`` section (re)computed."""
+    out = {k: copy.deepcopy(v) for k, v in doc.items() if k != "integrity"}
+    out["integrity"] = {"algorithm": INTEGRITY_ALGORITHM, "digest": manifest_digest(out)}
+    return out
+
+
+def _check_integrity(doc: Mapping[str, Any], where: str) -> None:
+    sealed = doc["integrity"]
+    if sealed["algorithm"] != INTEGRITY_ALGORITHM:
+        raise BundleError(
+            f"{where}: unknown integrity algorithm {sealed['algorithm']!r} (this version knows "
+            f"{INTEGRITY_ALGORITHM!r}): upgrade masf-edge or {_REEXPORT}"
+        )
+    if manifest_digest(doc) != sealed["digest"]:
+        raise BundleError(
+            f"{where}: {MANIFEST_FILE} was changed after export (its integrity digest does not match): "
+            f"restore the original bundle or {_REEXPORT}"
+        )
+
+
 def load_manifest(path: str | Path) -> dict[str, Any]:
     """Read, upgrade and validate the manifest of the bundle at ``path`` (directory or manifest file).
 
@@ -257,7 +320,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
 
     Raises:
         BundleError: missing bundle or manifest, unreadable or corrupt JSON, unsupported schema version,
-            missing keys or wrong types.
+            missing keys or wrong types, or a manifest changed after it was sealed.
     """
     path = Path(path)
     root = path.parent if path.name == MANIFEST_FILE and path.is_file() else path
@@ -275,6 +338,13 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict):
         raise BundleError(f"{where}: {MANIFEST_FILE} is not a JSON object: {_REEXPORT}")
+    _check_version(doc.get("schema_version"), where)  # version errors first
+    sealed = doc.get("integrity")
+    if not isinstance(sealed, dict) or not all(
+        isinstance(sealed.get(k), str) for k in ("algorithm", "digest")
+    ):
+        raise BundleError(f"{where}: manifest has no valid 'integrity' seal: {_REEXPORT}")
+    _check_integrity(doc, where)  # on the document as written, before any upgrade changes it
     doc = upgrade_manifest(doc, where)
     validate_manifest(doc, where)
     return doc
@@ -308,18 +378,71 @@ class Bundle:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> Bundle:
+    def open(
+        cls, path: str | Path, verify: bool = True, trusted_keys: Sequence[str | Path] | None = None
+    ) -> Bundle:
         """Load and validate the manifest; with ``verify``, also check every file's size and sha256.
 
+        Args:
+            path: the bundle directory (or its manifest file).
+            verify: check every file's size and sha256.
+            trusted_keys: ed25519 public key files (PEM); when given, the bundle must carry a valid
+                ``manifest.sig`` made by one of them (:mod:`engines.signing`).
+
         Raises:
-            BundleError: see :func:`load_manifest` and :func:`verify_files`.
+            BundleError: see :func:`load_manifest` and :func:`verify_files`; an unsigned bundle or a bad
+                signature when ``trusted_keys`` is given.
         """
         path = Path(path)
         root = path.parent if path.name == MANIFEST_FILE and path.is_file() else path
         manifest = load_manifest(root)
         if verify:
             verify_files(root, manifest)
-        return cls(root, manifest)
+        bundle = cls(root, manifest)
+        if trusted_keys is not None:
+            from engines.signing import verify_signature
+
+            verify_signature(bundle, trusted_keys)
+        return bundle
+
+    @property
+    def bundle_id(self) -> str:
+        """The sealed manifest's sha256 (hex): identifies the bundle's manifest and every file."""
+        return str(self.manifest["integrity"]["digest"])
+
+    @property
+    def model_version(self) -> str:
+        """``model.version`` of the manifest when set (model store), else the first 12 digits of the id."""
+        version = self.manifest["model"].get("version")
+        return str(version) if version else self.bundle_id[:12]
+
+    @property
+    def part(self) -> str:
+        """The part name."""
+        return str(self.manifest["model"]["part"])
+
+    def read_verified(self, name: str) -> bytes:
+        """A bundle file's bytes, checked against the manifest's size and sha256 in the same read.
+
+        Raises:
+            BundleError: the file is not part of the bundle, is missing, or differs from the manifest.
+        """
+        entry = self.manifest["files"].get(name)
+        if entry is None:
+            raise BundleError(
+                f"bundle {self.path}: has no file {name!r} (files: {sorted(self.manifest['files'])})"
+            )
+        try:
+            data = (self.path / name).read_bytes()
+        except OSError as err:
+            raise BundleError(
+                f"bundle {self.path}: cannot read {name} ({err.strerror}): {_REEXPORT}"
+            ) from None
+        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise BundleError(
+                f"bundle {self.path}: {name} checksum mismatch (file changed or truncated): {_REEXPORT}"
+            )
+        return data
 
     @property
     def preprocess(self) -> PreprocessSpec:
@@ -332,9 +455,15 @@ class Bundle:
         return int(self.manifest["input"]["height"]), int(self.manifest["input"]["width"])
 
     @property
+    def calibration(self) -> dict[str, Any]:
+        """The calibration of the exported inference path (``threshold``, ``rule``, statistics)."""
+        calib = self.manifest["calibration"]
+        return dict(calib["by_path"][calib["path"]])
+
+    @property
     def threshold(self) -> float:
         """Calibrated threshold of the exported inference path (FAIL when ``score >= threshold``)."""
-        return float(self.manifest["calibration"]["threshold"])
+        return float(self.calibration["threshold"])
 
     @property
     def onnx_path(self) -> Path:
@@ -369,7 +498,8 @@ def write_bundle(
 
     Args:
         out: bundle directory to create.
-        manifest: every manifest section except ``files`` (filled in here from the written files).
+        manifest: every manifest section except ``files`` and ``integrity`` (both made here). A signature
+            of an earlier version of the bundle is not carried over: sign the new one.
         files: bundle file name -> source path (copied) or content (bytes).
         overwrite: replace an existing bundle at ``out`` (the old one stays complete until the rename).
 
@@ -400,6 +530,8 @@ def write_bundle(
                 shutil.copyfile(src, dst)
             records[name] = file_record(dst)
         doc = {**copy.deepcopy(dict(manifest)), "schema_version": SCHEMA_VERSION, "files": records}
+        doc.pop("integrity", None)
+        doc = seal_manifest(doc)
         validate_manifest(doc, f"bundle {out}")
         with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
@@ -444,7 +576,7 @@ def update_bundle(
         BundleError: the bundle is invalid, a section would make the manifest invalid, or a name is bad.
     """
     current = Bundle.open(path)
-    for key in ("schema_version", "files"):
+    for key in ("schema_version", "files", "integrity"):
         if key in sections:
             raise BundleError(f"bundle {current.path}: {key!r} is managed by the bundle writer")
     kept: dict[str, str | Path | bytes] = {

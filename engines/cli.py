@@ -5,11 +5,15 @@
     masf-engine build --bundle BUNDLE [--precision fp16|fp32] [--max-batch N] [--opt-batch N] [--sm SM86]
                       [--timing-cache PATH] [--workspace-mb MB] [--weak-typing] [--hardware-compat]
                       [--version-compat] [--tensorrt auto|tensorrt|tensorrt_rtx]
-    masf-engine verify --bundle BUNDLE
+    masf-engine verify --bundle BUNDLE [--trusted-key PUB.pem ...]
     masf-engine info --bundle BUNDLE [--json]
+    masf-engine keygen --out DIR --name NAME
+    masf-engine sign --bundle BUNDLE --key KEY.pem
 
 ``export`` needs the trainer (torch); ``build`` needs TensorRT (``tensorrt`` on the GPU machine, or
-``tensorrt-rtx``, which also builds on a machine without a GPU); ``verify`` and ``info`` import neither.
+``tensorrt-rtx``, which also builds on a machine without a GPU); ``verify``, ``info``, ``keygen`` and
+``sign`` import neither (signatures: ``cryptography``). ``export`` is the trainer's, found through the
+``masf_edge.exporters`` entry point, so this module never imports the torch side.
 User errors (bad run, bundle, data folder, option, missing TensorRT) print one line ``error: ...`` and
 exit with status 2; a failed parity check exits with status 3 and writes no bundle.
 """
@@ -56,6 +60,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     ex.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity run")
+    ex.add_argument("--sign-key", default=None, help="ed25519 private key (PEM) to sign the bundle with")
 
     bld = sub.add_parser("build", help="bundle ONNX -> TensorRT engine + build record, added to the bundle")
     bld.add_argument("--bundle", required=True, help="bundle directory (from masf-engine export)")
@@ -81,8 +86,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="TensorRT package (auto: tensorrt if installed, else tensorrt_rtx)",
     )
 
-    ver = sub.add_parser("verify", help="check a bundle's schema and every file's checksum")
+    ver = sub.add_parser("verify", help="check a bundle's schema, seal and every file's checksum")
     ver.add_argument("--bundle", required=True, help="bundle directory")
+    ver.add_argument(
+        "--trusted-key",
+        action="append",
+        default=None,
+        help="ed25519 public key (PEM); the bundle must be signed by one of them (repeatable)",
+    )
+
+    kg = sub.add_parser("keygen", help="make an ed25519 key pair for signing bundles")
+    kg.add_argument("--out", required=True, help="folder for NAME.key.pem (private) and NAME.pub.pem")
+    kg.add_argument("--name", required=True, help="key name")
+
+    sg = sub.add_parser("sign", help="sign a bundle (writes manifest.sig)")
+    sg.add_argument("--bundle", required=True, help="bundle directory")
+    sg.add_argument("--key", required=True, help="ed25519 private key (PEM, from masf-engine keygen)")
 
     info = sub.add_parser("info", help="print what a bundle contains (manifest only; checksums: verify)")
     info.add_argument("--bundle", required=True, help="bundle directory")
@@ -107,15 +126,28 @@ def _read_metrics(path: str | None) -> dict[str, Any] | None:
 
 def _summary(manifest: dict[str, Any]) -> str:
     spec, calib, export = manifest["preprocess"], manifest["calibration"], manifest["export"]
+    threshold = calib["by_path"][calib["path"]]["threshold"]
     return (
         f"masf part {manifest['model']['part']!r}, {spec['height']}x{spec['width']} {spec['color']} "
         f"{spec['resize']}, {export['spectral_mode']} graph (opset {export['opset']}), "
-        f"{calib['path']} path, threshold {calib['threshold']:.6g}"
+        f"{calib['path']} path, threshold {threshold:.6g}, id {manifest['integrity']['digest'][:12]}"
     )
 
 
+def _exporter() -> Any:
+    """``export_run`` of the trainer, found through the ``masf_edge.exporters`` entry point (torch side)."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="masf_edge.exporters", name="masf"))
+    if not found:
+        raise EngineError(
+            "export needs the trainer (torch): pip install 'masf-edge[trainer]' on this machine"
+        )
+    return found[0].load()
+
+
 def _export(args: argparse.Namespace) -> int:
-    from engines.export.from_run import export_run
+    export_run = _exporter()
 
     bundle = export_run(
         args.run,
@@ -129,6 +161,10 @@ def _export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         threads=args.threads,
     )
+    if args.sign_key:
+        from engines.signing import sign_bundle
+
+        sign_bundle(bundle.path, args.sign_key)
     m = bundle.manifest
     parity = m["export"]["parity"]
     size_mb = m["files"][m["export"]["file"]]["size"] / 1e6
@@ -178,12 +214,25 @@ def _run(args: argparse.Namespace) -> int:
     from engines.bundle import Bundle
 
     if args.command == "verify":
-        bundle = Bundle.open(args.bundle)
+        bundle = Bundle.open(args.bundle, trusted_keys=args.trusted_key)
         n = len(bundle.manifest["files"])
+        signed = ", signature OK" if args.trusted_key else ""
         print(
-            f"bundle {bundle.path}: OK (schema {bundle.manifest['schema_version']}, {n} file(s) verified, "
-            f"{_summary(bundle.manifest)})"
+            f"bundle {bundle.path}: OK (schema {bundle.manifest['schema_version']}, {n} file(s) verified"
+            f"{signed}, {_summary(bundle.manifest)})"
         )
+        return 0
+    if args.command == "keygen":
+        from engines.signing import make_signing_key
+
+        priv, pub = make_signing_key(args.out, args.name)
+        print(f"private key {priv} (keep it secret), public key {pub} (copy it to the edge boxes)")
+        return 0
+    if args.command == "sign":
+        from engines.signing import sign_bundle
+
+        record = sign_bundle(args.bundle, args.key)
+        print(f"bundle {args.bundle}: signed by key {record['key_id']} (id {record['bundle_id'][:12]})")
         return 0
     if args.command == "info":
         bundle = Bundle.open(args.bundle, verify=False)
@@ -191,7 +240,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(m, indent=2))
             return 0
-        calib, export = m["calibration"], m["export"]
+        calib, export = bundle.calibration, m["export"]
         parity = export.get("parity") or {}
         lines = [
             f"bundle      {bundle.path} (schema {m['schema_version']}, {m['producer']['name']} "
@@ -200,9 +249,10 @@ def _run(args: argparse.Namespace) -> int:
             f"backbone {m['backbone']['name']}",
             f"input       uint8 {m['input']['layout']} {m['input']['channel_order']} "
             f"{m['input']['height']}x{m['input']['width']}; preprocess {m['preprocess']}",
-            f"calibration {calib['path']} path: threshold {calib['threshold']:.6g} ({calib['rule']}, "
-            f"target FRR {calib.get('target_frr')}, {calib.get('n_images')} images); "
-            f"paths {sorted(calib['by_path'])}",
+            f"calibration {m['calibration']['path']} path: threshold {calib['threshold']:.6g} "
+            f"({calib.get('rule')}, target FRR {calib.get('target_frr')}, {calib.get('n_images')} images); "
+            f"paths {sorted(m['calibration']['by_path'])}",
+            f"id          {bundle.bundle_id} (model version {bundle.model_version})",
             f"graph       {export['file']}: {export['format']} opset {export['opset']}, spectral "
             f"{export['spectral_mode']}, tta {export['tta']}, {sum(export.get('ops', {}).values())} nodes",
             f"parity      map {parity.get('map_max_rel_err', float('nan')):.1e}, score "

@@ -9,11 +9,14 @@ order ``RGB``) takes it from there, so the same physical part gives the same sco
 Pixel formats use the GenICam SFNC names:
 
 * ``Mono8``; ``Mono10`` / ``Mono12`` / ``Mono14`` / ``Mono16`` (uint16 container, value in the low bits):
-  scaled to 8 bits by the shift ``>> (bits - 8)`` (the integer rule: 4095 -> 255, no rounding up);
-* ``RGB8`` / ``BGR8`` (3 channels), ``RGBa8`` / ``BGRa8`` (alpha dropped);
+  scaled to 8 bits by the shift ``>> (bits - 8)`` (the integer rule: 4095 -> 255, no rounding up; a
+  value above the format's range saturates at 255);
+* ``RGB8`` / ``BGR8`` (3 channels), ``RGBa8`` / ``BGRa8`` (alpha dropped); the same with 10, 12, 14 or
+  16 bits (``RGB12``, ``BGRa16``, ...: uint16 container, shifted like the mono formats; a 16-bit colour
+  PNG read by OpenCV is ``BGR16``);
 * ``BayerRG8`` / ``BayerGR8`` / ``BayerGB8`` / ``BayerBG8``: demosaiced with OpenCV's bilinear
   ``COLOR_Bayer*2RGB`` (the SFNC name gives the colour of the top-left 2x2 cell's first row);
-  ``Bayer**16`` / ``Bayer**12`` likewise after the shift.
+  ``Bayer**10`` / ``Bayer**12`` / ``Bayer**16`` likewise after the shift.
 
 :data:`CANONICAL` is what the manifest's ``input.channel_order`` names. Anything else is a
 :class:`PixelFormatError` (a ``ValueError``) that says which formats exist.
@@ -30,7 +33,10 @@ CANONICAL = "RGB8"
 """The canonical pixel format of colour images (gray images stay ``Mono8``)."""
 
 _MONO_BITS = {"Mono8": 8, "Mono10": 10, "Mono12": 12, "Mono14": 14, "Mono16": 16}
-_COLOR = {"RGB8": None, "BGR8": cv2.COLOR_BGR2RGB, "RGBa8": cv2.COLOR_RGBA2RGB, "BGRa8": cv2.COLOR_BGRA2RGB}
+_COLOR_CODES = {"RGB": None, "BGR": cv2.COLOR_BGR2RGB, "RGBa": cv2.COLOR_RGBA2RGB, "BGRa": cv2.COLOR_BGRA2RGB}
+_COLOR_BITS = (8, 10, 12, 14, 16)
+# name -> (channel layout, bits per sample)
+_COLOR = {f"{order}{bits}": (order, bits) for bits in _COLOR_BITS for order in _COLOR_CODES}
 # OpenCV names Bayer patterns by the second row's pair (its historical convention): SFNC BayerRG is
 # OpenCV's BayerBG, and so on. Checked against a synthetic mosaic in tests/test_pixels.py.
 _BAYER = {
@@ -73,7 +79,8 @@ def _shift_to_8(frame: np.ndarray, bits: int, name: str) -> np.ndarray:
         raise PixelFormatError(
             f"{name} frame must be uint16 (value in the low {bits} bits), got {frame.dtype}"
         )
-    return (frame >> (bits - 8)).astype(np.uint8)
+    # A value above the format's range (stray high bits) saturates at 255 instead of wrapping around.
+    return np.minimum(frame >> (bits - 8), 255).astype(np.uint8)
 
 
 def to_canonical(frame: np.ndarray, pixel_format: str) -> np.ndarray:
@@ -104,17 +111,17 @@ def to_canonical(frame: np.ndarray, pixel_format: str) -> np.ndarray:
             raise PixelFormatError(f"{pixel_format} frame must be (h, w), got shape {frame.shape}")
         return np.ascontiguousarray(_shift_to_8(frame, _MONO_BITS[pixel_format], pixel_format))
     if pixel_format in _COLOR:
-        channels = 4 if pixel_format.endswith("a8") else 3
+        order, bits = _COLOR[pixel_format]
+        channels = 4 if order.endswith("a") else 3
         if frame.ndim != 3 or frame.shape[2] != channels:
             raise PixelFormatError(
                 f"{pixel_format} frame must be (h, w, {channels}), got shape {frame.shape}"
             )
-        if frame.dtype != np.uint8:
-            raise PixelFormatError(f"{pixel_format} frame must be uint8, got {frame.dtype}")
-        code = _COLOR[pixel_format]
+        frame = np.ascontiguousarray(_shift_to_8(frame, bits, pixel_format))
+        code = _COLOR_CODES[order]
         if code is None:
-            return np.ascontiguousarray(frame)
-        return cv2.cvtColor(np.ascontiguousarray(frame), code)
+            return frame
+        return cv2.cvtColor(frame, code)
     pattern, bits = pixel_format[5:7], int(pixel_format[7:])
     if frame.ndim != 2:
         raise PixelFormatError(f"{pixel_format} frame must be a (h, w) mosaic, got shape {frame.shape}")

@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny configs and generated data sets (made in tmp dirs, never committed)."""
+"""Shared fixtures: tiny configs and generated data sets (made in tmp dirs, never committed).
+
+This file imports neither torch nor the torch side of the trainer at module level, so the edge tests run
+(and are collected) where only the edge's dependencies are installed: fixtures that train import torch
+inside their bodies.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from engine_support import ExportedBundle, exported_bundle
 
 from trainer.config import Config, config_from_dict
-from trainer.data.synthetic import make_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BOTTLE = SHARED_DATA / "mvtec_ad" / "bottle"
 MAGNETIC_TILE = SHARED_DATA / "magnetic_tile" / "magnetic_tile"
-
-torch.set_num_threads(2)
 
 
 def tiny_config(**sections: dict[str, Any]) -> Config:
@@ -36,6 +37,8 @@ def tiny_config(**sections: dict[str, Any]) -> Config:
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated MVTec-layout parts: 20 train, 6 good + 3x4 defective test images, 96x96 RGB."""
+    from trainer.data.synthetic import make_dataset
+
     return make_dataset(
         tmp_path_factory.mktemp("synth"),
         n_train=20,
@@ -53,7 +56,11 @@ def trained_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     It keeps both cues at the configured mix (``fusion.select: none``), so every test sees the whole
     model and graph whatever the mix selection would choose; ``tests/test_select.py`` trains its own."""
+    import torch
+
     from trainer.train import fit
+
+    torch.set_num_threads(2)
 
     out = tmp_path_factory.mktemp("run")
     fit(tiny_config(fusion={"select": "none"}), synth_data, out, progress=False)

@@ -13,12 +13,12 @@ from engine_support import ExportedBundle, run_python
 from engines.backends import Backend, Scores, get_backend
 from engines.backends.base import full_frame_geometry
 from engines.backends.ort import OrtBackend
-from engines.backends.torch_backend import TorchBackend
 from engines.bundle import Bundle, update_bundle
 from engines.errors import BackendError, BundleError, InputError
-from engines.export.parity import MAP_RTOL, SCORE_RTOL
 from engines.preprocess import preprocess_batch
 from trainer.data import read_image
+from trainer.export.parity import MAP_RTOL, SCORE_RTOL
+from trainer.torch_backend import TorchBackend
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 import engines.bundle as bundle_mod
-from engines.bundle import MANIFEST_FILE, SCHEMA_VERSION, Bundle, load_manifest, update_bundle, write_bundle
+from engines.bundle import (
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    Bundle,
+    load_manifest,
+    manifest_digest,
+    update_bundle,
+    write_bundle,
+)
 from engines.errors import BundleError, EngineError
 from engines.preprocess import PreprocessSpec
 
@@ -37,9 +45,7 @@ def _manifest() -> dict[str, Any]:
         "backbone": {"name": "tf_efficientnet_lite0"},
         "calibration": {
             "path": "plain",
-            "threshold": 1.5,
-            "rule": "conformal",
-            "by_path": {"plain": {"threshold": 1.5}, "tta": {"threshold": 2.0}},
+            "by_path": {"plain": {"threshold": 1.5, "rule": "conformal"}, "tta": {"threshold": 2.0}},
         },
         "data": {"train_fingerprint": "ab" * 32},
         "validation": None,
@@ -60,9 +66,13 @@ def written(tmp_path: Path) -> Bundle:
     return write_bundle(tmp_path / "b", _manifest(), {"model.onnx": ONNX_BYTES})
 
 
-def _rewrite_manifest(root: Path, change: Any) -> None:
+def _rewrite_manifest(root: Path, change: Any, reseal: bool = True) -> None:
+    """Change the manifest on disk; ``reseal`` recomputes its integrity digest (as a tool would, so the
+    change reaches validation), else the edit is a hand edit that the seal must catch."""
     doc = json.loads((root / MANIFEST_FILE).read_text())
     change(doc)
+    if reseal and isinstance(doc, dict) and isinstance(doc.get("integrity"), dict):
+        doc["integrity"]["digest"] = manifest_digest(doc)
     (root / MANIFEST_FILE).write_text(json.dumps(doc))
 
 
@@ -125,8 +135,8 @@ def test_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path: Path) -> 
 
 def test_invalid_manifest_writes_nothing(tmp_path: Path) -> None:
     bad = _manifest()
-    del bad["calibration"]["threshold"]
-    with pytest.raises(BundleError, match=r"missing 'calibration.threshold'"):
+    del bad["calibration"]["by_path"]["plain"]["threshold"]
+    with pytest.raises(BundleError, match=r"calibration.by_path.plain.threshold must be a finite number"):
         write_bundle(tmp_path / "b", bad, {"model.onnx": ONNX_BYTES})
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(BundleError, match=r"export.file 'model.onnx' is not in files"):
@@ -203,8 +213,10 @@ def test_schema_version_must_be_a_positive_int(written: Bundle, version: Any) ->
     [
         ("input.height", "64", "input.height must be int, got str"),
         ("input.height", True, "input.height must be int, got bool"),
-        ("calibration.threshold", "1.5", "calibration.threshold must be int or float"),
-        ("calibration.threshold", float("nan"), "calibration.threshold is not finite"),
+        ("calibration.by_path.plain.threshold", "1.5", "by_path.plain.threshold must be a finite number"),
+        ("calibration.by_path.plain.threshold", float("nan"), "by_path.plain.threshold must be a finite"),
+        ("calibration.threshold", 1.5, "calibration.threshold must only be stored in calibration.by_path"),
+        ("integrity.algorithm", "md5", "unknown integrity algorithm 'md5'"),
         ("export.tta", 0, "export.tta must be bool"),
         ("validation", [1], "validation must be dict or null"),
         ("input.width", 64, "input 64x64 does not match preprocess 64x96"),
@@ -275,3 +287,46 @@ def test_update_bundle_adds_files_and_sections_atomically(written: Bundle, tmp_p
     with pytest.raises(BundleError, match="'files' is managed by the bundle writer"):
         update_bundle(written.path, {}, {"files": {}})
     assert Bundle.open(written.path).engines == [engine]  # failed updates changed nothing
+
+
+def test_bundle_id_is_the_sealed_manifest_digest(written: Bundle) -> None:
+    doc = json.loads((written.path / MANIFEST_FILE).read_text())
+    assert doc["integrity"]["algorithm"] == "sha256-canonical-json"
+    assert written.bundle_id == doc["integrity"]["digest"] == manifest_digest(doc)
+    assert len(written.bundle_id) == 64 and written.model_version == written.bundle_id[:12]
+    assert written.calibration == {"threshold": 1.5, "rule": "conformal"}
+    other = update_bundle(written.path, {"model.onnx": b"other graph"}, {})
+    assert other.bundle_id != written.bundle_id  # a changed file changes the id (files are in the manifest)
+
+
+@pytest.mark.parametrize("edit", ["threshold", "path", "whitespace_only"])
+def test_a_hand_edited_manifest_is_refused(written: Bundle, edit: str) -> None:
+    """Editing the threshold from 1.5 to 9.9 would make every defective part PASS: the seal catches it."""
+    mpath = written.path / MANIFEST_FILE
+    if edit == "whitespace_only":  # formatting is not content: still the same bundle
+        mpath.write_text(json.dumps(json.loads(mpath.read_text()), indent=4))
+        assert Bundle.open(written.path).bundle_id == written.bundle_id
+        return
+    change = {
+        "threshold": lambda d: d["calibration"]["by_path"]["plain"].update(threshold=9.9),
+        "path": lambda d: d["calibration"].update(path="tta"),
+    }[edit]
+    _rewrite_manifest(written.path, change, reseal=False)
+    with pytest.raises(BundleError, match=r"manifest.json was changed after export") as info:
+        Bundle.open(written.path)
+    assert "\n" not in str(info.value)
+
+
+def test_read_verified_returns_checked_bytes(written: Bundle) -> None:
+    assert written.read_verified("model.onnx") == ONNX_BYTES
+    written.onnx_path.write_bytes(ONNX_BYTES[:-1] + b"!")  # swapped after open: never returned
+    with pytest.raises(BundleError, match=r"model.onnx checksum mismatch"):
+        written.read_verified("model.onnx")
+    with pytest.raises(BundleError, match=r"has no file 'x.onnx'"):
+        written.read_verified("x.onnx")
+
+
+def test_schema_1_manifests_are_refused_with_what_to_do(written: Bundle) -> None:
+    _rewrite_manifest(written.path, lambda d: d.update(schema_version=1))
+    with pytest.raises(BundleError, match=r"schema_version 1 can no longer be read: re-export"):
+        Bundle.open(written.path)

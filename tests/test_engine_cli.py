@@ -37,7 +37,8 @@ def test_export_prints_a_one_line_summary(exported: ExportedBundle) -> None:
     assert manifest["validation"]["source"].endswith("eval.json")
     run = json.loads((exported.run / "run.json").read_text())
     assert manifest["calibration"]["by_path"] == run["calibration_by_path"]
-    assert manifest["calibration"]["threshold"] == run["calibration_by_path"]["plain"]["threshold"]
+    assert "threshold" not in manifest["calibration"]  # stored once, in by_path (schema 2)
+    assert Bundle.open(exported.path).threshold == run["calibration_by_path"]["plain"]["threshold"]
     assert manifest["data"]["train_fingerprint"] == run["data"]["train_fingerprint"]
     assert manifest["backbone"]["name"] == "tf_efficientnet_lite0"
     assert manifest["normalization"]["mean"] == [0.5, 0.5, 0.5]
@@ -48,7 +49,7 @@ def test_export_prints_a_one_line_summary(exported: ExportedBundle) -> None:
 def test_verify_and_info(exported: ExportedBundle, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", "--bundle", str(exported.path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"bundle {exported.path}: OK (schema 1, 1 file(s) verified")
+    assert out.startswith(f"bundle {exported.path}: OK (schema 2, 1 file(s) verified")
     assert main(["info", "--bundle", str(exported.path)]) == 0
     out = capsys.readouterr().out
     assert "part 'widget'" in out and "spectral gemm" in out and "plain path: threshold" in out
@@ -113,7 +114,7 @@ def test_bad_option_is_rejected_by_argparse(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_parity_failure_exits_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import engines.export.from_run as from_run
+    import trainer.export.from_run as from_run
 
     def failing(*args: object, **kwargs: object) -> None:
         raise ParityError("ONNX Runtime does not match PyTorch on 5 images: do not deploy this graph")
@@ -135,7 +136,7 @@ def test_python_dash_m_engines_verify_without_torch(exported: ExportedBundle) ->
     )
     res = run_python(code, str(exported.path))
     assert res.returncode == 0, res.stderr
-    assert "OK (schema 1" in res.stdout and "TORCH False" in res.stdout
+    assert "OK (schema 2" in res.stdout and "TORCH False" in res.stdout
 
 
 def test_build_adds_an_engine_and_user_errors_exit_2(

@@ -16,11 +16,11 @@ from torch import nn
 
 from engines.bundle import GRAPH_INPUTS, GRAPH_OUTPUTS, Bundle, sha256_file
 from engines.errors import ExportError
-from engines.export.onnx import export_onnx, spectral_scopes, to_onnx_proto
-from engines.export.parity import MAP_RTOL, SCORE_RTOL, check_parity, ort_session
 from engines.export.trt_ops import op_counts, supported_ops_table, trt10_issues, unsupported_ops
 from engines.preprocess import preprocess
 from trainer.data import read_image
+from trainer.export.onnx import export_onnx, spectral_scopes, to_onnx_proto
+from trainer.export.parity import MAP_RTOL, SCORE_RTOL, check_parity, ort_session
 from trainer.models.masf.samb import PatchEmbedder
 from trainer.models.masf.spectral import set_spectral_mode
 from trainer.models.masf.ttsa import PhasePerturbation

@@ -14,8 +14,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engines.errors import ExportError
 from engines.export.mixed_precision import to_mixed_precision
-from engines.export.onnx import export_onnx, spectral_scopes
-from engines.export.parity import MAP_RTOL, SCORE_RTOL
 from engines.export.plugin import (
     PLUGIN_ATTRS,
     PLUGIN_DOMAIN,
@@ -30,6 +28,8 @@ from engines.export.plugin import (
 from engines.export.trt_ops import op_counts
 from engines.preprocess import preprocess_batch
 from trainer.data import read_image
+from trainer.export.onnx import export_onnx, spectral_scopes
+from trainer.export.parity import MAP_RTOL, SCORE_RTOL
 from trainer.runs import load_run
 
 torch.set_num_threads(1)

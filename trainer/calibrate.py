@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.verdict import fails
 from trainer.errors import DataError
 
 __all__ = ["Calibration", "fit_threshold", "student_t_quantile", "summarize"]
@@ -169,7 +170,7 @@ def calibrate(image_scores: np.ndarray, pixel_values: np.ndarray, target_frr: fl
         rule=rule,
         target_frr=target_frr,
         n_images=int(scores.size),
-        calib_frr=float(np.mean(scores >= threshold)),
+        calib_frr=float(np.mean(fails(scores, threshold))),
         image_scores=summarize(scores),
         pixel_scores=summarize(pixel_values),
     )

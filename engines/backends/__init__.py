@@ -4,7 +4,8 @@
 are imported on demand, so ``import engines.backends`` pulls in neither onnxruntime nor torch:
 
 * ``onnxruntime`` (alias ``ort``): :class:`~engines.backends.ort.OrtBackend`, CPU, the edge default;
-* ``torch``: :class:`~engines.backends.torch_backend.TorchBackend`, the reference (needs the trainer);
+* ``torch``: the trainer's reference (``trainer.torch_backend.TorchBackend``), found through the
+  ``masf_edge.backends`` entry point group, so this package never names the trainer;
 * ``tensorrt`` (alias ``trt``): :class:`~engines.backends.tensorrt.TensorRTBackend`, NVIDIA GPU; needs
   TensorRT and pycuda, checked when it is asked for (a clear error says what to install).
 """
@@ -12,6 +13,7 @@ are imported on demand, so ``import engines.backends`` pulls in neither onnxrunt
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 
 from engines.backends.base import Backend, Scores
 from engines.errors import BackendError
@@ -20,9 +22,10 @@ __all__ = ["BACKENDS", "Backend", "Scores", "get_backend"]
 
 BACKENDS = {
     "onnxruntime": ("engines.backends.ort", "OrtBackend"),
-    "torch": ("engines.backends.torch_backend", "TorchBackend"),
     "tensorrt": ("engines.backends.tensorrt", "TensorRTBackend"),
 }
+"""The torch-free backends; others (``torch``) are entry points of the group :data:`ENTRY_POINT_GROUP`."""
+ENTRY_POINT_GROUP = "masf_edge.backends"
 _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
 
 
@@ -34,9 +37,16 @@ def get_backend(name: str) -> type[Backend]:
             TensorRT or pycuda); the message says what to use or install.
     """
     key = _ALIASES.get(name.lower(), name.lower())
-    if key not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}: choose one of {sorted(BACKENDS)}")
-    module, cls_name = BACKENDS[key]
+    plugins = {ep.name: ep.value.split(":") for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    known = {**plugins, **BACKENDS}
+    if key not in known:
+        hint = (
+            " (the torch reference needs the trainer: pip install 'masf-edge[trainer]')"
+            if key == "torch"
+            else ""
+        )
+        raise BackendError(f"unknown backend {name!r}: choose one of {sorted(known)}{hint}")
+    module, cls_name = known[key]
     try:
         mod = importlib.import_module(module)
     except ImportError as err:

@@ -70,7 +70,12 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = int(intra_op_threads)
         opts.inter_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(str(bundle.onnx_path), opts, providers=list(providers))
+            # The graph is loaded from bytes checked against the manifest in the same read: a file
+            # swapped after Bundle.open is never run.
+            graph = bundle.read_verified(bundle.manifest["export"]["file"])
+            self._session = ort.InferenceSession(graph, opts, providers=list(providers))
+        except BundleError:
+            raise
         except Exception as err:  # onnxruntime raises its own exception types (InvalidGraph, Fail, ...)
             raise BundleError(
                 f"bundle {bundle.path}: ONNX Runtime cannot load {bundle.onnx_path.name} "

@@ -1,14 +1,14 @@
-"""Export side of the engines: torch model -> ONNX graph -> bundle (needs torch, onnx, onnxruntime).
+"""ONNX graph tools of the engines (onnx only, torch-free).
 
-Names are imported lazily, so ``engines.export.trt_ops`` (onnx only) can be used without torch.
+Exporting a trained model (torch -> ONNX -> bundle, with the parity check) is the trainer's job:
+:mod:`trainer.export`. What stays here works on ONNX graphs alone, for the TensorRT builder and the tests:
 
-* :func:`export_onnx` (``engines.export.onnx``): the model's inference path as one ONNX graph;
-* :func:`check_parity` (``engines.export.parity``): ONNX Runtime vs PyTorch eager;
-* :func:`export_run` (``engines.export.from_run``): run directory -> verified bundle (``masf-engine export``);
 * :func:`unsupported_ops`, :func:`trt10_issues` (``engines.export.trt_ops``): TensorRT 10 op check;
 * :func:`to_mixed_precision` (``engines.export.mixed_precision``): FP16 graph with an FP32 spectral island;
-* :func:`dft_to_plugin`, :func:`plugin_to_dft` (``engines.export.plugin``, onnx only): ``DFT`` nodes to
-  cuFFT TensorRT plugin nodes (spectral mode ``plugin``) and back.
+* :func:`dft_to_plugin`, :func:`plugin_to_dft` (``engines.export.plugin``): ``DFT`` nodes to cuFFT
+  TensorRT plugin nodes (spectral mode ``plugin``) and back.
+
+Names are imported lazily, so importing this package pulls in nothing heavy.
 """
 
 from __future__ import annotations
@@ -16,21 +16,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = [
-    "check_parity",
-    "dft_to_plugin",
-    "export_onnx",
-    "export_run",
-    "plugin_to_dft",
-    "to_mixed_precision",
-    "trt10_issues",
-    "unsupported_ops",
-]
+__all__ = ["dft_to_plugin", "plugin_to_dft", "to_mixed_precision", "trt10_issues", "unsupported_ops"]
 
 _WHERE = {
-    "export_onnx": "engines.export.onnx",
-    "check_parity": "engines.export.parity",
-    "export_run": "engines.export.from_run",
     "to_mixed_precision": "engines.export.mixed_precision",
     "dft_to_plugin": "engines.export.plugin",
     "plugin_to_dft": "engines.export.plugin",

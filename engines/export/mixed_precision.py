@@ -2,7 +2,7 @@
 
 FFT magnitudes (sums of squares of feature maps) overflow FP16, and the kNN bank distances lose the
 small differences that make up the anomaly score, so a plain FP16 conversion of the exported graph is
-wrong. :func:`to_mixed_precision` converts the FP32 ``gemm`` graph of :func:`~engines.export.onnx.export_onnx`
+wrong. :func:`to_mixed_precision` converts the FP32 ``gemm`` graph of :func:`~trainer.export.onnx.export_onnx`
 node by node:
 
 * a node is *FP32* when a component of its module path (the node-name prefix before ``/``, e.g.

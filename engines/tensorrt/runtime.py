@@ -24,13 +24,14 @@ cuFFT calls, is installed (written against the real APIs; unverified without a G
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engines.bundle import GRAPH_INPUTS, GRAPH_OUTPUTS, Bundle, sha256_file
+from engines.bundle import GRAPH_INPUTS, GRAPH_OUTPUTS, Bundle
 from engines.errors import BackendError, BundleError
 from engines.tensorrt import TensorRTModule, gpu_info, import_pycuda, import_tensorrt
 from engines.tensorrt.record import BuildRecord
@@ -56,7 +57,8 @@ class EngineRunner:
         self, engine_path: str | Path, record: BuildRecord, rt: TensorRTModule, device: int = 0
     ) -> None:
         engine_path = Path(engine_path)
-        if sha256_file(engine_path) != record.engine_sha256:
+        blob = engine_path.read_bytes()  # hashed and deserialised from the same bytes: no check-then-use race
+        if hashlib.sha256(blob).hexdigest() != record.engine_sha256:
             raise BundleError(f"engine {engine_path} does not match its build record: rebuild it")
         self.record = record
         self.rt = rt
@@ -70,7 +72,7 @@ class EngineRunner:
         self._cuda_ctx = cuda.Device(device).retain_primary_context()
         self._cuda_ctx.push()
         try:
-            self._setup(engine_path.read_bytes())
+            self._setup(blob)
         except BaseException:
             self._cuda_ctx.pop()
             self._cuda_ctx.detach()

@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from engines.verdict import fails
+
 __all__ = [
     "F1Max",
     "ImageMetrics",
@@ -343,15 +345,7 @@ def rates_at_threshold(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: 
         raise ValueError("threshold is NaN")
     s = _as_scores(scores)
     y = _as_labels(labels, s.size)
-    if s.dtype == np.float32:
-        # Smallest float32 >= thr: comparing in float32 against it equals comparing in float64, no copy.
-        with np.errstate(over="ignore"):
-            thr_s = np.float32(thr)
-        if float(thr_s) < thr:
-            thr_s = np.nextafter(thr_s, np.float32(np.inf))
-        fail = s >= thr_s
-    else:
-        fail = s >= thr
+    fail = fails(s, thr)  # the product's one verdict rule (engines.verdict), also on the edge
     n_def = int(np.count_nonzero(y))
     n_good = int(y.size - n_def)
     n_false_reject = int(np.count_nonzero(fail & ~y))

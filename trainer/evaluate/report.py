@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from engines.verdict import verdict
 from trainer.evaluate.metrics import GOOD_TYPE, _as_labels, _as_scores, rates_at_threshold, roc_auc, roc_curve
 
 if TYPE_CHECKING:
@@ -357,9 +358,9 @@ def write_report(
             "|---|---|---|---|",
         ]
         for ex in examples:
-            verdict = "FAIL" if float(ex.score) >= thr else "PASS"
+            decision = verdict(float(ex.score), thr)
             kind = "defective" if ex.label else "good"
-            lines.append(f"| {_md_escape(ex.name)} | {kind} | {float(ex.score):.4g} | {verdict} |")
+            lines.append(f"| {_md_escape(ex.name)} | {kind} | {float(ex.score):.4g} | {decision} |")
         lines.append("")
     report = out / REPORT_NAME
     report.write_text("\n".join(lines), encoding="utf-8")

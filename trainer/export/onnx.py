@@ -45,10 +45,10 @@ import torch
 
 from engines.bundle import GRAPH_INPUTS, GRAPH_OUTPUTS, sha256_file
 from engines.errors import ExportError, ParityError
-from engines.export.parity import check_parity
 from engines.export.plugin import PLUGIN_OP, check_round_trip, dft_to_plugin
 from engines.export.trt_ops import op_counts, supported_ops_table, trt10_issues
-from engines.export.wrapper import ExportWrapper
+from trainer.export.parity import check_parity
+from trainer.export.wrapper import ExportWrapper
 
 if TYPE_CHECKING:
     from trainer.models.masf import MASF

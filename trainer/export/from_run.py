@@ -1,6 +1,6 @@
 """``masf-engine export``: a run directory -> a verified bundle (ONNX graph + manifest).
 
-Steps: load the run (strict), export the graph (:func:`~engines.export.onnx.export_onnx`), compare ONNX
+Steps: load the run (strict), export the graph (:func:`~trainer.export.onnx.export_onnx`), compare ONNX
 Runtime with PyTorch eager on verification images (the run's own calibration images by default, or the
 test images of ``--verify-data``), then write the bundle atomically. A failed parity check writes nothing.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import engines
 from engines.bundle import Bundle, sha256_file, write_bundle
 from engines.errors import BundleError, ExportError
-from engines.export.onnx import export_onnx
+from trainer.export.onnx import export_onnx
 
 if TYPE_CHECKING:
     from trainer.runs import RunInfo
@@ -102,7 +102,10 @@ def build_manifest(
             "applied": "inside the graph: (x - 255 * mean) / (255 * std)",
         },
         "backbone": backbone,
-        "calibration": {"path": path, **calibration_for(info, path == "tta").to_dict(), "by_path": by_path},
+        "calibration": {
+            "path": path,
+            "by_path": {**by_path, path: calibration_for(info, path == "tta").to_dict()},
+        },
         "data": {
             "train_fingerprint": str(meta.get("data", {}).get("train_fingerprint", "")),
             "n_train": split.get("n_train"),
@@ -138,7 +141,7 @@ def export_run(
     Args:
         run_dir: run directory written by ``masf-train fit``.
         out: bundle directory to create.
-        spectral_mode: ``"gemm"``, ``"dft"`` or ``"plugin"`` (see :mod:`engines.export.onnx`).
+        spectral_mode: ``"gemm"``, ``"dft"`` or ``"plugin"`` (see :mod:`trainer.export.onnx`).
         tta: export the TTSA path (threshold of the ``tta`` calibration).
         part: part name for the manifest (default: the name of the run's data folder).
         verify_data: parity images from this MVTec-layout folder's ``test/`` (default: calibration images).

@@ -20,6 +20,7 @@ from torch import nn
 from engines.bundle import GRAPH_INPUTS
 from engines.errors import BackendError
 from engines.preprocess import PreprocessSpec, preprocess_batch
+from engines.verdict import fails
 
 __all__ = ["MAP_RTOL", "SCORE_RTOL", "check_parity", "ort_session"]
 
@@ -103,7 +104,7 @@ def check_parity(
     ref_maps, ref_scores = _torch_outputs(reference.eval(), batch, valid, max(batch_sizes))
     session = ort_session(onnx_path, intra_op_threads)
     map_err, score_err, score_abs, mismatches = 0.0, 0.0, 0.0, 0
-    ref_fail = ref_scores >= threshold
+    ref_fail = fails(ref_scores, threshold)
     for bs in batch_sizes:
         maps, scores = _onnx_outputs(session, batch, valid, bs)
         ranges = np.ptp(ref_maps.reshape(len(images), -1), axis=1)
@@ -112,7 +113,7 @@ def check_parity(
         delta = np.abs(scores.astype(np.float64) - ref_scores)
         score_abs = max(score_abs, float(delta.max()))
         score_err = max(score_err, float(np.max(delta / np.maximum(np.abs(ref_scores), 1e-12))))
-        mismatches = max(mismatches, int(np.sum((scores >= threshold) != ref_fail)))
+        mismatches = max(mismatches, int(np.sum(fails(scores, threshold) != ref_fail)))
     passed = map_err <= MAP_RTOL and score_err <= SCORE_RTOL and mismatches == 0
     return {
         "n_images": len(images),
