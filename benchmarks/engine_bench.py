@@ -23,7 +23,7 @@ Every number is measured in this run, on one trained run (``masf-train fit``; th
    ``ChannelDFTMagnitude`` on the ``[N, h_l, w_l, C_l]`` prototypes of each scale, SDM's band split
    (MatMuls in both modes; its ``fft2`` form, which the model does not use, is timed for reference) and
    TTSA's ``SpectralPhaseRotation`` at the input size. The gemm op is also exported alone
-   (``engines.export.onnx.to_onnx_proto``) and timed in ONNX Runtime, where the deployed graph runs it.
+   (``trainer.export.onnx.to_onnx_proto``) and timed in ONNX Runtime, where the deployed graph runs it.
 4. **Peak RSS**: a child process that imports only numpy and the ORT backend (it asserts that torch,
    timm and the trainer are not in ``sys.modules``), loads the plain bundle and runs ``--rss-iters``
    inferences at batch 1 after 5 warm-ups, then reports ``ru_maxrss``; the same for a torch-eager child.
@@ -108,8 +108,8 @@ _CHILD_TORCH = (
     + r"""
 import torch
 torch.set_num_threads(threads)
-from engines.backends.torch_backend import TorchBackend
-from engines.export.wrapper import ExportWrapper
+from trainer.torch_backend import TorchBackend
+from trainer.export.wrapper import ExportWrapper
 after_import = peak_mib()
 backend = TorchBackend.from_bundle(bundle, run_dir=run_dir)
 wrapper = ExportWrapper(backend.model).eval()
@@ -372,7 +372,7 @@ def export_bundles(
 ) -> dict[str, dict[str, Any]]:
     """Export the plain and the TTSA bundle (gemm) with ``export_run``; sizes, export time and parity."""
     from engines.bundle import Bundle
-    from engines.export import export_run
+    from trainer.export import export_run
 
     bundles: dict[str, dict[str, Any]] = {}
     for name in PATHS:
@@ -428,9 +428,9 @@ def latency(
     """ORT vs torch eager on the same preprocessed frames, per path (plain/TTSA) and batch size."""
     import torch
 
-    from engines.backends.torch_backend import TorchBackend
     from engines.bundle import GRAPH_INPUTS, Bundle
-    from engines.export.wrapper import ExportWrapper
+    from trainer.export.wrapper import ExportWrapper
+    from trainer.torch_backend import TorchBackend
 
     rows = []
     for name, info in bundles.items():
@@ -482,7 +482,7 @@ def latency(
 
 def _ort_op(module: Any, example: Any, n_out: int, threads: int) -> Any:
     """Export ``module`` alone (gemm mode, dynamic batch) with the export API; an ORT session for it."""
-    from engines.export.onnx import to_onnx_proto
+    from trainer.export.onnx import to_onnx_proto
 
     proto = to_onnx_proto(module, (example,), ["x"], [f"y{i}" for i in range(n_out)], 18, "gemm")
     return _ort_session(proto.SerializeToString(), threads)
