@@ -196,6 +196,24 @@ def test_pruning_by_age_and_size_on_start(tmp_path: Path) -> None:
         store.close()
 
 
+def test_idle_store_prunes_by_age_and_rereads_the_folder(tmp_path: Path) -> None:
+    with EvidenceStore(tmp_path, 10**9, max_age_s=0.5, maintenance_s=0.05, rescan_s=0.2) as store:
+        assert store.submit(_header(1), _frame(), None)
+        _wait(lambda: store.usage()["written"] == 1)
+        _wait(lambda: store.usage()["items"] == 0)  # no further writes needed
+        assert not list(tmp_path.rglob("*.png"))
+
+    with EvidenceStore(tmp_path, 10**9, max_age_s=86400, maintenance_s=0.05, rescan_s=0.2) as store:
+        for i in range(3):
+            store.submit(_header(i), _frame(seed=i), None)
+        _wait(lambda: store.usage()["written"] == 3)
+        victim = store.list()[-1]
+        for key in ("image", "header_path"):
+            os.unlink(victim[key])  # an operator deletes an item by hand
+        _wait(lambda: store.usage()["items"] == 2)
+        assert store.usage()["bytes"] == sum(p.stat().st_size for p in tmp_path.rglob("*.*"))
+
+
 def test_submit_never_blocks_and_counts_drops(tmp_path: Path) -> None:
     store = EvidenceStore(tmp_path, max_bytes=10**9, max_age_s=86400, queue_size=2)
     big = _frame(1500, 2000, seed=1)  # slow to encode: the writer falls behind
