@@ -200,8 +200,9 @@ class EvidenceStore:
             image: the frame, canonical uint8 ``(h, w)`` gray or ``(h, w, 3)`` RGB; None: header only.
                 Kept by reference until written: do not modify it after submitting.
             heatmap_u8: uint8 ``(h', w')`` anomaly map (resized to the frame; copied); None: none.
-            regions: boxes drawn on the overlay, in frame pixels: ``{"bbox": [x, y, w, h], ...}`` mappings
-                or ``(x, y, w, h)`` sequences.
+            regions: boxes drawn on the overlay, in camera-frame pixels: objects with a ``bbox``
+                attribute (:class:`edge.regions.Region`), ``{"bbox": [x, y, w, h], ...}`` mappings (its
+                ``to_dict()``) or ``(x, y, w, h)`` sequences; others are ignored.
 
         Returns:
             True when queued; False when dropped (queue full or the store is closed; counted).
@@ -595,8 +596,8 @@ def _to_bgr(image: np.ndarray) -> np.ndarray:
 
 
 def _box(region: Any) -> tuple[int, int, int, int] | None:
-    """``(x, y, w, h)`` of a region (``{"bbox": [x, y, w, h]}`` or a 4-sequence), None when unusable."""
-    bbox = region.get("bbox") if isinstance(region, Mapping) else region
+    """``(x, y, w, h)`` of a region (``.bbox``, ``{"bbox": ...}`` or a 4-sequence), None when unusable."""
+    bbox = region.get("bbox") if isinstance(region, Mapping) else getattr(region, "bbox", region)
     if bbox is None:
         return None
     try:

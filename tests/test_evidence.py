@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ def _header(seq: int, camera: str = "cam1", verdict: str = "FAIL", **extra: Any)
     }
 
 
+@dataclass(frozen=True)
+class _Box:
+    """Like edge.regions.Region: a ``bbox`` attribute in frame pixels."""
+
+    bbox: tuple[int, int, int, int]
+
+
 def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -55,7 +63,8 @@ def test_an_item_is_three_files_with_the_frame_lossless(tmp_path: Path) -> None:
     heat = np.zeros((12, 16), np.uint8)
     heat[3:6, 4:8] = 255
     header = _header(7, acquisition_id="line 1/../cam:7", score=4.2, regions=[{"bbox": [5, 5, 20, 12]}])
-    assert store.submit(header, img, heat, [{"bbox": [5, 5, 20, 12]}, (40, 30, 10, 10)])
+    regions = [{"bbox": [5, 5, 20, 12]}, (40, 30, 10, 10), _Box((2, 40, 40, 6)), "not a region"]
+    assert store.submit(header, img, heat, regions)
     assert store.submit(_header(8, verdict="UNKNOWN"), _frame(gray=True), None, None)
     assert store.submit(_header(9, verdict="UNKNOWN", reason="unreadable"), None)
     assert store.close(timeout=30)
@@ -89,6 +98,8 @@ def test_an_item_is_three_files_with_the_frame_lossless(tmp_path: Path) -> None:
     assert b > base[0] + 15 and r < base[2] - 15
     b, g, r = overlay[14:22, 18:30].reshape(-1, 3).mean(0)  # the hot cell: JET red blended in
     assert r > b + 40
+    b, g, r = overlay[44:46, 10:30].reshape(-1, 3).mean(0)  # the bottom edge of the Region-like box
+    assert r > 150 and g < 100 and b < 100
     assert json.loads((day / f"{stem}_header.json").read_text()) == header
 
     usage = store.usage()
