@@ -1,0 +1,141 @@
+"""``masf-edge`` command line (same as ``python -m edge``).
+
+    masf-edge run --config configs/edge/LINE.yaml [--set KEY=VALUE ...] [--log-level info]
+    masf-edge check --config configs/edge/LINE.yaml [--set KEY=VALUE ...] [--frame-timeout 10]
+    masf-edge subscribe --connect tcp://127.0.0.1:5556 [--save-heatmaps DIR] [--count N]
+    masf-edge keys --out DIR --name NAME
+
+``run`` is the daemon (one per line; under systemd: ``systemd/masf-edge@.service``). ``check`` is for
+installers: it validates the config, opens every bundle (checksums, seal, signature when required,
+backend, one warm-up inference) and every camera (one frame), prints one line each and exits 0 when all
+are fine, 2 otherwise. ``subscribe`` is the reference subscriber. ``keys`` makes a CURVE key pair.
+
+User errors print one line ``error: ...`` and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from edge.config import load_edge_config
+from edge.errors import EdgeError, SourceError
+from engines.errors import EngineError
+
+__all__ = ["main"]
+
+EXIT_USER_ERROR = 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from edge.keys import add_keys_arguments
+    from edge.subscriber import add_subscribe_arguments
+
+    parser = argparse.ArgumentParser(prog="masf-edge", description="MASF Edge inspection daemon.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "run the inspection daemon of one line"),
+        ("check", "validate a line config: open every bundle and camera once, then exit"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="line config (YAML), e.g. configs/edge/demo.yaml")
+        p.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+        )
+        p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+        if name == "check":
+            p.add_argument("--frame-timeout", type=float, default=10.0, help="seconds to wait for a frame")
+    add_subscribe_arguments(sub.add_parser("subscribe", help="print results as they are published"))
+    add_keys_arguments(sub.add_parser("keys", help="make a CURVE key pair (public .key + .key_secret)"))
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from edge.daemon import model_key
+    from edge.model import load_model
+    from edge.sources import open_source
+
+    cfg = load_edge_config(args.config, args.set)
+    print(f"config {args.config}: OK (line {cfg.line}, {len(cfg.cameras)} camera(s))")
+    trusted = list(cfg.security.trusted_keys) if cfg.security.require_signed_bundles else None
+    failed = 0
+    loaded: dict[str, str] = {}
+    for cam in cfg.cameras:
+        key = model_key(cam)
+        if key not in loaded:
+            try:
+                m = load_model(cam.bundle, cam.backend, cam.threads, trusted, warmup=True)
+                loaded[key] = (
+                    f"part {m.part!r}, model {m.model_version}, {m.backend_name}, threshold "
+                    f"{m.threshold:.6g}, loaded and warmed up in {m.load_seconds:.2f} s"
+                )
+                m.close()
+            except EngineError as err:
+                loaded[key] = f"FAILED: {err}"
+        ok = not loaded[key].startswith("FAILED")
+        failed += not ok
+        print(f"camera {cam.name}: bundle {cam.bundle}: {loaded[key]}")
+        try:
+            source = open_source(cam.name, cam.source, triggered=cam.mode == "triggered")
+        except SourceError as err:
+            print(f"camera {cam.name}: source FAILED: {err}")
+            failed += 1
+            continue
+        try:
+            if getattr(source, "supports_trigger", False) and cam.mode == "triggered":
+                source.trigger()
+            frame, deadline = None, time.monotonic() + args.frame_timeout
+            while frame is None and time.monotonic() < deadline:
+                frame = source.read(min(1.0, args.frame_timeout))
+            if frame is None:
+                print(f"camera {cam.name}: source FAILED: no frame within {args.frame_timeout:g} s")
+                failed += 1
+            elif frame.image is None:
+                print(f"camera {cam.name}: source FAILED: unusable frame: {frame.error}")
+                failed += 1
+            else:
+                h, w = frame.image.shape[:2]
+                print(f"camera {cam.name}: source {cam.source.kind} OK, frame {w}x{h} ({frame.pixel_format})")
+        except (SourceError, StopIteration, EngineError) as err:
+            print(f"camera {cam.name}: source FAILED: {err}")
+            failed += 1
+        except Exception as err:  # EndOfStream and driver errors: reported, never a traceback
+            print(f"camera {cam.name}: source FAILED: {type(err).__name__}: {err}")
+            failed += 1
+        finally:
+            source.close()
+    print(f"check: {'OK' if not failed else f'{failed} problem(s)'}")
+    return 0 if not failed else EXIT_USER_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    level = getattr(args, "log_level", "info").upper()
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "run":
+            from edge.service import run_service
+
+            return run_service(args.config, args.set)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "subscribe":
+            from edge.subscriber import run_subscribe
+
+            return run_subscribe(args)
+        if args.command == "keys":
+            from edge.keys import run_keys
+
+            return run_keys(args)
+    except (EdgeError, EngineError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.command)
