@@ -25,11 +25,14 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["EndOfStream", "Frame", "Source"]
+__all__ = ["EndOfStream", "Frame", "Pacer", "Source"]
+
+
+_S = TypeVar("_S", bound="Source")
 
 
 class EndOfStream(Exception):
@@ -59,6 +62,39 @@ class Frame:
     pixel_format: str = "RGB8"
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+
+
+class Pacer:
+    """Paces a replayed source (folder, video file) to a frame rate without drifting or bursting.
+
+    Args:
+        fps: frames per second; 0 disables pacing (every frame is due at once).
+    """
+
+    def __init__(self, fps: float) -> None:
+        self.period = 1.0 / fps if fps > 0 else 0.0
+        self._due: float | None = None
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until the next frame is due, at most ``timeout`` seconds.
+
+        Returns:
+            True when the frame is due now (the schedule advances by one period), False when ``timeout``
+            ran out first (call again).
+        """
+        if self.period <= 0:
+            return True
+        now = time.monotonic()
+        due = now if self._due is None else self._due
+        if due - now > timeout:
+            time.sleep(max(timeout, 0.0))
+            return False
+        if due > now:
+            time.sleep(due - now)
+        # A reader that fell behind by more than a period restarts the schedule instead of bursting.
+        now = time.monotonic()
+        self._due = (due if now - due <= self.period else now) + self.period
+        return True
 
 
 class Source(abc.ABC):
@@ -109,7 +145,7 @@ class Source(abc.ABC):
         """Release the camera (idempotent)."""
         self._closed = True
 
-    def __enter__(self) -> Source:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(
