@@ -151,13 +151,14 @@ def test_fit_stores_the_choice_and_the_run_reloads_with_it(selected_run: Path, s
     (chosen,) = [r for r in sel["candidates"] if r["cos_weight"] == sel["cos_weight"]]
     assert chosen["within_1se"] == 1.0 and best - chosen["objective"] <= chosen["se"]
     assert all(r["se"] >= 0 for r in sel["candidates"])
-    assert sel["n_good"] == doc["calibration"]["n_images"]
+    assert sel["n_good"] == doc["calibration"]["n_fit_images"]  # the selection sees the fit images only
     assert sel["n_synthetic"] == 4 * sel["n_good"] * math.ceil(MIN_SYNTHETIC / (4 * sel["n_good"]))
     model, info = load_run(selected_run)
     assert info.config.fusion.cos_weight == pytest.approx(sel["cos_weight"])
     assert model.fusion.cos_weight + model.fusion.bank_weight == pytest.approx(1.0)
     # selecting again on the same images gives the same choice (seeded)
-    calib = [read_image(synth_data / p) for p in info.meta["data"]["split"]["calib"]]
+    paths = info.meta["data"]["split"]["calib"]
+    calib = [read_image(synth_data / paths[i]) for i in info.meta["calibration_roles"]["fit"]]
     again = select_cue_mix(model, calib, info.preprocess, torch.device("cpu"), [0.0, 0.25, 0.5, 0.75, 1.0], 0)
     assert again is not None and again.cos_weight == sel["cos_weight"]
 

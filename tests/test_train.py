@@ -27,7 +27,11 @@ def test_fit_writes_a_complete_run(trained_run: Path) -> None:
     assert doc["preprocess"]["height"] == 64 and doc["preprocess"]["color"] == "rgb"
     assert len(doc["train_log"]) == 2
     assert all(math.isfinite(v) for e in doc["train_log"] for v in e["loss_per_scale"])
-    assert doc["calibration"]["n_images"] == 5 and doc["calibration"]["rule"] == "gaussian_bound"
+    # 5 calibration images: 2 set the cue statistics and the mix, the other 3 only the threshold
+    assert doc["calibration"]["n_images"] == 3 and doc["calibration"]["rule"] == "gaussian_bound"
+    assert doc["calibration"]["roles"] == "split" and doc["calibration"]["n_fit_images"] == 2
+    roles = doc["calibration_roles"]
+    assert sorted(roles["fit"] + roles["threshold"]) == list(range(5)) and len(roles["threshold"]) == 3
     assert doc["calibration"]["threshold"] > doc["calibration"]["image_scores"]["max"]
     split = doc["data"]["split"]
     assert not set(split["train"]) & set(split["calib"])
@@ -52,7 +56,9 @@ def test_reloaded_run_scores_like_the_calibration(trained_run: Path, synth_data:
     from trainer.train import calibration_for
 
     model, info = load_run(trained_run)
-    calib = [read_image(synth_data / p) for p in info.meta["data"]["split"]["calib"]]
+    paths = info.meta["data"]["split"]["calib"]
+    # the threshold images: the calibration record's statistics are theirs
+    calib = [read_image(synth_data / paths[i]) for i in info.meta["calibration_roles"]["threshold"]]
     for tta in (False, True):
         cfg = info.config.tta
         deployed, applied = apply_tta(model, tta, cfg.views, cfg.sigma, cfg.seed)

@@ -1,92 +1,86 @@
 """Calibration on held-out defect-free images: score normalisation statistics and the threshold.
 
 The calibration images are a seeded split of ``train/good`` that the student and the memory bank never
-see (``trainer.data.splits``). Two things are measured on them:
+see (``trainer.data.splits``). They have two roles, and since this version each role gets its own,
+disjoint images (:func:`split_roles`, ``calibration.threshold_fraction``, default half of them):
 
-1. **Cue statistics** (:func:`cue_statistics`): mean and std, over all pixels of all calibration images,
-   of each scale's raw distillation and bank maps. UGHF uses them to put the cues on one scale.
-2. **Threshold** (:func:`fit_threshold`), on the image scores of the deployed inference path (TTSA
-   included when enabled), for a target false-reject rate ``alpha`` (default 1 %). A part FAILs when
-   ``score >= threshold``. The rule:
+1. **Fit images**: cue statistics (mean and std of each scale's raw distillation and bank maps over the
+   real-image pixels, letterbox padding excluded), which UGHF uses to put the cues on one scale, and the
+   per-part cue-mix selection on synthetic defects drawn into them (``trainer/select.py``).
+2. **Threshold images**: the threshold (:func:`fit_threshold`) on the image scores of the deployed
+   inference path (TTSA included when enabled), for a target false-reject rate ``alpha`` (default 1 %).
+   A part FAILs when ``score >= threshold``. These images take no part in anything else, so, given the
+   model that the fit images produced, their scores and the scores of new good parts are exchangeable.
+   The rule:
 
-   * **conformal** when ``k = ceil((n + 1)(1 - alpha)) <= n``: the threshold lies just above the k-th
-     smallest calibration score. For exchangeable good parts, ``P(false reject) <= alpha``
-     (split-conformal guarantee), with no distribution assumption.
-   * **gaussian_bound** otherwise (too few images for an empirical 1-alpha quantile, e.g. n < 99 for
-     1 %): the upper one-sided ``1 - alpha`` prediction bound of a normal fit,
-     ``mean + t_{1-alpha, n-1} * std * sqrt(1 + 1/n)``, and never below the largest calibration score.
-     The Student-t factor widens the bound for small ``n``.
+   * **conformal** when ``k = ceil((n + 1)(1 - alpha)) <= n`` (``n`` threshold images; n >= 99 for 1 %):
+     the threshold lies just above the k-th smallest threshold-image score. Guarantee: for exchangeable
+     good parts, ``P(false reject) <= alpha`` averaged over the draw of the threshold images (split
+     conformal), with no distribution assumption.
+   * **gaussian_bound** otherwise: the upper one-sided ``1 - alpha`` prediction bound of a normal fit,
+     ``mean + t_{1-alpha, n-1} * std * sqrt(1 + 1/n)`` (``scipy.stats.t``), never below the largest
+     threshold-image score. Guarantee: expected FRR ``<= alpha`` *if the good scores are normal*; it is
+     an assumption, not a guarantee, for skewed or heavy-tailed scores (the test suite measures both).
 
    Fewer than 2 scores, or scores with no spread, raise an error rather than guess.
 
-Pixel statistics of the calibration maps (quantiles) are stored too: the edge uses them to scale
+Before this split, the same images set the statistics, chose the mix and set the threshold: the model was
+adapted to exactly the images that then certified it, so their scores were biased low against new good
+parts and neither guarantee held as stated (``tests/test_calibration_guarantee.py`` shows the bias on
+generated scores). Runs and bundles record which role each calibration image had (``roles``).
+
+Pixel statistics of the threshold images' maps (quantiles) are stored too: the edge uses them to scale
 heatmaps, and the image threshold doubles as the default pixel threshold for defect regions.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from statistics import NormalDist
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from engines.verdict import fails
 from trainer.errors import DataError
 
-__all__ = ["Calibration", "fit_threshold", "student_t_quantile", "summarize"]
+__all__ = ["Calibration", "fit_threshold", "split_roles", "student_t_quantile", "summarize"]
 
-
-def _student_t_cdf(t: float, dof: int) -> float:
-    """Exact CDF of Student's t for an integer ``dof`` (Abramowitz & Stegun 26.7.3 / 26.7.4)."""
-    theta = math.atan(abs(t) / math.sqrt(dof))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    if dof % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
-        term, total = 1.0, 1.0 if dof > 1 else 0.0
-        for j in range(1, (dof - 1) // 2):
-            term *= c2 * (2 * j) / (2 * j + 1)
-            total += term
-        a = 2.0 / math.pi * (theta + s * math.cos(theta) * total)
-    else:  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
-        term, total = 1.0, 1.0
-        for j in range(1, dof // 2):
-            term *= c2 * (2 * j - 1) / (2 * j)
-            total += term
-        a = s * total
-    return 0.5 + math.copysign(0.5 * a, t)
+GUARANTEES = {
+    "conformal": "split conformal: E[false-reject rate] <= target for good parts exchangeable with the "
+    "threshold images (which set nothing else)",
+    "gaussian_bound": "normal prediction bound: E[false-reject rate] <= target if good scores are normal "
+    "(an assumption); the threshold images set nothing else",
+}
 
 
 def student_t_quantile(p: float, dof: int) -> float:
-    """Quantile of Student's t with ``dof`` degrees of freedom.
-
-    Exact closed forms for dof 1 and 2; otherwise a Cornish-Fisher start (which alone is off by up to
-    0.02 at p = 0.99 and dof 3, always on the low side) refined by Newton steps on the exact CDF.
-    """
+    """Quantile of Student's t with ``dof`` degrees of freedom (``scipy.stats.t.ppf``)."""
     if dof < 1:
         raise ValueError(f"dof must be >= 1, got {dof}")
-    if dof == 1:
-        return math.tan(math.pi * (p - 0.5))
-    if dof == 2:
-        a = 4 * p * (1 - p)
-        return (2 * p - 1) * math.sqrt(2 / a)
-    z = NormalDist().inv_cdf(p)
-    v = float(dof)
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
-    t = z + g1 / v + g2 / v**2 + g3 / v**3 + g4 / v**4
-    if dof > 1000:  # the expansion is already accurate to ~1e-12 here
-        return t
-    log_norm = math.lgamma((v + 1) / 2) - math.lgamma(v / 2) - 0.5 * math.log(v * math.pi)
-    for _ in range(20):
-        pdf = math.exp(log_norm - (v + 1) / 2 * math.log1p(t * t / v))
-        step = (_student_t_cdf(t, dof) - p) / pdf
-        t -= step
-        if abs(step) < 1e-12 * max(1.0, abs(t)):
-            break
-    return t
+    return float(stats.t.ppf(p, dof))
+
+
+def split_roles(n: int, threshold_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``n`` calibration images into fit images (cue statistics, selection) and
+    threshold images: ``(fit indices, threshold indices)``, each sorted, disjoint, at least 2 each.
+
+    The threshold gets ``round(threshold_fraction * n)`` images, clamped so that both roles keep 2.
+
+    Raises:
+        DataError: fewer than 4 calibration images (2 per role).
+    """
+    if not 0.0 < threshold_fraction < 1.0:
+        raise ValueError(f"threshold_fraction must be in (0, 1), got {threshold_fraction}")
+    if n < 4:
+        raise DataError(
+            f"{n} calibration image(s): at least 4 are needed (2 for the cue statistics, 2 for the "
+            "threshold); add defect-free images to train/good or raise data.min_calib"
+        )
+    n_thr = min(n - 2, max(2, math.floor(threshold_fraction * n + 0.5)))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_thr:]), np.sort(order[:n_thr])
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:
@@ -107,7 +101,13 @@ def summarize(values: np.ndarray) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Calibration:
-    """What calibration decided; stored in the run and the bundle manifest."""
+    """What calibration decided; stored in the run and the bundle manifest.
+
+    ``n_images`` and ``calib_frr`` count the threshold images. ``roles`` is ``"split"`` (threshold images
+    disjoint from the ``n_fit_images`` that set the cue statistics and the cue mix) or ``"shared"``
+    (a record written before the roles were separated: no guarantee, see the module docstring);
+    ``guarantee`` states what the rule promises.
+    """
 
     threshold: float
     rule: str
@@ -116,13 +116,17 @@ class Calibration:
     calib_frr: float
     image_scores: dict[str, float]
     pixel_scores: dict[str, float]
+    roles: str = "shared"
+    n_fit_images: int = 0
+    guarantee: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        return cls(**d)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def fit_threshold(scores: np.ndarray, target_frr: float = 0.01) -> tuple[float, str]:
@@ -161,8 +165,13 @@ def fit_threshold(scores: np.ndarray, target_frr: float = 0.01) -> tuple[float, 
     return float(max(bound, s[-1] + 1e-6 * spread)), "gaussian_bound"
 
 
-def calibrate(image_scores: np.ndarray, pixel_values: np.ndarray, target_frr: float) -> Calibration:
-    """Threshold + statistics from calibration image scores ``[n]`` and sampled map pixels ``[m]``."""
+def calibrate(
+    image_scores: np.ndarray, pixel_values: np.ndarray, target_frr: float, n_fit_images: int = 0
+) -> Calibration:
+    """Threshold + statistics from threshold-image scores ``[n]`` and sampled map pixels ``[m]``.
+
+    ``n_fit_images``: how many other, disjoint calibration images set the cue statistics and the mix
+    (``roles = "split"``); 0 records shared roles (no guarantee)."""
     threshold, rule = fit_threshold(image_scores, target_frr)
     scores = np.asarray(image_scores, dtype=np.float64)
     return Calibration(
@@ -173,4 +182,9 @@ def calibrate(image_scores: np.ndarray, pixel_values: np.ndarray, target_frr: fl
         calib_frr=float(np.mean(fails(scores, threshold))),
         image_scores=summarize(scores),
         pixel_scores=summarize(pixel_values),
+        roles="split" if n_fit_images > 0 else "shared",
+        n_fit_images=int(n_fit_images),
+        guarantee=GUARANTEES[rule]
+        if n_fit_images > 0
+        else "none: the threshold images also fitted the model",
     )

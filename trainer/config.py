@@ -69,7 +69,8 @@ class DataSection:
     base_size: int = _f(256, lambda x: x > 0 and x % 32 == 0, "a positive multiple of 32")
     resize: str = _f("letterbox", *_oneof("letterbox", "stretch"))
     color: str = _f("auto", *_oneof("auto", "rgb", "gray"))
-    calib_fraction: float = _f(0.1, lambda x: 0 < x <= 0.5, "in (0, 0.5]")
+    # Held out of train/good for calibration; half of them set the threshold only (calibration section).
+    calib_fraction: float = _f(0.2, lambda x: 0 < x <= 0.5, "in (0, 0.5]")
     min_calib: int = _f(5, _pos, "a positive int")
 
 
@@ -105,16 +106,46 @@ class LossSection:
     spectral_norm: str = _f("relative", *_oneof("relative", "none"))
 
 
+def _layers(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) > 0
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 3 for x in v)
+        and v == sorted(set(v))
+    )
+
+
 @dataclass(frozen=True)
 class BankSection:
+    """Memory-bank design (the MASF README, "Memory bank design", documents every switch)."""
+
     enabled: bool = _f(True)
+    # Teacher scales the bank uses (0, 1, 2 = strides 4, 8, 16); PatchCore with lite0: [1, 2].
+    layers: list[int] = field(
+        default_factory=lambda: [0, 1, 2],
+        metadata={"check": _layers, "rule": "a non-empty, increasing list of scale indices in 0..2"},
+    )
+    # per_scale: one bank and kNN per scale, maps fused by UGHF; joint: the scales aggregated, upsampled to
+    # the finest chosen one and concatenated into one prototype, one bank, one search (PatchCore).
+    embedding: str = _f("per_scale", *_oneof("per_scale", "joint"))
+    # Prototype: the paper's spectral anchor p + MLP(|rfft(p)|) (spectral: true) or the plain aggregated
+    # feature (false); normalize: L2-normalise it (drops the feature norm).
     spectral: bool = _f(True)
     normalize: bool = _f(True)
     aggregate: int = _f(3, lambda x: x > 0 and x % 2 == 1, "a positive odd int")
-    k: int = _f(3, _pos, "a positive int")
+    k: int = _f(3, lambda x: isinstance(x, int) and 0 < x < 3840, "an int in [1, 3840)")
     coreset_ratio: float = _f(0.1, _unit, "in (0, 1]")
-    max_size: int = _f(3000, _pos, "a positive int")
+    # Most prototypes per bank: an int, or "auto": as many as fit in max_mb (all banks together).
+    max_size: int | str = _f(
+        3000, lambda x: x == "auto" or (isinstance(x, int) and x > 0), "'auto' or a positive int"
+    )
+    max_mb: float = _f(64.0, _pos, "positive (MiB of float32 prototypes, all banks together)")
     sampler: str = _f("greedy", *_oneof("greedy", "random"))
+    # Greedy coreset on a random projection to this many dimensions (PatchCore: 128); 0: no projection.
+    project_dim: int = _f(128, _nonneg, "a non-negative int")
+    # Queries per scoring step, and prototypes per bank slice (bounded memory: N x chunk x bank_chunk).
+    chunk: int = _f(1024, _pos, "a positive int")
+    bank_chunk: int = _f(8192, _pos, "a positive int")
 
 
 @dataclass(frozen=True)
@@ -170,6 +201,9 @@ class TrainSection:
 @dataclass(frozen=True)
 class CalibrationSection:
     target_frr: float = _f(0.01, lambda x: 0 < x < 0.5, "in (0, 0.5)")
+    # Fraction of the calibration images that set the threshold and nothing else (the rest set the cue
+    # statistics and choose the cue mix): see trainer/calibrate.py.
+    threshold_fraction: float = _f(0.5, lambda x: 0 < x < 1, "in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ Steps:
    per-iteration; mixed precision only on CUDA, spectral path always FP32; a non-finite loss aborts
    with an error (it is never skipped);
 5. memory banks (if enabled): prototypes of all training patches, coreset-subsampled per scale;
-6. calibration on the held-out images: cue statistics, then the threshold on the deployed path (TTSA
-   included when enabled);
+6. calibration on the held-out images, split in two disjoint roles: cue statistics and the cue mix on
+   the fit images, then the threshold on the deployed path (TTSA included when enabled) on the
+   threshold images (``trainer/calibrate.py``);
 7. save ``model.safetensors`` + ``run.json``.
 
 Nothing here looks at test images: there is no checkpoint selection, the schedule is fixed.
@@ -33,10 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import trainer
 from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size
-from trainer.calibrate import Calibration, calibrate
+from trainer.calibrate import Calibration, calibrate, split_roles
 from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
 from trainer.errors import RunError
@@ -174,42 +176,87 @@ def _train_student(
     return history
 
 
+def bank_limits(cfg: Config, dims: Sequence[int]) -> list[int]:
+    """Most prototypes of each bank: ``bank.max_size``, or with ``auto`` the share of ``bank.max_mb``
+    (split evenly between the banks) that float32 prototypes of that width fill."""
+    from trainer.models.masf.samb import bank_capacity
+
+    if cfg.bank.max_size == "auto":
+        return [bank_capacity(d, cfg.bank.max_mb / len(dims)) for d in dims]
+    return [int(cfg.bank.max_size)] * len(dims)
+
+
 @torch.no_grad()
 def _build_banks(
     model: MASF, feats: list[torch.Tensor], cfg: Config, device: torch.device, progress: bool
 ) -> list[int]:
+    """Embed every training patch (in image chunks), coreset-subsample, fill each bank.
+
+    The embeddings are stored once (FP16 above 2 GiB, like the teacher features); the coreset works on
+    their chunked random projection (:class:`GreedyCoresetSampler`)."""
     from trainer.models.masf.samb import GreedyCoresetSampler, RandomSampler
 
+    n = feats[0].shape[0]
+    banks = model.bank_list()
+    limits = bank_limits(cfg, [b.bank.shape[1] for b in banks])
     sizes = []
-    for level, (f, emb, bank) in enumerate(zip(feats, model.embedders, model.bank_list(), strict=True)):
-        protos = torch.cat(
-            [
-                emb(f[i : i + 32].to(device).float()).reshape(-1, f.shape[1]).cpu()
-                for i in range(0, f.shape[0], 32)
-            ]
-        )
-        size = min(cfg.bank.max_size, max(1, round(cfg.bank.coreset_ratio * protos.shape[0])))
+    for j, (emb, bank) in enumerate(zip(model.embedders, banks, strict=True)):
+        dim = bank.bank.shape[1]
+
+        def embed(i: int, j: int = j, emb: torch.nn.Module = emb, dim: int = dim) -> torch.Tensor:
+            if model.joint:
+                out = emb([feats[layer][i : i + 16].to(device).float() for layer in model.bank_layers])
+            else:
+                out = emb(feats[model.bank_layers[j]][i : i + 16].to(device).float())
+            return out.reshape(-1, dim).cpu()
+
+        first = embed(0)
+        per_image = first.shape[0] // min(16, n)
+        total = per_image * n
+        dtype = torch.float16 if total * dim * 4 > _FEATURE_FP16_BYTES else torch.float32
+        protos = torch.empty(total, dim, dtype=dtype)
+        protos[: first.shape[0]] = first.to(dtype)
+        for i in range(16, n, 16):
+            e = embed(i)
+            protos[i * per_image : i * per_image + e.shape[0]] = e.to(dtype)
+        size = min(limits[j], max(1, round(cfg.bank.coreset_ratio * total)))
         sampler: RandomSampler
         if cfg.bank.sampler == "greedy":
-            sampler = GreedyCoresetSampler(size, seed=cfg.seed + level)
+            sampler = GreedyCoresetSampler(size, seed=cfg.seed + j, project_dim=cfg.bank.project_dim or None)
             idx = sampler.run(protos, progress=progress)
         else:
-            sampler = RandomSampler(size, seed=cfg.seed + level)
+            sampler = RandomSampler(size, seed=cfg.seed + j)
             idx = sampler.run(protos)
-        bank.fill(protos[idx])
+        bank.fill(protos[idx].float())
         sizes.append(len(bank))
+        del protos
     return sizes
 
 
+def _valid_at(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Letterbox mask ``[N, 1, H, W]`` -> bool ``[N, h, w]`` at a cue map's size: a cell is valid when at
+    least half of the frame pixels it covers are real image pixels."""
+    return F.interpolate(valid.float(), size=size, mode="area")[:, 0] >= 0.5
+
+
 def _set_cue_statistics(model: MASF, cues: list[CueBatch]) -> None:
-    """Mean/std of each scale's raw cues over the calibration images -> UGHF buffers."""
+    """Mean/std of each raw cue map over the real-image cells of the given (fit) images -> UGHF buffers.
+    Letterbox padding is excluded: it is not part of the part, and a constant fill would shrink the std."""
 
     def stats(branch: int) -> list[tuple[float, float]] | None:
-        chunks = [c[branch] for c in cues if c[branch] is not None]
+        chunks = [(c[branch], c[2]) for c in cues if c[branch] is not None]
         if not chunks:
             return None
-        per_scale = [torch.cat([m.flatten().cpu() for m in parts]) for parts in zip(*chunks, strict=True)]
-        return [(float(v.mean()), float(v.std())) for v in per_scale]
+        per_map: list[list[torch.Tensor]] = []
+        for maps, valid in chunks:
+            assert maps is not None
+            for i, m in enumerate(maps):
+                keep = _valid_at(valid.to(m.device), (m.shape[-2], m.shape[-1]))
+                if i == len(per_map):
+                    per_map.append([])
+                per_map[i].append(m[keep].flatten().float().cpu())
+        values = [torch.cat(v) for v in per_map]
+        return [(float(v.mean()), float(v.std())) for v in values]
 
     model.fusion.set_statistics(stats(0), stats(1))
 
@@ -217,36 +264,43 @@ def _set_cue_statistics(model: MASF, cues: list[CueBatch]) -> None:
 @dataclass(frozen=True)
 class Calibrated:
     """What :func:`calibrate_model` decided: the config with the chosen cue mix, a calibration per
-    inference path (``{"plain": ..., "tta": ...}``) and the cue-mix selection (``None``: not run)."""
+    inference path (``{"plain": ..., "tta": ...}``), the cue-mix selection (``None``: not run) and the
+    roles of the calibration images (indices into the run's calibration list)."""
 
     config: Config
     by_path: dict[str, Calibration]
     selection: MixSelection | None
+    roles: dict[str, list[int]] | None = None
 
     def meta(self) -> dict[str, Any]:
         """The run-metadata entries of this calibration."""
         return {
             "calibration_by_path": {k: v.to_dict() for k, v in self.by_path.items()},
             "fusion_selection": self.selection.to_dict() if self.selection else None,
+            "calibration_roles": self.roles,
         }
 
 
 def calibrate_model(
     model: MASF, cfg: Config, calib_images: Sequence[np.ndarray], spec: PreprocessSpec, device: torch.device
 ) -> Calibrated:
-    """Cue statistics, the cue mix (``fusion.select``), then a threshold for each inference path.
+    """Cue statistics and the cue mix (``fusion.select``) on the fit images, then a threshold for each
+    inference path on the threshold images (disjoint, :func:`~trainer.calibrate.split_roles`).
 
     Both paths are calibrated so that an evaluation or a deployment with or without TTSA always uses the
     threshold of the path it runs (a TTSA score is on another scale than a plain one). The chosen mix is
     applied to ``model`` and written into the returned config, so a saved run reloads with it.
     """
-    good_cues, _ = cue_batches(model, calib_images, spec, device, cfg.train.batch_size)
+    fit_idx, thr_idx = split_roles(len(calib_images), cfg.calibration.threshold_fraction, cfg.seed)
+    fit_images = [calib_images[i] for i in fit_idx]
+    thr_images = [calib_images[i] for i in thr_idx]
+    good_cues, _ = cue_batches(model, fit_images, spec, device, cfg.train.batch_size)
     _set_cue_statistics(model, good_cues)
     selection = None
     if cfg.fusion.select == "synthetic":
         selection = select_cue_mix(
             model,
-            calib_images,
+            fit_images,
             spec,
             device,
             cfg.fusion.candidates,
@@ -264,13 +318,16 @@ def calibrate_model(
     for path, enabled in (("plain", False), ("tta", True)):
         deployed, _ = apply_tta(model, enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
         scores, pixels = [], []
-        for start in range(0, len(calib_images), cfg.train.batch_size):
-            chunk = calib_images[start : start + cfg.train.batch_size]
+        for start in range(0, len(thr_images), cfg.train.batch_size):
+            chunk = thr_images[start : start + cfg.train.batch_size]
             for p in predict_arrays(deployed, chunk, spec, device):
                 scores.append(p.score)
                 pixels.append(p.anomaly_map[p.geometry.valid_mask()])
-        result[path] = calibrate(np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr)
-    return Calibrated(cfg, result, selection)
+        result[path] = calibrate(
+            np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr, len(fit_images)
+        )
+    roles = {"fit": [int(i) for i in fit_idx], "threshold": [int(i) for i in thr_idx]}
+    return Calibrated(cfg, result, selection, roles)
 
 
 def calibration_for(info: RunInfo, tta: bool) -> Calibration:
