@@ -32,6 +32,7 @@ DATASETS = {
     "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile",
 }
 CONFIG = REPO / "configs" / "train" / "masf_lite0.yaml"
+REPRO = REPO / "configs" / "train" / "patchcore_repro.yaml"
 
 # name -> (training overrides, derived variant of that run, evaluate with TTSA?)
 # Derived variants switch a branch off in a trained run and recalibrate on the run's own calibration
@@ -46,6 +47,18 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "no_freq_mask": ({"masking.freq_ratio": 0.0}, "", False),
     "no_ughf": ({"fusion.learned": False}, "", False),
     "with_ttsa": ({}, "", True),
+    # Issue 11: bank-design candidates (bank only, student off), fixed before any test run; the default is
+    # chosen among them on synthetic defects in the calibration fit images only (see RESULTS.md).
+    "cand_today": ({"student.enabled": False, "fusion.select": "none"}, "", False),
+    "cand_repro": ({}, "", False),
+    "cand_joint_letterbox": ({"data.input_size": "auto", "data.resize": "letterbox"}, "", False),
+    "cand_joint_spectral": ({"bank.spectral": True, "bank.normalize": True}, "", False),
+}
+# Variants trained from another config than CONFIG (the overrides apply to it).
+VARIANT_CONFIG = {
+    "cand_repro": REPRO,
+    "cand_joint_letterbox": REPRO,
+    "cand_joint_spectral": REPRO,
 }
 LABELS = {
     "full": "full MASF",
@@ -55,6 +68,10 @@ LABELS = {
     "no_freq_mask": "without frequency masking",
     "no_ughf": "without UGHF",
     "with_ttsa": "with TTSA (paper: 5 views, sigma 0.1)",
+    "cand_today": "A: today's bank (3 per-scale banks, spectral, k=3, cap 3000, letterbox)",
+    "cand_repro": "B: PatchCore reproduction (joint 1+2, plain, k=1, 1 %, stretch 256)",
+    "cand_joint_letterbox": "C: B with letterbox, per-part size",
+    "cand_joint_spectral": "D: B with the spectral-anchored, normalised prototype",
 }
 METRICS = (
     "image_auroc",
@@ -68,11 +85,14 @@ METRICS = (
 )
 
 
-def _run_key(overrides: dict[str, Any]) -> str:
-    return "base" if not overrides else "_".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+def _run_key(overrides: dict[str, Any], config: Path = CONFIG) -> str:
+    key = "base" if not overrides else "_".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    return key if config == CONFIG else f"{config.stem}__{key}"
 
 
-def train(dataset: str, overrides: dict[str, Any], run_dir: Path, derive: str = "") -> dict[str, Any]:
+def train(
+    dataset: str, overrides: dict[str, Any], run_dir: Path, derive: str = "", config: Path = CONFIG
+) -> dict[str, Any]:
     """Train in a subprocess; return timing and peak RSS from the run (cached if already trained)."""
     if not (run_dir / "run.json").is_file():
         cmd = [
@@ -82,7 +102,7 @@ def train(dataset: str, overrides: dict[str, Any], run_dir: Path, derive: str = 
             "-q",
             "fit",
             "--config",
-            str(CONFIG),
+            str(config),
             "--data",
             str(DATASETS[dataset]),
             "--out",
@@ -104,6 +124,8 @@ def train(dataset: str, overrides: dict[str, Any], run_dir: Path, derive: str = 
         "input_size": [doc["preprocess"]["height"], doc["preprocess"]["width"]],
         "color": doc["preprocess"]["color"],
         "threshold_rule": doc["calibration"]["rule"],
+        "bank_sizes": doc.get("bank_sizes", []),
+        "bank_seconds": timing["bank"],
     }
 
 
@@ -129,6 +151,18 @@ def evaluate(dataset: str, run_dir: Path, derive: str, tta: bool) -> dict[str, A
     info = recalibrate(model, info, DATASETS[dataset])
     calib_seconds = time.perf_counter() - t0
     res = evaluate_model(model, info, DATASETS[dataset], tta=tta, progress=False)
+    # The selection objective of the deployed model on synthetic defects in the calibration *fit* images
+    # (no test image): what the bank-design candidates are compared by.
+    from trainer.data import read_image
+    from trainer.select import synthetic_objective
+
+    root = DATASETS[dataset]
+    calib = info.meta["data"]["split"]["calib"]
+    fit_images = [read_image(root / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
+    res["synthetic"] = synthetic_objective(
+        model, fit_images, info.preprocess, next(model.parameters()).device, info.config.seed
+    )
+    res["calibration"] = info.calibration.to_dict()
     selection = info.meta.get("fusion_selection")
     res["calibration_seconds"] = calib_seconds
     res["cos_weight"] = info.config.fusion.cos_weight if model.use_student and model.use_bank else None
@@ -139,6 +173,8 @@ def evaluate(dataset: str, run_dir: Path, derive: str, tta: bool) -> dict[str, A
 def _mix(row: dict[str, Any]) -> str:
     a = row.get("cos_weight")
     if a is None:
+        if row["variant"].startswith("cand_"):
+            return "0 / 1"
         return {"bank_only": "0 / 1", "distill_only": "1 / 0"}.get(row["variant"], "?")
     return f"{a:.2f} / {1 - a:.2f}"
 
@@ -194,11 +230,14 @@ def main() -> int:
         for variant in args.variants:
             overrides, derive, tta = VARIANTS[variant]
             print(f"{dataset} / {variant}", flush=True)
-            run_dir = args.out / "runs" / f"{dataset}__{_run_key(overrides)}"
+            config = VARIANT_CONFIG.get(variant, CONFIG)
+            run_dir = args.out / "runs" / f"{dataset}__{_run_key(overrides, config)}"
             row: dict[str, Any] = {
                 "dataset": dataset,
                 "variant": variant,
-                **train(dataset, overrides, run_dir, derive),
+                "config": str(config.relative_to(REPO)),
+                "overrides": overrides,
+                **train(dataset, overrides, run_dir, derive, config),
             }
             res = evaluate(dataset, run_dir, derive, tta)
             row["train_seconds"] += res["calibration_seconds"]
@@ -215,6 +254,8 @@ def main() -> int:
                         "calibration_seconds",
                         "cos_weight",
                         "fusion_selection",
+                        "synthetic",
+                        "calibration",
                     )
                 }
             )

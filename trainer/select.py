@@ -45,7 +45,15 @@ from trainer.evaluate.metrics import pixel_metrics, roc_auc
 from trainer.inference import to_tensor
 from trainer.models.masf import MASF
 
-__all__ = ["CueBatch", "MixSelection", "cue_batches", "rank_mixes", "select_cue_mix", "synthetic_defects"]
+__all__ = [
+    "CueBatch",
+    "MixSelection",
+    "cue_batches",
+    "rank_mixes",
+    "select_cue_mix",
+    "synthetic_defects",
+    "synthetic_objective",
+]
 
 _PIXEL_STRIDE = 2
 # Synthetic defects: contrast (fraction of add_defect's full contrast, uniform) and size (multiple of its
@@ -171,6 +179,7 @@ def rank_mixes(
     masks: np.ndarray,
     candidates: Sequence[float],
     groups: tuple[np.ndarray, np.ndarray] | None = None,
+    fold_values: list[list[float]] | None = None,
 ) -> tuple[float, list[dict[str, float]]]:
     """Score each candidate ``cos_weight`` on cached cues; returns the winner and the per-candidate table.
 
@@ -180,6 +189,7 @@ def rank_mixes(
     each good and each defective image comes from; default: each its own), whose spread gives each
     candidate's standard error against the best; :func:`_choose` applies the one-standard-error rule.
     ``masks``: bool ``[N_defective, H, W]`` in the model frame. The model's fusion weights are restored.
+    ``fold_values``: when given, each candidate's per-fold objectives are appended to it.
     """
     fusion = model.fusion
     saved = (fusion.cos_weight, fusion.bank_weight)
@@ -220,6 +230,8 @@ def rank_mixes(
             )
     finally:
         fusion.cos_weight, fusion.bank_weight = saved
+    if fold_values is not None:
+        fold_values.extend(per_fold)
     best = _choose(rows, np.asarray(per_fold))
     return best["cos_weight"], rows
 
@@ -252,3 +264,32 @@ def select_cue_mix(
     groups = (np.arange(len(calib_images)), np.array([src for *_, src in defects]))
     chosen, rows = rank_mixes(model, good_cues, defect_cues, masks, grid, groups)
     return MixSelection(chosen, rows, len(calib_images), len(defects), SELECTION_DEFECTS)
+
+
+@torch.no_grad()
+def synthetic_objective(
+    model: MASF,
+    fit_images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    seed: int,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """The selection's objective for ``model`` as it is (its deployed cues and mix), on graded synthetic
+    defects drawn into ``fit_images`` (the calibration images that set the cue statistics; never test
+    images): ``{image_auroc, pixel_auroc, aupro, objective, folds: [objective per fold]}``.
+
+    The same seed and images give the same defects for every model, so the objectives of candidate bank
+    designs are paired and their fold differences give standard errors (the one-standard-error rule)."""
+    defects = synthetic_defects(fit_images, seed)
+    good, _ = cue_batches(model, fit_images, spec, device, batch_size)
+    bad, geometries = cue_batches(model, [img for img, _, _ in defects], spec, device, batch_size)
+    masks = np.stack([g.to_model(m) for g, (_, m, _) in zip(geometries, defects, strict=True)])
+    groups = (np.arange(len(fit_images)), np.array([src for *_, src in defects]))
+    a = model.fusion.cos_weight / (model.fusion.cos_weight + model.fusion.bank_weight)
+    folds: list[list[float]] = []
+    _, rows = rank_mixes(model, good, bad, masks, [a], groups, fold_values=folds)
+    return {
+        **{k: rows[0][k] for k in ("image_auroc", "pixel_auroc", "aupro", "objective")},
+        "folds": folds[0],
+    }

@@ -4,7 +4,9 @@ Data flow for an input ``x [N, 3, H, W]`` (RGB, 0..255 float):
 
 1. teacher (frozen, normalisation inside): features ``T_l [N, C_l, H/s_l, W/s_l]``, ``l = 1..L``;
 2. student branch per scale: ``S_l = AMFD(SDM(T_l))``; cue ``cos_l = 1 - cos(T_l, S_l)`` ``[N, h_l, w_l]``;
-3. bank branch per scale: prototypes of ``T_l`` vs the memory bank; cue ``bank_l`` ``[N, h_l, w_l]``;
+3. bank branch: per chosen scale, prototypes of ``T_l`` vs that scale's memory bank, cue ``bank_l``
+   ``[N, h_l, w_l]`` (``bank.embedding: per_scale``); or one joint prototype of the chosen scales vs one
+   bank, one cue at the finest chosen scale (``joint``, PatchCore's design);
 4. UGHF: normalise, mix, fuse across scales -> ``[N, 1, H, W]``;
 5. post: Gaussian blur and image score -> :class:`MASFOutput`.
 
@@ -20,7 +22,7 @@ from torch import nn
 from trainer.config import Config
 from trainer.models.backbones import Teacher
 from trainer.models.masf.amfd import AMFDStudent, cosine_distance, distill_loss
-from trainer.models.masf.samb import KNNScorer, MemoryBank, PatchEmbedder
+from trainer.models.masf.samb import JointEmbedder, KNNScorer, MemoryBank, PatchEmbedder
 from trainer.models.masf.sdm import SDM
 from trainer.models.masf.ughf import UGHF, MapPostprocess, MASFOutput
 
@@ -74,14 +76,37 @@ class MASF(nn.Module):
                 AMFDStudent(d, c, st.heads, max(1, st.kv_stride // s), st.blocks, st.attention)
                 for c, d, s in zip(channels, widths, strides, strict=True)
             )
+        bc = cfg.bank
+        self.bank_layers = list(bc.layers)
+        self.joint = bc.embedding == "joint"
+        if max(self.bank_layers) >= len(channels):
+            raise ValueError(f"bank.layers {self.bank_layers}: the teacher has {len(channels)} scales")
+        # the scale of each bank map (joint: one map, at the finest chosen scale)
+        bank_scales = [min(self.bank_layers)] if self.joint else self.bank_layers
         if cfg.bank.enabled:
-            self.embedders = nn.ModuleList(
-                PatchEmbedder(c, cfg.bank.aggregate, cfg.bank.spectral, cfg.bank.normalize, seed=cfg.seed + i)
-                for i, c in enumerate(channels)
-            )
-            self.banks = nn.ModuleList(MemoryBank(c) for c in channels)
-            self.scorer = KNNScorer(cfg.bank.k)
-        self.fusion = UGHF(len(channels), cfg.fusion.cos_weight, cfg.fusion.bank_weight, cfg.fusion.learned)
+            if self.joint:
+                self.embedders = nn.ModuleList(
+                    [
+                        JointEmbedder(
+                            [channels[i] for i in self.bank_layers],
+                            bc.aggregate,
+                            bc.spectral,
+                            bc.normalize,
+                            seed=cfg.seed,
+                        )
+                    ]
+                )
+                self.banks = nn.ModuleList([MemoryBank(sum(channels[i] for i in self.bank_layers))])
+            else:
+                self.embedders = nn.ModuleList(
+                    PatchEmbedder(channels[i], bc.aggregate, bc.spectral, bc.normalize, seed=cfg.seed + i)
+                    for i in self.bank_layers
+                )
+                self.banks = nn.ModuleList(MemoryBank(channels[i]) for i in self.bank_layers)
+            self.scorer = KNNScorer(bc.k, bc.chunk, bc.bank_chunk)
+        self.fusion = UGHF(
+            len(channels), cfg.fusion.cos_weight, cfg.fusion.bank_weight, cfg.fusion.learned, bank_scales
+        )
         self.post = MapPostprocess(cfg.score.sigma, cfg.score.reduce, cfg.score.topk_fraction)
 
     # -- teacher -----------------------------------------------------------------------------------------
@@ -118,11 +143,15 @@ class MASF(nn.Module):
         return [cosine_distance(t, s) for t, s in zip(feats, self.student_features(feats), strict=True)]
 
     def embed(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Bank prototypes of the query patches, ``[N, h_l, w_l, C_l]`` per scale."""
-        return [emb(t) for emb, t in zip(self.embedders, feats, strict=True)]
+        """Bank prototypes of the query patches, one ``[N, h, w, C]`` per bank (per chosen scale, or one
+        joint embedding)."""
+        chosen = [feats[i] for i in self.bank_layers]
+        if self.joint:
+            return [self.embedders[0](chosen)]
+        return [emb(t) for emb, t in zip(self.embedders, chosen, strict=True)]
 
     def bank_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """kNN distance to the memory bank per scale, ``[N, h_l, w_l]``."""
+        """kNN distance to the memory bank, one ``[N, h, w]`` map per bank."""
         return [self.scorer(q, b.bank) for q, b in zip(self.embed(feats), self.bank_list(), strict=True)]
 
     def bank_list(self) -> list[MemoryBank]:

@@ -6,12 +6,18 @@
   ``spectral`` are switchable). The paper gives no loss for the MLP, so it is a fixed, seeded
   random-feature map (see README): it is deterministic and adds a shift-invariant channel-spectrum
   descriptor without being fitted to the normal data.
-* :class:`GreedyCoresetSampler` picks prototypes by greedy k-center (farthest-point) selection, seeded.
+* :class:`JointEmbedder` (``bank.embedding: joint``, PatchCore's design) concatenates several teacher
+  scales into one prototype: each scale is aggregated, the coarser ones are bilinearly upsampled to the
+  finest chosen scale, and the channels are concatenated (e.g. 40 + 112 = 152 channels at stride 8);
+  one bank and one nearest-neighbour search then score all scales together.
+* :class:`GreedyCoresetSampler` picks prototypes by greedy k-center (farthest-point) selection, seeded,
+  on a random projection, in bounded memory.
 * :class:`MemoryBank` holds the prototypes as a buffer (in ``state_dict``, moves with ``.to()``, exports).
 * :class:`KNNScorer` scores a query as the mean Euclidean distance to its ``k`` nearest prototypes: the
   neighbours are selected with ``|y|^2 - 2 x.y`` (MatMul + TopK: export-friendly, no N x M x C tensor),
-  their distances recomputed exactly as ``|x - y|``; chunks split positions, never the batch, so a graph
-  with a dynamic batch exports.
+  their distances recomputed exactly as ``|x - y|``; chunks split positions (never the batch, so a graph
+  with a dynamic batch exports) and the bank (so one step holds at most ``N x chunk x bank_chunk``
+  scores, whatever the bank size).
 
 The channel spectrum ``|rfft(p)|`` is computed by ``PatchEmbedder.spectral_magnitude``
 (:class:`~trainer.models.masf.spectral.ChannelDFTMagnitude`): ``torch.fft`` or, for export, a MatMul
@@ -28,7 +34,15 @@ from torch import nn
 
 from trainer.models.masf.spectral import ChannelDFTMagnitude, fp32
 
-__all__ = ["GreedyCoresetSampler", "KNNScorer", "MemoryBank", "PatchEmbedder", "RandomSampler"]
+__all__ = [
+    "GreedyCoresetSampler",
+    "JointEmbedder",
+    "KNNScorer",
+    "MemoryBank",
+    "PatchEmbedder",
+    "RandomSampler",
+    "bank_capacity",
+]
 
 
 class PatchEmbedder(nn.Module):
@@ -94,6 +108,64 @@ class PatchEmbedder(nn.Module):
         return p
 
 
+class JointEmbedder(nn.Module):
+    """Several teacher scales -> one prototype per position of the finest chosen scale (PatchCore).
+
+    Each scale is averaged over ``aggregate x aggregate`` (stride 1, padding not counted), the coarser
+    ones are upsampled bilinearly (``align_corners=False``) to the finest one's grid, and the channels are
+    concatenated in ``layers`` order. The spectral descriptor and the L2 normalisation are applied to the
+    concatenated vector when enabled (a :class:`PatchEmbedder` with ``aggregate=1`` does both).
+
+    Args:
+        channels: channels of each chosen scale, in order.
+        aggregate, spectral, normalize, seed, spectral_mode: as :class:`PatchEmbedder`.
+    """
+
+    def __init__(
+        self,
+        channels: list[int],
+        aggregate: int = 3,
+        spectral: bool = False,
+        normalize: bool = False,
+        seed: int = 0,
+        spectral_mode: str = "fft",
+    ) -> None:
+        super().__init__()
+        if aggregate < 1 or aggregate % 2 == 0:
+            raise ValueError(f"bank.aggregate must be a positive odd int, got {aggregate}")
+        self.aggregate = aggregate
+        self.channels = sum(channels)
+        self.spectral = spectral
+        self.head = PatchEmbedder(self.channels, 1, spectral, normalize, seed, spectral_mode)
+
+    @property
+    def spectral_magnitude(self) -> ChannelDFTMagnitude:
+        """The channel-spectrum op of the joint prototype (only with ``spectral``)."""
+        op = self.head.spectral_magnitude
+        assert isinstance(op, ChannelDFTMagnitude)
+        return op
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """``[[N, C_j, h_j, w_j], ...]`` (finest first or not) -> prototypes ``[N, h, w, sum C_j]`` (float32),
+        ``h x w`` the largest grid."""
+        size = max(((f.shape[-2], f.shape[-1]) for f in feats), key=lambda hw: hw[0] * hw[1])
+        parts = []
+        for f in feats:
+            p = f.float()
+            if self.aggregate > 1:
+                r = self.aggregate // 2
+                p = F.avg_pool2d(p, self.aggregate, stride=1, padding=r, count_include_pad=False)
+            if (p.shape[-2], p.shape[-1]) != size:
+                p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+            parts.append(p)
+        return self.head(torch.cat(parts, dim=1))
+
+
+def bank_capacity(dim: int, max_mb: float) -> int:
+    """How many float32 prototypes of ``dim`` channels fit in ``max_mb`` MiB (at least 1)."""
+    return max(1, int(max_mb * 2**20 // (4 * dim)))
+
+
 class RandomSampler:
     """Uniform random subset (the baseline the coreset is compared against)."""
 
@@ -114,27 +186,42 @@ class GreedyCoresetSampler(RandomSampler):
 
     Covers the feature space with the smallest maximum distance (2-approximation of k-center), unlike a
     random subset, which leaves rare normal patterns uncovered. ``project_dim`` (for wide features)
-    selects on a seeded random projection, as PatchCore does; the returned indices refer to the input.
-    Cost: ``size`` passes over ``N x D``; memory O(N).
+    selects on a seeded Gaussian random projection, as PatchCore does; the returned indices refer to the
+    input. Memory: the projection is computed ``chunk`` rows at a time into one ``[N, project_dim]``
+    float32 buffer (the input may be FP16), plus three ``[N]`` vectors; no other ``N``-sized temporary is
+    made per step. Cost: ``size`` fused passes (``addmv``) over ``N x project_dim``.
     """
 
-    def __init__(self, size: int, seed: int = 0, project_dim: int | None = 128) -> None:
+    def __init__(self, size: int, seed: int = 0, project_dim: int | None = 128, chunk: int = 65536) -> None:
         super().__init__(size, seed)
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.project_dim = project_dim
+        self.chunk = chunk
+
+    def project(self, features: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """``[N, D]`` -> ``[N, d]`` float32 (``d = project_dim`` when ``D > project_dim``), chunked."""
+        n, d = features.shape
+        proj = None
+        if self.project_dim is not None and d > self.project_dim:
+            proj = torch.randn(d, self.project_dim, generator=gen) / self.project_dim**0.5
+        out = torch.empty(n, proj.shape[1] if proj is not None else d)
+        for start in range(0, n, self.chunk):
+            x = features[start : start + self.chunk].float()
+            out[start : start + x.shape[0]] = x @ proj if proj is not None else x
+        return out
 
     def run(self, features: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """``[N, D]`` -> indices ``[min(size, N)]`` in selection order."""
-        n, d = features.shape
+        n = features.shape[0]
         k = min(self.size, n)
-        x = features.float()
         gen = torch.Generator().manual_seed(self.seed)
-        if self.project_dim is not None and d > self.project_dim:
-            proj = torch.randn(d, self.project_dim, generator=gen) / self.project_dim**0.5
-            x = x @ proj
+        x = self.project(features, gen)
         sq = (x * x).sum(1)
         selected = torch.empty(k, dtype=torch.long)
         current = int(torch.randint(n, (1,), generator=gen))
         min_dist = torch.full((n,), float("inf"))
+        dist = torch.empty(n)
         steps = range(k)
         if progress:
             from tqdm import tqdm
@@ -143,7 +230,8 @@ class GreedyCoresetSampler(RandomSampler):
         for i in steps:
             selected[i] = current
             c = x[current]
-            dist = sq - 2.0 * (x @ c) + c @ c
+            torch.addmv(sq, x, c, alpha=-2.0, out=dist)  # |x|^2 - 2 x.c  (|c|^2 is the same for all)
+            dist += c @ c
             torch.minimum(min_dist, dist, out=min_dist)
             current = int(torch.argmax(min_dist))
         return selected
@@ -169,7 +257,7 @@ class MemoryBank(nn.Module):
 
 
 class KNNScorer(nn.Module):
-    """Mean Euclidean distance to the ``k`` nearest prototypes, in chunks of ``chunk`` positions per image.
+    """Mean Euclidean distance to the ``k`` nearest prototypes, chunked over positions and over the bank.
 
     Note:
         The neighbours are *selected* with ``|y|^2 - 2 x.y`` (the squared distance minus the query's
@@ -180,18 +268,54 @@ class KNNScorer(nn.Module):
         ~``sqrt(eps) ~ 3e-4`` in the distance, enough for two correct implementations (PyTorch, ONNX
         Runtime) to differ by 1e-3 of the map range on parts with a uniform background. The direct form
         is accurate to FP32 rounding. Chunks split the positions of each image (a static size), never
-        the batch, so an exported graph keeps a dynamic batch; one step holds ``N x chunk x M`` scores
-        and ``N x chunk x k x C`` gathered prototypes.
+        the batch, so an exported graph keeps a dynamic batch. A bank larger than ``bank_chunk`` is
+        searched in slices: each slice gives its ``k`` best (MatMul + TopK / ArgMin), and the best ``k``
+        of those candidates win (a second TopK over ``k x slices`` values), so one step holds at most
+        ``N x chunk x bank_chunk`` scores, and ``N x chunk x k x C`` gathered prototypes.
     """
 
-    def __init__(self, k: int = 1, chunk: int = 1024) -> None:
+    def __init__(self, k: int = 1, chunk: int = 1024, bank_chunk: int = 8192) -> None:
         super().__init__()
         if k < 1:
             raise ValueError(f"bank.k must be >= 1, got {k}")
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        if k >= 3840:
+            raise ValueError(f"bank.k must be < 3840 (TensorRT's TopK limit), got {k}")
+        if chunk < 1 or bank_chunk < 1:
+            raise ValueError(f"chunk sizes must be >= 1, got {chunk} and {bank_chunk}")
         self.k = k
         self.chunk = chunk
+        self.bank_chunk = bank_chunk
+
+    @staticmethod
+    def _scores(qc: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
+        """``[N, p, C] x [m, C]`` -> ``[N, p, m]`` = ``|y|^2 - 2 x.y`` (selection only: ranks are right,
+        values near 0 are not)."""
+        return b_sq - 2.0 * torch.matmul(qc, b.T)
+
+    def _nearest(self, qc: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor, k: int) -> torch.Tensor:
+        """Indices ``[N, p, k]`` of the ``k`` best prototypes of ``b`` for each query of ``qc``."""
+        m = b.shape[0]
+        if m <= self.bank_chunk:
+            score = self._scores(qc, b, b_sq)
+            if k == 1:
+                return score.argmin(dim=-1, keepdim=True)
+            return torch.topk(score, k, dim=-1, largest=False).indices
+        vals, idxs = [], []
+        for start in range(0, m, self.bank_chunk):
+            score = self._scores(
+                qc, b[start : start + self.bank_chunk], b_sq[start : start + self.bank_chunk]
+            )
+            kk = min(k, score.shape[-1])
+            if kk == 1:
+                v, i = score.min(dim=-1, keepdim=True)
+            else:
+                v, i = torch.topk(score, kk, dim=-1, largest=False)
+            vals.append(v)
+            idxs.append(i + start)
+        v, i = torch.cat(vals, dim=-1), torch.cat(idxs, dim=-1)  # [N, p, <= k x slices]
+        if k == 1:
+            return torch.gather(i, -1, v.argmin(dim=-1, keepdim=True))
+        return torch.gather(i, -1, torch.topk(v, k, dim=-1, largest=False).indices)
 
     def forward(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """``queries [N, h, w, C]`` x ``bank [M, C]`` -> scores ``[N, h, w]`` (float32)."""
@@ -206,12 +330,7 @@ class KNNScorer(nn.Module):
             out = []
             for start in range(0, q.shape[1], self.chunk):
                 qc = q[:, start : start + self.chunk]  # [N, p, C]
-                # selection only: ranks are right, values near 0 are not (cancellation)
-                score = b_sq - 2.0 * torch.matmul(qc, b.T)  # [N, p, M] = d^2 - |q|^2
-                if k == 1:
-                    idx = score.argmin(dim=-1, keepdim=True)  # [N, p, 1]
-                else:
-                    idx = torch.topk(score, k, dim=-1, largest=False).indices  # [N, p, k]
+                idx = self._nearest(qc, b, b_sq, k)  # [N, p, k]
                 diff = qc[:, :, None, :] - F.embedding(idx, b)  # [N, p, k, C]; Gather rows of b
                 out.append((diff * diff).sum(-1).sqrt().mean(-1))
             return torch.cat(out, dim=1).reshape(lead)

@@ -8,6 +8,13 @@ log-variances are learned the standard way (Kendall et al.): the training loss i
 ``sum_l exp(-log_var_l) * L_l + log_var_l`` over the per-scale distillation losses ``L_l``; a scale the
 student reproduces reliably gets a larger weight. With ``learned=False`` the scales get equal weights.
 
+The bank need not have one map per scale (``bank.layers``, ``bank.embedding``): its maps are listed with
+the scale each belongs to (``bank_scales``). When it has one map at every scale, the cues are mixed per
+scale as above. Otherwise the two cues are fused separately, ``C = sum_l w_l up(c_l)`` and
+``B = sum_j v_j up(b_j)`` with ``v`` the scale weights of the bank's scales renormalised (one joint map:
+``v = 1``), then mixed ``(0.6 C + 0.4 B) / 1`` with the same cue weights: for one map per scale the two
+forms are the same sum.
+
 Post-processing: bilinear upsampling to the input size, a Gaussian blur (``sigma`` px, separable,
 replicate padding), then the image score: the map maximum, or the mean of the top ``topk_fraction`` of
 pixels. Pixels outside the ``valid`` mask (letterbox padding) never contribute to the score.
@@ -49,18 +56,27 @@ class UGHF(nn.Module):
     """
 
     def __init__(
-        self, n_scales: int, cos_weight: float = 0.6, bank_weight: float = 0.4, learned: bool = True
+        self,
+        n_scales: int,
+        cos_weight: float = 0.6,
+        bank_weight: float = 0.4,
+        learned: bool = True,
+        bank_scales: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.n_scales = n_scales
         self.cos_weight = cos_weight
         self.bank_weight = bank_weight
         self.learned = learned
+        # the scale each bank map belongs to (default: one map per scale)
+        self.bank_scales = list(range(n_scales)) if bank_scales is None else list(bank_scales)
+        self.per_scale = self.bank_scales == list(range(n_scales))
+        n_bank = len(self.bank_scales)
         self.log_var = nn.Parameter(torch.zeros(n_scales), requires_grad=learned)
-        for name in ("cos_mean", "bank_mean"):
-            self.register_buffer(name, torch.zeros(n_scales))
-        for name in ("cos_std", "bank_std"):
-            self.register_buffer(name, torch.ones(n_scales))
+        self.register_buffer("cos_mean", torch.zeros(n_scales))
+        self.register_buffer("bank_mean", torch.zeros(n_bank))
+        self.register_buffer("cos_std", torch.ones(n_scales))
+        self.register_buffer("bank_std", torch.ones(n_bank))
         self.register_buffer("stats_ready", torch.zeros((), dtype=torch.bool))
 
     def scale_weights(self) -> torch.Tensor:
@@ -108,6 +124,8 @@ class UGHF(nn.Module):
     ) -> torch.Tensor:
         """Per-scale ``[N, h_l, w_l]`` cues -> fused map ``[N, 1, H, W]`` (before smoothing)."""
         weights = self.scale_weights()
+        if not self.per_scale:
+            return self._fuse_separately(cos_maps, bank_maps, size, weights)
         fused = None
         for l in range(self.n_scales):
             s = self.scale_map(l, cos_maps[l] if cos_maps else None, bank_maps[l] if bank_maps else None)
@@ -115,6 +133,34 @@ class UGHF(nn.Module):
             fused = weights[l] * s if fused is None else fused + weights[l] * s
         assert fused is not None
         return fused
+
+    def _fuse_separately(
+        self,
+        cos_maps: list[torch.Tensor] | None,
+        bank_maps: list[torch.Tensor] | None,
+        size: tuple[int, int],
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(a C + b B) / (a + b)``: each cue fused over its own maps first (see the module docstring)."""
+
+        def up(m: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)
+
+        terms: list[tuple[float, torch.Tensor]] = []
+        if cos_maps is not None:
+            c = sum(weights[l] * up((m - self.cos_mean[l]) / self.cos_std[l]) for l, m in enumerate(cos_maps))
+            terms.append((self.cos_weight, c))  # type: ignore[arg-type]
+        if bank_maps is not None:
+            v = weights[self.bank_scales]
+            v = v / v.sum()
+            b = sum(v[j] * up((m - self.bank_mean[j]) / self.bank_std[j]) for j, m in enumerate(bank_maps))
+            terms.append((self.bank_weight, b))  # type: ignore[arg-type]
+        if not terms:
+            raise ValueError("UGHF needs at least one cue (student or bank)")
+        if len(terms) == 1:
+            return terms[0][1]
+        total = terms[0][0] + terms[1][0]
+        return (terms[0][0] * terms[0][1] + terms[1][0] * terms[1][1]) / total
 
 
 def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
