@@ -73,6 +73,8 @@ class SourceSection:
     # opencv: device index ("0"), video file, rtsp:// or http:// URL, or a GStreamer pipeline string.
     uri: str | None = _f(None)
     api: str = _f("auto", *oneof("auto", "ffmpeg", "gstreamer", "v4l2"))
+    # RTSP transport for FFmpeg (null: FFmpeg's default, TCP); some cameras and relays serve UDP only.
+    rtsp_transport: str | None = _f(None, *oneof("udp", "tcp"))
     # genicam: GenTL producer (.cti) files; the camera by serial number or user-defined name (else the
     # first one found); pixel format, exposure, frame rate and trigger written to the camera's node map.
     cti: list[str] = field(default_factory=list)
@@ -115,6 +117,11 @@ class PublishSection:
     heatmaps: str = _f("always", *oneof("always", "fail", "every_n", "never"))
     heatmap_every: int = _f(10, _pos, "a positive int")
     heartbeat_s: float = _f(1.0, _pos, "positive (seconds)")
+    # Start the cameras only once this many subscribers are connected (or after wait_timeout_s): for
+    # replays and demos, where the first parts would otherwise be published before anyone listens.
+    # 0 (production default): start at once; a late subscriber recovers the state with `last`.
+    wait_for_subscribers: int = _f(0, _nonneg, "a non-negative int")
+    wait_timeout_s: float = _f(30.0, _pos, "positive (seconds)")
 
 
 @dataclass(frozen=True)

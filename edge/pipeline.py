@@ -461,10 +461,11 @@ class CaptureWorker:
             source.trigger()
         frame = source.read(_READ_SLICE_S)
         cam.last_progress = time.monotonic()
-        if source.dropped:
-            self.pipeline.count_drop(cam.name, "source_dropped", source.dropped)
-            cam.dropped["source_dropped"] += source.dropped
-            source.dropped = 0
+        dropped = source.dropped
+        if dropped:
+            source.dropped -= dropped  # not reset to 0: the source's reader thread may be adding to it
+            self.pipeline.count_drop(cam.name, "source_dropped", dropped)
+            cam.dropped["source_dropped"] += dropped
         if frame is None:
             return
         cam.frames += 1
