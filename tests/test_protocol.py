@@ -107,16 +107,19 @@ def test_unknown_result_rules() -> None:
     with pytest.raises(ProtocolError, match="unknown UNKNOWN reason"):
         sample_result(verdict="UNKNOWN", reason="cosmic_rays", score=None)
     with pytest.raises(ProtocolError, match="'reason' must be null when the verdict is PASS"):
-        sample_result(verdict="PASS", reason="timeout")
+        sample_result(verdict="PASS", score=1.0, reason="timeout")
     with pytest.raises(ProtocolError, match="'score' must be a finite number when the verdict is FAIL"):
         sample_result(score=float("nan"))
+    with pytest.raises(ProtocolError, match=r"verdict PASS contradicts score 3\.5 vs threshold 2\.0"):
+        sample_result(verdict="PASS")
+    assert sample_result(verdict="FAIL", score=2.0)["verdict"] == "FAIL"  # score == threshold is FAIL
     with pytest.raises(ProtocolError, match="'verdict' must be one of"):
         sample_result(verdict="OK")
     with pytest.raises(ProtocolError, match="'threshold_source'"):
         sample_result(threshold_source="magic")
     with pytest.raises(ProtocolError, match=r"regions\[0\].bbox"):
         sample_result(regions=[{"bbox": [0, 0, 0, 5], "area": 1, "peak": 1.0}])
-    with pytest.raises(ProtocolError, match="heatmap.lo/hi"):
+    with pytest.raises(ProtocolError, match=r"heatmap\.lo/hi"):
         P.heatmap_info("png", (4, 4), 2.0, 1.0)
     with pytest.raises(ProtocolError, match="'state' must be one of"):
         sample_heartbeat(state="sleeping")
@@ -162,7 +165,7 @@ def test_decode_rejects_bad_headers() -> None:
         P.decode(_frames(newer))
     missing = sample_result()
     del missing["threshold"]
-    with pytest.raises(ProtocolError, match="lacks field.*threshold"):
+    with pytest.raises(ProtocolError, match=r"lacks field.*threshold"):
         P.decode(_frames(missing))
     wrong_topic = _frames(sample_result())
     wrong_topic[0] = b"masf/line1/cam2/"
