@@ -521,8 +521,11 @@ def spectral_ops(
     channels = model.teacher.cfg.channels
     cases: list[tuple[str, int | None, Any, tuple[int, ...], str]] = []  # op, scale, module, shape, kind
     for scale, (c, (h, w)) in enumerate(zip(channels, model.map_sizes, strict=True)):
-        if model.use_bank and model.embedders[scale].spectral:
-            magnitude = model.embedders[scale].spectral_magnitude
+        # per-scale banks only (a joint bank has one embedder over several scales)
+        per_scale_bank = model.use_bank and not model.joint and scale in model.bank_layers
+        embedder = model.embedders[model.bank_layers.index(scale)] if per_scale_bank else None
+        if embedder is not None and embedder.spectral:
+            magnitude = embedder.spectral_magnitude
             cases.append(
                 ("bank channel DFT magnitude (ChannelDFTMagnitude)", scale, magnitude, (h, w, c), "dft")
             )

@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 DATASETS = {
@@ -196,6 +198,71 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def decide(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue-11 decision rule on the candidates' synthetic objectives (calibration fit images only).
+
+    Per data set: each candidate's standard error against the best from the paired fold objectives; among
+    those within one standard error of the best, the fewest prototypes wins. The same winner on every
+    data set is the default; otherwise the highest objective summed over the data sets."""
+    by_set: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["variant"].startswith("cand_") and r.get("synthetic"):
+            by_set.setdefault(r["dataset"], []).append(r)
+    winners, se = {}, {}
+    for dataset, cands in by_set.items():
+        best = max(cands, key=lambda r: r["synthetic"]["objective"])
+        fine = []
+        for r in cands:
+            diff = np.asarray(best["synthetic"]["folds"]) - np.asarray(r["synthetic"]["folds"])
+            e = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+            se[(dataset, r["variant"])] = e
+            if best["synthetic"]["objective"] - r["synthetic"]["objective"] <= e:
+                fine.append(r)
+        winners[dataset] = min(fine, key=lambda r: (sum(r["bank_sizes"]), -r["synthetic"]["objective"]))[
+            "variant"
+        ]
+    names = set(winners.values())
+    if len(names) == 1:
+        default = names.pop()
+    else:
+        totals: dict[str, float] = {}
+        for cands in by_set.values():
+            for r in cands:
+                totals[r["variant"]] = totals.get(r["variant"], 0.0) + r["synthetic"]["objective"]
+        default = max(totals, key=lambda v: totals[v])
+    return {"winners": winners, "default": default, "se": se}
+
+
+def candidates_markdown(rows: list[dict[str, Any]]) -> str:
+    """Every candidate: its synthetic objective (the decision's input) and its test numbers."""
+    decision = decide(rows)
+    head = (
+        "| data set | candidate | synthetic image AUROC | synthetic pixel AUROC | synthetic AUPRO "
+        "| synthetic objective | SE vs best | test image AUROC | test pixel AUROC | test AUPRO@0.3 "
+        "| FRR @thr | escapes @thr | threshold rule (n) | bank size | fit s | s/image |"
+    )
+    lines = [head, "|" + "---|" * 16]
+    for r in rows:
+        if not r["variant"].startswith("cand_"):
+            continue
+        syn = r["synthetic"]
+        mark = "**" if decision["winners"].get(r["dataset"]) == r["variant"] else ""
+        cal = r.get("calibration", {})
+        lines.append(
+            f"| {r['dataset']} | {mark}{LABELS[r['variant']]}{mark} | {syn['image_auroc']:.4f} "
+            f"| {syn['pixel_auroc']:.4f} | {syn['aupro']:.4f} | {syn['objective']:.4f} "
+            f"| {decision['se'][(r['dataset'], r['variant'])]:.4f} | {r['image_auroc']:.4f} "
+            f"| {r['pixel_auroc']:.4f} | {r['aupro']:.4f} | {r['false_reject_rate']:.3f} "
+            f"| {r['escape_rate']:.3f} | {cal.get('rule', '?')} ({cal.get('n_images', '?')}) "
+            f"| {'+'.join(str(b) for b in r['bank_sizes'])} | {r['train_seconds']:.0f} "
+            f"| {r['seconds_per_image']:.3f} |"
+        )
+    winners = ", ".join(f"{d}: {LABELS[v]}" for d, v in decision["winners"].items())
+    lines.append("")
+    lines.append(f"Winners by the rule: {winners}. Default: {LABELS[decision['default']]}.")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -218,6 +285,9 @@ def main() -> int:
             if (p := args.out / f"{d}__{v}.json").is_file()
         ]
         print(markdown(rows))
+        if any(r["variant"].startswith("cand_") for r in rows):
+            print()
+            print(candidates_markdown(rows))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     import torch

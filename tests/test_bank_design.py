@@ -230,3 +230,19 @@ def test_patchcore_repro_graph_exports_with_parity(synth_data: Path, tmp_path: P
     ops = {n.op_type for n in graph.graph.node}
     assert "TopK" not in ops and "ArgMin" in ops
     assert math.isfinite(bundle.threshold)
+
+
+def test_per_scale_bank_on_a_subset_of_scales_with_the_student(synth_data: Path, tmp_path: Path) -> None:
+    """Banks on scales 1 and 2 only, next to a 3-scale student: fit, cue-mix selection and reload."""
+    from trainer.runs import load_run
+    from trainer.train import fit
+
+    torch.set_num_threads(2)
+    cfg = tiny_config(bank={"layers": [1, 2], "k": 1, "max_size": "auto"})
+    info = fit(cfg, synth_data, tmp_path / "run", progress=False)
+    assert len(info.meta["bank_sizes"]) == 2 and info.meta["fusion_selection"] is not None
+    model, _ = load_run(tmp_path / "run")
+    assert model.fusion.bank_scales == [1, 2] and model.fusion.bank_mean.shape == (2,)
+    x = torch.randint(0, 256, (1, 3, 64, 64)).float()
+    out = model(x)
+    assert out.anomaly_map.shape == (1, 1, 64, 64) and torch.isfinite(out.pred_score).all()

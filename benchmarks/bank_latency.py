@@ -1,0 +1,120 @@
+"""ORT batch-1 latency of the exported graph: today's MASF design vs the issue-11 bank designs, side by side.
+
+Latency depends on the graph's shapes (input size, cues, bank sizes), not on the trained values, so the
+graphs are built with the teacher's real weights, an untrained student and banks filled with random
+prototypes of the given sizes (the sizes a fit gives: today 3 x 3000; a joint 1 % bank 1,710 on bottle,
+6,250 on magnetic tile with 20 % of train/good held out). Each graph is exported exactly as
+``masf-engine export`` does (gemm spectral mode) and timed in ONNX Runtime at batch 1, the graphs
+alternating call by call, so a shared CPU slows them alike.
+
+    .venv/bin/python benchmarks/bank_latency.py [--repeats 30] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (config, overrides, bank sizes, cue mix cos weight)
+DESIGNS: dict[str, tuple[str, dict[str, Any], list[int], float]] = {
+    "today: full MASF (student + 3 per-scale banks of 3000, k=3, mix 0.5/0.5)": (
+        "masf_lite0.yaml",
+        {"data.input_size": [256, 256]},
+        [3000, 3000, 3000],
+        0.5,
+    ),
+    "today: bank only (3 per-scale banks of 3000, k=3)": (
+        "masf_lite0.yaml",
+        {"data.input_size": [256, 256], "student.enabled": False},
+        [3000, 3000, 3000],
+        0.0,
+    ),
+    "joint bank 1+2, k=1, 1,710 prototypes (bottle)": ("patchcore_repro.yaml", {}, [1710], 0.0),
+    "joint bank 1+2, k=1, 6,250 prototypes (magnetic tile)": ("patchcore_repro.yaml", {}, [6250], 0.0),
+}
+
+
+def build(config: str, overrides: dict[str, Any], sizes: list[int], cos_weight: float, out: Path) -> Path:
+    from engines.preprocess import PreprocessSpec
+    from trainer.calibrate import calibrate
+    from trainer.config import load_config
+    from trainer.export.onnx import export_onnx
+    from trainer.models.masf import create_masf
+    from trainer.runs import RunInfo
+
+    cfg = load_config(REPO / "configs" / "train" / config, overrides)
+    model = create_masf(cfg, (256, 256)).eval()
+    gen = torch.Generator().manual_seed(0)
+    for bank, n in zip(model.bank_list(), sizes, strict=True):
+        bank.fill(torch.randn(n, bank.bank.shape[1], generator=gen))
+    if model.use_student and model.use_bank:
+        model.fusion.cos_weight, model.fusion.bank_weight = cos_weight, 1.0 - cos_weight
+    model.fusion.stats_ready.fill_(True)
+    spec = PreprocessSpec(height=256, width=256, resize=cfg.data.resize, color="rgb")
+    cal = calibrate(np.linspace(0, 1, 10), np.linspace(0, 1, 10), 0.01, 10)
+    info = RunInfo(cfg, spec, cal, {})
+    path = out / f"{abs(hash((config, str(overrides), tuple(sizes))))}.onnx"
+    export_onnx(model, info, path)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import onnxruntime as ort
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bank_latency_"))
+    sessions = {}
+    for name, (config, overrides, sizes, a) in DESIGNS.items():
+        path = build(config, overrides, sizes, a, tmp)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = args.threads
+        sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {
+        "image": rng.integers(0, 256, (1, 256, 256, 3), dtype=np.uint8),
+        "valid": np.ones((1, 1, 256, 256), np.uint8),
+    }
+    times: dict[str, list[float]] = {n: [] for n in sessions}
+    for _ in range(5):
+        for s in sessions.values():
+            s.run(None, feeds)
+    for _ in range(args.repeats):
+        for name, s in sessions.items():
+            time.sleep(0.005)
+            t0 = time.perf_counter()
+            s.run(None, feeds)
+            times[name].append((time.perf_counter() - t0) * 1000)
+    print(
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+        f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}), "
+        f"onnxruntime {ort.__version__}, {args.threads} threads, "
+        f"{args.repeats} alternating calls per graph after 5 warm-up rounds\n"
+    )
+    base = float(np.median(next(iter(times.values()))))
+    print("| graph (256x256, batch 1) | ORT median ms | p90 ms | vs today's full MASF |")
+    print("|---|---|---|---|")
+    for name, t in times.items():
+        med = float(np.median(t))
+        print(f"| {name} | {med:.1f} | {float(np.percentile(t, 90)):.1f} | {med / base:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
