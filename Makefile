@@ -44,10 +44,10 @@ format: venv
 	$(VENV)/bin/ruff format trainer engines edge tests benchmarks
 	$(VENV)/bin/ruff check --fix trainer engines edge tests benchmarks
 
+# Generated parts (or `make demo DATA=DIR`, any MVTec-layout folder) -> fast training -> bundle -> the
+# daemon on a folder replay -> verdicts, overlays and a summary against the ground truth, in runs/demo.
 demo: venv
-	@echo "make demo arrives with the edge daemon (issue 4). Until then, train and evaluate with:"
-	@echo "  $(VENV)/bin/masf-train fit --config configs/train/masf_lite0.yaml --data $(DATA) --out runs/demo"
-	@echo "  $(VENV)/bin/masf-train evaluate --run runs/demo --data $(DATA) --json runs/demo/eval.json --report runs/demo/report"
+	$(VENV)/bin/masf-edge demo --out runs/demo $(if $(filter command line environment,$(origin DATA)),--data $(DATA),)
 
 bench-quality: venv
 	$(VPY) benchmarks/quality.py

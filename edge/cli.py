@@ -4,6 +4,7 @@
     masf-edge check --config configs/edge/LINE.yaml [--set KEY=VALUE ...] [--frame-timeout 10]
     masf-edge subscribe --connect tcp://127.0.0.1:5556 [--save-heatmaps DIR] [--count N]
     masf-edge keys --out DIR --name NAME
+    masf-edge demo [--out runs/demo] [--data DIR]
 
 ``run`` is the daemon (one per line; under systemd: ``systemd/masf-edge@.service``). ``check`` is for
 installers: it validates the config, opens every bundle (checksums, seal, signature when required,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -30,6 +32,7 @@ EXIT_USER_ERROR = 2
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from edge.demo import add_demo_arguments
     from edge.keys import add_keys_arguments
     from edge.subscriber import add_subscribe_arguments
 
@@ -49,6 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
             p.add_argument("--frame-timeout", type=float, default=10.0, help="seconds to wait for a frame")
     add_subscribe_arguments(sub.add_parser("subscribe", help="print results as they are published"))
     add_keys_arguments(sub.add_parser("keys", help="make a CURVE key pair (public .key + .key_secret)"))
+    add_demo_arguments(sub.add_parser("demo", help="train a generated part, then inspect a replay of it"))
     return parser
 
 
@@ -120,9 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "run":
-            from edge.service import run_service
+            from edge.service import EXIT_UNHEALTHY, run_service
 
-            return run_service(args.config, args.set)
+            code = run_service(args.config, args.set)
+            if code == EXIT_UNHEALTHY:
+                # a thread is stuck in native code (a driver, an inference): it cannot be joined, and
+                # interpreter finalisation could wait on it forever; systemd restarts the service
+                logging.shutdown()
+                os._exit(code)
+            return code
         if args.command == "check":
             return _check(args)
         if args.command == "subscribe":
@@ -133,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             from edge.keys import run_keys
 
             return run_keys(args)
+        if args.command == "demo":
+            from edge.demo import run_demo
+
+            return run_demo(args)
     except (EdgeError, EngineError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -114,6 +114,7 @@ class Daemon:
         self._heartbeat_due = 0.0
         self._degraded: dict[str, str] = {}
         self._reload_lock = threading.Lock()
+        self.stuck_threads: list[str] = []
 
     # ------------------------------------------------------------------------------ start-up
 
@@ -176,6 +177,15 @@ class Daemon:
             self.metrics_server = MetricsServer(
                 self.metrics, cfg.metrics.host, cfg.metrics.port, health=self.health, ready=self.ready
             ).start()
+        wait = cfg.publish.wait_for_subscribers
+        if wait and not self.publisher.wait_for_subscribers(wait, cfg.publish.wait_timeout_s):
+            log.warning(
+                "starting the cameras without %d subscriber(s): none within %g s",
+                wait,
+                cfg.publish.wait_timeout_s,
+            )
+        elif wait:
+            time.sleep(0.05)  # the subscription is registered: let its pipe settle before the first part
         self.pipeline.start()
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
@@ -205,7 +215,7 @@ class Daemon:
         heat: np.ndarray | None = None
         heat_info = protocol.heatmap_info("none")
         image = job.frame.image if job.frame is not None else None
-        shape = image.shape[:2] if image is not None else (0, 0)
+        shape = image.shape[:2] if image is not None else None
         wanted = self.cfg.publish.heatmaps != "never" or (self.evidence and out.verdict != "PASS")
         if out.anomaly_map is not None and out.geometry is not None and model is not None and wanted:
             heat = heatmap_u8(out.anomaly_map, out.geometry, model.heat_lo, model.heat_hi)
@@ -232,7 +242,7 @@ class Daemon:
                 score=out.score,
                 threshold=out.threshold if np.isfinite(out.threshold) else 0.0,
                 threshold_source=out.threshold_source,
-                frame_shape=shape,
+                frame_shape=shape,  # None: the part has no usable image (UNKNOWN)
                 capture=job.t_capture,
                 published=time.time(),
                 latency_ms=latency,
@@ -387,6 +397,7 @@ class Daemon:
         return [cam]
 
     def status(self) -> dict[str, Any]:
+        self._update_degraded()
         now = time.monotonic()
         cams: dict[str, Any] = {}
         for name, cam in self.pipeline.cameras.items():
@@ -571,6 +582,9 @@ class Daemon:
         deadline = time.monotonic() + deadline_s
         self.pipeline.stop_capture(min(2.0, deadline_s / 4))
         left = self.pipeline.drain(deadline - 0.5)
+        threads = [c.thread for c in self.pipeline.captures.values()]
+        threads += [g.thread for g in self.pipeline.groups.values()]
+        self.stuck_threads = [t.name for t in threads if t.is_alive()]
         if self.publisher is not None:
             self.heartbeat()
             self.publisher.flush(max(0.2, deadline - time.monotonic()))

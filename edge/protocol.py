@@ -337,10 +337,12 @@ def _check_result(h: Mapping[str, Any]) -> None:
     for i, r in enumerate(regions):
         _check_region(r, i)
     frame = h.get("frame")
-    if not isinstance(frame, Mapping) or not all(
-        _is_int(frame.get(k)) and frame[k] > 0 for k in ("height", "width")
+    no_image = frame is None and verdict == "UNKNOWN"  # a part without a usable image (camera down, bad file)
+    if not no_image and (
+        not isinstance(frame, Mapping)
+        or not all(_is_int(frame.get(k)) and frame[k] > 0 for k in ("height", "width"))
     ):
-        raise _fail("result", "frame", "{height, width} positive ints", frame)
+        raise _fail("result", "frame", "{height, width} positive ints (null only for UNKNOWN)", frame)
     ts = h.get("timestamps")
     if not isinstance(ts, Mapping) or not all(_is_num(ts.get(k)) for k in ("capture", "published")):
         raise _fail("result", "timestamps", "{capture, published} epoch seconds", ts)
@@ -394,7 +396,7 @@ def result_header(
     score: float | None,
     threshold: float,
     threshold_source: str,
-    frame_shape: Sequence[int],
+    frame_shape: Sequence[int] | None,
     capture: float,
     published: float,
     latency_ms: Mapping[str, float],
@@ -418,7 +420,8 @@ def result_header(
         score: the image anomaly score (finite; may be None only when UNKNOWN).
         threshold: the threshold the verdict was decided with (``score >= threshold`` is FAIL).
         threshold_source: ``"bundle"``, ``"config"`` or ``"control"``.
-        frame_shape: the camera frame's ``(height, width[, channels])``.
+        frame_shape: the camera frame's ``(height, width[, channels])``; None for an UNKNOWN part that
+            has no usable image.
         capture: the acquisition's wall-clock time (epoch seconds).
         published: when the result was handed to the publisher (epoch seconds).
         latency_ms: ``queue, preprocess, infer, post, publish, total`` in milliseconds (missing stages:
@@ -467,7 +470,9 @@ def result_header(
         "threshold": float(threshold),
         "threshold_source": threshold_source,
         "regions": [dict(r) for r in regions],
-        "frame": {"height": int(frame_shape[0]), "width": int(frame_shape[1])},
+        "frame": None
+        if frame_shape is None
+        else {"height": int(frame_shape[0]), "width": int(frame_shape[1])},
         "timestamps": {"capture": float(capture), "published": float(published)},
         "latency_ms": lat,
         "heatmap": dict(heatmap),

@@ -41,6 +41,7 @@ class Publisher:
     Attributes:
         sent: messages handed to the socket.
         dropped: messages dropped because the queue was full (or the publisher closed).
+        subscriptions: active subscriptions (one per subscriber and topic prefix; the socket is an XPUB).
         endpoint: the bound endpoint (the real port when ``address`` ends in ``:*``), after :meth:`start`.
     """
 
@@ -63,6 +64,7 @@ class Publisher:
         self.linger_ms = int(linger_ms)
         self.sent = 0
         self.dropped = 0
+        self.subscriptions = 0
         self.endpoint: str | None = None
         self._queue: collections.deque[tuple[list[bytes], int]] = collections.deque()
         self._queued_bytes = 0
@@ -195,9 +197,12 @@ class Publisher:
     # ------------------------------------------------------------------------------ socket thread
 
     def _open(self) -> zmq.Socket:
-        sock = self.context.socket(zmq.PUB)
+        # XPUB behaves as PUB for subscribers (drops at SNDHWM per subscriber) and also hands this thread
+        # the subscriptions, so the daemon can wait for its first subscribers (publish.wait_for_subscribers).
+        sock = self.context.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, self.linger_ms)
         sock.setsockopt(zmq.SNDHWM, self.sndhwm)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not only the first per topic
         try:
             if self.curve is not None:
                 self.curve.apply(sock)
@@ -225,11 +230,14 @@ class Publisher:
         self._ready.set()
         try:
             while True:
+                self._read_subscriptions(sock)
                 with self._cond:
-                    while not self._queue and not self._stop.is_set():
+                    if not self._queue and not self._stop.is_set():
                         self._cond.wait(_POLL_S)
                     if self._stop.is_set():
                         return
+                    if not self._queue:
+                        continue
                     parts, size = self._queue.popleft()
                     self._queued_bytes -= size
                 try:
@@ -249,3 +257,32 @@ class Publisher:
                     self._cond.notify_all()
         finally:
             sock.close()
+
+    def _read_subscriptions(self, sock: zmq.Socket) -> None:
+        """Count subscribe (``\x01topic``) and unsubscribe (``\x00topic``) messages; never blocks."""
+        while True:
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            if msg[:1] in (b"\x00", b"\x01"):
+                with self._cond:
+                    self.subscriptions += 1 if msg[:1] == b"\x01" else -1
+                    self._cond.notify_all()
+
+    def wait_for_subscribers(self, n: int, timeout: float) -> bool:
+        """Wait until at least ``n`` subscriptions are active (a subscriber per topic it subscribes to).
+
+        Returns:
+            True when they are there, False after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.subscriptions < n:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None:
+                    return False
+                self._cond.wait(min(left, _POLL_S))
+            return True

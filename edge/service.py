@@ -10,7 +10,8 @@
   ``STOPPING=1`` when the stop begins. Without ``NOTIFY_SOCKET`` nothing is sent.
 * Exit codes (:data:`EXIT_CODES`): 0 clean stop, 2 bad config or start-up failure (one ``error:`` line),
   3 the drain deadline passed with parts left (they were published UNKNOWN ``shutdown``), 4 a thread
-  died or stayed stuck until stop.
+  died or stayed stuck until stop (the process then ends with ``os._exit``: a thread stuck in native
+  code cannot be joined).
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def run_service(
         notifier.stopping(f"stopping: draining parts in flight (up to {cfg.pipeline.drain_timeout_s:g} s)")
         log.info("stopping: draining parts in flight")
         left = daemon.shutdown(cfg.pipeline.drain_timeout_s)
+        if daemon.stuck_threads:
+            log.error("stopped with stuck threads (left behind): %s", ", ".join(daemon.stuck_threads))
+            return EXIT_UNHEALTHY
         if left:
             log.error("stopped: %d part(s) not scored before the drain deadline (published UNKNOWN)", left)
             return EXIT_DRAIN_INCOMPLETE

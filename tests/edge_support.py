@@ -34,8 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 THRESHOLD = 1.0  # |gray - 128| / 32 >= 1 <=> a pixel 32 levels away from mid-gray
 
 
-def tiny_onnx(height: int, width: int) -> bytes:
-    """The tiny anomaly graph (opset 18) as serialized ONNX."""
+def tiny_onnx(height: int, width: int, delay_iters: int = 0) -> bytes:
+    """The tiny anomaly graph (opset 18) as serialized ONNX; ``delay_iters`` > 0 adds a Loop of that many
+    iterations whose result is multiplied by 0 into the score: a model that is slow (or hangs)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -48,7 +49,9 @@ def tiny_onnx(height: int, width: int) -> bytes:
         helper.make_node("Div", ["absd", "scale"], ["raw"]),
         helper.make_node("Cast", ["valid"], ["valid_f"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["raw", "valid_f"], ["anomaly_map"]),
-        helper.make_node("ReduceMax", ["anomaly_map", "ax123"], ["score"], keepdims=0),
+        helper.make_node(
+            "ReduceMax", ["anomaly_map", "ax123"], ["score" if not delay_iters else "score0"], keepdims=0
+        ),
     ]
     inits = [
         helper.make_tensor("ax3", TensorProto.INT64, [1], [3]),
@@ -56,6 +59,35 @@ def tiny_onnx(height: int, width: int) -> bytes:
         helper.make_tensor("mid", TensorProto.FLOAT, [], [128.0]),
         helper.make_tensor("scale", TensorProto.FLOAT, [], [32.0]),
     ]
+    if delay_iters:
+        body = helper.make_graph(
+            [
+                helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+                helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+            ],
+            "spin",
+            [
+                helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("v_in", TensorProto.FLOAT, []),
+            ],
+            [
+                helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("v_out", TensorProto.FLOAT, []),
+            ],
+            [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+        )
+        nodes += [
+            helper.make_node("Loop", ["trips", "go", "v0"], ["v_final"], body=body),
+            helper.make_node("Mul", ["v_final", "zero"], ["nothing"]),
+            helper.make_node("Add", ["score0", "nothing"], ["score"]),
+        ]
+        inits += [
+            helper.make_tensor("trips", TensorProto.INT64, [], [delay_iters]),
+            helper.make_tensor("go", TensorProto.BOOL, [], [True]),
+            helper.make_tensor("v0", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        ]
     graph = helper.make_graph(
         nodes,
         "tiny_anomaly",
@@ -75,7 +107,13 @@ def tiny_onnx(height: int, width: int) -> bytes:
 
 
 def make_tiny_bundle(
-    out: Path, height: int = 64, width: int = 64, threshold: float = THRESHOLD, part: str = "widget", **model: Any
+    out: Path,
+    height: int = 64,
+    width: int = 64,
+    threshold: float = THRESHOLD,
+    part: str = "widget",
+    delay_iters: int = 0,
+    **model: Any,
 ) -> Bundle:
     """Write the tiny bundle to ``out`` (letterbox RGB preprocessing, ``threshold`` calibrated)."""
     spec = PreprocessSpec(height, width, "letterbox", "rgb")
@@ -116,7 +154,7 @@ def make_tiny_bundle(
             "outputs": ["anomaly_map", "score"],
         },
     }
-    return write_bundle(out, manifest, {"model.onnx": tiny_onnx(height, width)}, overwrite=True)
+    return write_bundle(out, manifest, {"model.onnx": tiny_onnx(height, width, delay_iters)}, overwrite=True)
 
 
 def part_image(defect: bool, seed: int = 0, height: int = 80, width: int = 96) -> np.ndarray:

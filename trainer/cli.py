@@ -2,6 +2,7 @@
 
     masf-train fit --config CONFIG.yaml --data DIR --out RUN_DIR [--set key=value ...]
     masf-train evaluate --run RUN_DIR --data DIR --json OUT.json [--report DIR] [--tta | --no-tta]
+    masf-train synth --out DIR [--train 60] [--good 12] [--defect 6] [--size 192] [--gray] [--seed 0]
 
 User errors (bad config, data, run directory) print one line ``error: ...`` and exit with status 2.
 """
@@ -66,11 +67,33 @@ def _build_parser() -> argparse.ArgumentParser:
         help="force test-time spectral augmentation on (default: as the run was configured)",
     )
     tta.add_argument("--no-tta", dest="tta", action="store_const", const=False, help="force it off")
+
+    syn = sub.add_parser("synth", help="generate a data set of machined parts with and without defects")
+    syn.add_argument("--out", required=True, help="folder to write (MVTec layout)")
+    syn.add_argument("--train", type=int, default=60, help="defect-free training images (default 60)")
+    syn.add_argument("--good", type=int, default=12, help="defect-free test images (default 12)")
+    syn.add_argument("--defect", type=int, default=6, help="test images per defect type (default 6)")
+    syn.add_argument("--size", type=int, default=192, help="image side in pixels (default 192)")
+    syn.add_argument("--gray", action="store_true", help="grayscale parts")
+    syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
     progress = not args.quiet and sys.stderr.isatty()
+    if args.command == "synth":
+        from trainer.data.synthetic import DEFECT_TYPES, make_dataset
+
+        if min(args.train, args.good, args.defect) < 0 or args.size < 32:
+            raise ConfigError("synth: counts must be >= 0 and --size at least 32")
+        root = make_dataset(
+            args.out, args.train, args.good, args.defect, args.size, args.size, args.gray, args.seed
+        )
+        print(
+            f"data set written to {root}: {args.train} train/good, {args.good} test/good, "
+            f"{args.defect} each of {', '.join(DEFECT_TYPES)} with masks ({args.size}x{args.size})"
+        )
+        return 0
     if args.command == "fit":
         from trainer.config import load_config
         from trainer.train import fit
