@@ -247,6 +247,11 @@ def validate_manifest(doc: Mapping[str, Any], where: str = "bundle") -> Preproce
     except ValueError as err:
         raise BundleError(f"{where}: manifest {err}: {_REEXPORT}") from None
     inp = doc["input"]
+    if inp["channel_order"] != "RGB" or inp.get("pixel_format", "RGB8") != "RGB8" or inp["dtype"] != "uint8":
+        raise BundleError(
+            f"{where}: input must be uint8 RGB (pixel format RGB8), got {inp['dtype']} {inp['channel_order']} "
+            f"{inp.get('pixel_format')}: upgrade masf-edge or {_REEXPORT}"
+        )
     if (inp["height"], inp["width"]) != spec.size:
         raise BundleError(
             f"{where}: input {inp['height']}x{inp['width']} does not match preprocess "

@@ -6,6 +6,10 @@ Mono12, BayerRG8, ...). The canonical image is uint8 ``(h, w)`` gray or ``(h, w,
 :class:`~engines.preprocess.PreprocessSpec` (pinned in the manifest, with the graph input's channel
 order ``RGB``) takes it from there, so the same physical part gives the same score from every source.
 
+An image file is decoded as stored (:func:`decode_image`: ``IMREAD_UNCHANGED``, channels and bit depth
+kept, no EXIF rotation) and named by :func:`image_pixel_format` (``Mono8``, ``BGR8``, ``BGRa8``,
+``Mono16``, ``BGR16``, ``BGRa16``), so files take the same path as camera frames.
+
 Pixel formats use the GenICam SFNC names:
 
 * ``Mono8``; ``Mono10`` / ``Mono12`` / ``Mono14`` / ``Mono16`` (uint16 container, value in the low bits):
@@ -27,7 +31,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["CANONICAL", "PIXEL_FORMATS", "PixelFormatError", "check_pixel_format", "to_canonical"]
+__all__ = [
+    "CANONICAL",
+    "PIXEL_FORMATS",
+    "PixelFormatError",
+    "check_pixel_format",
+    "decode_image",
+    "image_pixel_format",
+    "to_canonical",
+]
 
 CANONICAL = "RGB8"
 """The canonical pixel format of colour images (gray images stay ``Mono8``)."""
@@ -127,3 +139,54 @@ def to_canonical(frame: np.ndarray, pixel_format: str) -> np.ndarray:
         raise PixelFormatError(f"{pixel_format} frame must be a (h, w) mosaic, got shape {frame.shape}")
     mosaic = np.ascontiguousarray(_shift_to_8(frame, bits, pixel_format))
     return cv2.cvtColor(mosaic, _BAYER[pattern])
+
+
+# (sample dtype, channels) -> the pixel format of an image decoded by OpenCV (BGR channel order).
+_DECODED_FORMATS = {
+    ("uint8", 1): "Mono8",
+    ("uint8", 3): "BGR8",
+    ("uint8", 4): "BGRa8",
+    ("uint16", 1): "Mono16",
+    ("uint16", 3): "BGR16",
+    ("uint16", 4): "BGRa16",
+}
+
+
+def image_pixel_format(img: np.ndarray) -> str:
+    """The pixel format of an array decoded by OpenCV (BGR channel order) from an image file.
+
+    Raises:
+        PixelFormatError: a sample type or channel count that no pixel format describes (float, 2 channels).
+    """
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    fmt = _DECODED_FORMATS.get((img.dtype.name, channels))
+    if fmt is None:
+        raise PixelFormatError(f"unsupported {channels}-channel {img.dtype.name} image")
+    return fmt
+
+
+def decode_image(data: np.ndarray) -> tuple[np.ndarray, str]:
+    """Decode an image file's bytes as stored (channels and bit depth kept).
+
+    Args:
+        data: the file's bytes as a uint8 array (``np.fromfile``).
+
+    Returns:
+        The decoded array (OpenCV channel order) and its pixel format name (``Mono8``, ``BGR8``,
+        ``BGRa8``, ``Mono16``, ``BGR16`` or ``BGRa16``).
+
+    Raises:
+        ValueError: not a decodable PNG/JPEG/BMP/TIFF, or a sample type without a pixel format (float).
+    """
+    if data.size == 0:
+        raise ValueError("the file is empty")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
+    if img is None or img.size == 0:
+        raise ValueError("not a valid PNG/JPEG/BMP/TIFF file")
+    try:
+        return img, image_pixel_format(img)
+    except PixelFormatError as err:
+        raise ValueError(f"{err} (save it as 8- or 16-bit)") from None

@@ -135,3 +135,26 @@ def test_same_image_from_every_source_gives_identical_canonical_arrays(tmp_path:
     for arr in (from_folder, from_opencv_frame, from_opencv_source, from_genicam):
         assert arr.dtype == np.uint8 and arr.shape == (40, 56, 3)
         np.testing.assert_array_equal(arr, rgb)
+
+
+def test_the_same_part_scores_the_same_from_a_file_an_opencv_frame_and_a_genicam_buffer(tmp_path: Path) -> None:
+    """One physical part, three ways in: an image file (as the trainer and the folder camera read it), an
+    OpenCV BGR frame, and a GenICam RGBa8 buffer; one score."""
+    from edge_support import make_tiny_bundle, part_image
+
+    from engines.backends import get_backend
+    from engines.pixels import decode_image
+    from trainer.data.io import read_image
+
+    rgb = part_image(True, seed=3)
+    path = tmp_path / "part.png"
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    from_trainer = read_image(path)
+    from_file = to_canonical(*decode_image(np.fromfile(path, dtype=np.uint8)))
+    from_opencv = to_canonical(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), "BGR8")
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    from_genicam = to_canonical(rgba.reshape(-1).reshape(rgb.shape[0], rgb.shape[1], 4), "RGBa8")
+    backend = get_backend("onnxruntime").from_bundle(make_tiny_bundle(tmp_path / "b").path)
+    scores = backend.infer([from_trainer, from_file, from_opencv, from_genicam]).score
+    assert scores[0] > 1.0  # the part has a defect: the comparison is not between empty maps
+    np.testing.assert_array_equal(scores, np.full(4, scores[0]))

@@ -15,57 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge.errors import SourceError
 from edge.sources.base import EndOfStream, Frame, Pacer, Source
-from engines.pixels import PixelFormatError, to_canonical
+from engines.pixels import PixelFormatError, decode_image, to_canonical
 
-__all__ = ["IMAGE_SUFFIXES", "FolderSource", "decode_image"]
+__all__ = ["IMAGE_SUFFIXES", "FolderSource"]
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 """File name endings the folder source reads (matched case-insensitively)."""
-
-# (sample dtype, channels) -> the pixel format of an image decoded by OpenCV (BGR channel order).
-_DECODED_FORMATS = {
-    ("uint8", 1): "Mono8",
-    ("uint8", 3): "BGR8",
-    ("uint8", 4): "BGRa8",
-    ("uint16", 1): "Mono16",
-    ("uint16", 3): "BGR16",
-    ("uint16", 4): "BGRa16",
-}
-
-
-def decode_image(data: np.ndarray) -> tuple[np.ndarray, str]:
-    """Decode an image file's bytes as stored (channels and bit depth kept).
-
-    Args:
-        data: the file's bytes as a uint8 array (``np.fromfile``).
-
-    Returns:
-        The decoded array (OpenCV channel order) and its pixel format name (``Mono8``, ``BGR8``,
-        ``BGRa8``, ``Mono16``, ``BGR16`` or ``BGRa16``).
-
-    Raises:
-        ValueError: not a decodable PNG/JPEG/BMP/TIFF, or a sample type without a pixel format (float).
-    """
-    if data.size == 0:
-        raise ValueError("the file is empty")
-    try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        img = None
-    if img is None or img.size == 0:
-        raise ValueError("not a valid PNG/JPEG/BMP/TIFF file")
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    fmt = _DECODED_FORMATS.get((img.dtype.name, channels))
-    if fmt is None:
-        raise ValueError(f"unsupported {channels}-channel {img.dtype.name} image (save it as 8- or 16-bit)")
-    return img, fmt
 
 
 class FolderSource(Source):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from engines.pixels import image_pixel_format, to_canonical
 from trainer.errors import DataError
 
 __all__ = ["image_sha256", "is_grayscale", "read_image", "read_mask"]
@@ -64,23 +65,20 @@ def read_image(path: _PathLike) -> np.ndarray:
 
     Returns:
         uint8 ``(h, w)`` for single-channel files, uint8 ``(h, w, 3)`` **RGB** (converted from OpenCV's
-        BGR) for colour files. 16-bit files are scaled to 8 bits (``>> 8``); alpha is dropped. A colour
+        BGR) for colour files. 16-bit files are scaled to 8 bits (``>> 8``); alpha is dropped
+        (:func:`engines.pixels.to_canonical`, the rule the edge applies to camera frames). A colour
         file whose three channels are equal stays 3-channel (see :func:`is_grayscale`).
 
     Raises:
         DataError: Missing, unreadable, empty, corrupt or unsupported (e.g. float) file.
     """
-    img = _to_uint8(_decode(path, "image"), path, "image")
-    if img.ndim == 2:
-        return img
-    channels = img.shape[2]
-    if channels == 1:
-        return np.ascontiguousarray(img[:, :, 0])
-    if channels == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if channels == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    raise DataError(f"cannot read image {path}: unsupported {channels}-channel image (save as gray or RGB)")
+    img = _decode(path, "image")
+    try:
+        # the same pixel-format rule as every camera source of the edge (engines.pixels), so a part
+        # scores the same from a file here and from a camera there
+        return to_canonical(img, image_pixel_format(img))
+    except ValueError as err:
+        raise DataError(f"cannot read image {path}: {err} (save it as 8- or 16-bit gray or RGB)") from None
 
 
 def read_mask(path: _PathLike, shape: Sequence[int]) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 import engines
 from engines.bundle import Bundle, sha256_file, write_bundle
 from engines.errors import BundleError, ExportError
+from engines.pixels import CANONICAL
 from trainer.export.onnx import export_onnx
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def build_manifest(
             "width": spec.width,
             "channels": 3,
             "channel_order": "RGB",
+            "pixel_format": CANONICAL,  # every frame goes through engines.pixels.to_canonical first
             "layout": "NHWC",
             "dtype": "uint8",
             "valid_mask": "uint8 [N, 1, H, W]: 1 on image pixels, 0 on letterbox padding",
