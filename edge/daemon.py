@@ -563,7 +563,12 @@ class Daemon:
                 self.reload_model(cam.name, cam.bundle)
                 changes.append(f"{cam.name}: bundle {cam.bundle}")
             if cam.threshold != old_cam.threshold:
-                self.threshold(cam.name, cam.threshold, reset=cam.threshold is None)
+                state = self.pipeline.cameras[cam.name]
+                with state.lock:
+                    state.threshold_override = cam.threshold
+                    state.threshold_source = "config" if cam.threshold is not None else "bundle"
+                model = self.pipeline.group(cam.name).model
+                self.metrics.set_threshold(cam.name, state.threshold_for(model)[0])
                 changes.append(f"{cam.name}: threshold {cam.threshold}")
             self.pipeline.cameras[cam.name].cfg = cam
         self.cfg = new
