@@ -174,6 +174,7 @@ class InferenceGroup:
         self.errors = 0
         self.stop = threading.Event()
         self._rr = 0
+        self._buffers: dict[int, np.ndarray] = {}  # batch size -> input buffer, reused between batches
         self.thread = threading.Thread(target=self._run, name=f"infer[{key}]", daemon=True)
 
     # -------------------------------------------------------------------------------- feeding
@@ -297,13 +298,23 @@ class InferenceGroup:
             return
         images = [job.frame.image for _, job in todo if job.frame is not None and job.frame.image is not None]
         try:
-            batch_arr, geoms = preprocess_batch(images, model.bundle.preprocess)
+            batch_arr, geoms = preprocess_batch(
+                images, model.bundle.preprocess, self._buffer(len(images), model)
+            )
         except ValueError:
             # one bad image: score the others one by one so only the bad part is UNKNOWN
             for cam, job in todo:
                 self._score_one(cam, job, model, t_start)
             return
         self._infer(todo, batch_arr, geoms, model, t_start, time.monotonic())
+
+    def _buffer(self, n: int, model: LoadedModel) -> np.ndarray:
+        """The reused input buffer for a batch of ``n`` frames of ``model``'s frame size."""
+        h, w = model.bundle.input_size
+        buf = self._buffers.get(n)
+        if buf is None or buf.shape != (n, h, w, 3):
+            buf = self._buffers[n] = np.empty((n, h, w, 3), dtype=np.uint8)
+        return buf
 
     def _score_one(self, cam: CameraState, job: Job, model: LoadedModel, t_start: float) -> None:
         assert job.frame is not None and job.frame.image is not None

@@ -437,12 +437,16 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, Geo
     return out, geometry
 
 
-def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> tuple[np.ndarray, list[Geometry]]:
+def preprocess_batch(
+    images: Sequence[np.ndarray], spec: PreprocessSpec, out: np.ndarray | None = None
+) -> tuple[np.ndarray, list[Geometry]]:
     """Preprocess several images (of possibly different sizes) into one batch.
 
     Args:
         images: Images as accepted by :func:`preprocess`.
         spec: The preprocessing contract.
+        out: a uint8 ``(N, H, W, 3)`` C-contiguous array to write into (reused between calls on a hot
+            path); None: a new one.
 
     Returns:
         ``(batch, geometries)``: uint8 ``(N, H, W, 3)`` RGB, C-contiguous, and one :class:`Geometry` per
@@ -451,7 +455,12 @@ def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> tupl
     Raises:
         ValueError: As :func:`preprocess`; the message names the index of the offending image.
     """
-    batch = np.empty((len(images), spec.height, spec.width, 3), dtype=np.uint8)
+    shape = (len(images), spec.height, spec.width, 3)
+    if out is not None and (out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous):
+        raise ValueError(
+            f"out must be a C-contiguous uint8 array of shape {shape}, got {out.dtype} {out.shape}"
+        )
+    batch = np.empty(shape, dtype=np.uint8) if out is None else out
     geometries: list[Geometry] = []
     for i, image in enumerate(images):
         try:

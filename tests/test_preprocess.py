@@ -365,3 +365,19 @@ def test_explicit_size_and_errors() -> None:
 def test_preprocess_never_imports_torch() -> None:
     code = "import sys, engines, engines.preprocess; sys.exit(1 if 'torch' in sys.modules else 0)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_preprocess_batch_writes_into_a_reused_buffer() -> None:
+    spec = PreprocessSpec(32, 64, "letterbox", "rgb")
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 255, (40, 50, 3), dtype=np.uint8),
+        rng.integers(0, 255, (20, 90), dtype=np.uint8),
+    ]
+    fresh, geoms = preprocess_batch(images, spec)
+    buf = np.full((2, 32, 64, 3), 7, dtype=np.uint8)  # stale content from an earlier batch
+    reused, geoms2 = preprocess_batch(images, spec, out=buf)
+    assert reused is buf and geoms2 == geoms
+    np.testing.assert_array_equal(reused, fresh)  # padding rewritten too, nothing of the old batch left
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8 array of shape \(2, 32, 64, 3\)"):
+        preprocess_batch(images, spec, out=np.empty((3, 32, 64, 3), np.uint8))
