@@ -17,14 +17,15 @@ $(VENV)/.torch-stamp:
 	touch $@
 
 $(VENV)/.project-stamp: $(VENV)/.torch-stamp pyproject.toml
-	$(PIP) install -q -e '.[trainer,engines,edge,genicam,test,tensorrt-build]'
+	$(PIP) install -q -e '.[trainer,engines,edge,genicam,plc,test,tensorrt-build]'
 	touch $@
 
 venv: $(VENV)/.project-stamp
 
 # Debian packages the tests use: ffmpeg + rtsp-server-perl (a real RTSP camera), systemd (systemd-analyze
-# verify of the unit). Installed once; a no-op when present.
-SYSTEM_DEPS := ffmpeg rtsp-server-perl systemd
+# verify of the unit), chromium (the operator page in a real headless browser). Installed once; a no-op
+# when present.
+SYSTEM_DEPS := ffmpeg rtsp-server-perl systemd chromium
 system-deps:
 	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -5,6 +5,8 @@
     masf-edge subscribe --connect tcp://127.0.0.1:5556 [--save-heatmaps DIR] [--count N]
     masf-edge keys --out DIR --name NAME
     masf-edge demo [--out runs/demo] [--data DIR]
+    masf-edge gateway opcua|modbus --config configs/edge/LINE.yaml
+    masf-edge page --config configs/edge/LINE.yaml
 
 ``run`` is the daemon (one per line; under systemd: ``systemd/masf-edge@.service``). ``check`` is for
 installers: it validates the config, opens every bundle (checksums, seal, signature when required,
@@ -17,6 +19,7 @@ User errors print one line ``error: ...`` and exit with status 2, never a traceb
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -53,7 +56,46 @@ def _build_parser() -> argparse.ArgumentParser:
     add_subscribe_arguments(sub.add_parser("subscribe", help="print results as they are published"))
     add_keys_arguments(sub.add_parser("keys", help="make a CURVE key pair (public .key + .key_secret)"))
     add_demo_arguments(sub.add_parser("demo", help="train a generated part, then inspect a replay of it"))
+    gw = sub.add_parser("gateway", help="PLC gateways that mirror the daemon's results (separate processes)")
+    gw_sub = gw.add_subparsers(dest="gateway", required=True)
+    for name, module, help_text in _PLUGINS:
+        if module.startswith("edge.gateways."):
+            _add_plugin(gw_sub.add_parser(name, help=help_text), module)
+    _add_plugin(
+        sub.add_parser("page", help="the operator page: a local web server showing live results"), "edge.page"
+    )
     return parser
+
+
+# Separate processes beside the daemon; each module has add_arguments(parser) and run(args) -> int and is
+# imported only when its command runs (asyncua, pymodbus: extra 'plc').
+_PLUGINS = (
+    ("opcua", "edge.gateways.opcua", "OPC UA server with the results of every camera"),
+    ("modbus", "edge.gateways.modbus", "Modbus TCP server with a holding-register map per camera"),
+)
+
+
+def _add_plugin(parser: argparse.ArgumentParser, module: str) -> None:
+    parser.set_defaults(plugin=module)
+    parser.add_argument("--config", required=False, help="the line config (YAML) the daemon runs with")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return  # the run reports what to install
+    mod.add_arguments(parser)
+
+
+def _run_plugin(args: argparse.Namespace) -> int:
+    try:
+        mod = importlib.import_module(args.plugin)
+    except ImportError as err:
+        raise EdgeError(f"{args.plugin} cannot be imported ({err}): pip install 'masf-edge[plc]'") from None
+    code: int = mod.run(args)
+    return code
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -143,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             from edge.keys import run_keys
 
             return run_keys(args)
+        if args.command in ("gateway", "page"):
+            return _run_plugin(args)
         if args.command == "demo":
             from edge.demo import run_demo
 

@@ -25,7 +25,11 @@ __all__ = [
     "ControlSection",
     "EdgeConfig",
     "EvidenceSection",
+    "GatewaysSection",
     "MetricsSection",
+    "ModbusSection",
+    "OpcUaSection",
+    "PageSection",
     "PipelineSection",
     "PublishSection",
     "SecuritySection",
@@ -185,6 +189,59 @@ class PipelineSection:
 
 
 @dataclass(frozen=True)
+class OpcUaSection:
+    """``masf-edge gateway opcua``: an OPC UA server that mirrors the line's results for PLCs."""
+
+    enabled: bool = _f(False)
+    endpoint: str = _f(
+        "opc.tcp://127.0.0.1:4840/masf/", lambda x: x.startswith("opc.tcp://"), "an opc.tcp:// URL"
+    )
+    namespace: str = _f("urn:masf-edge", lambda x: bool(x), "a non-empty namespace URI")
+    # Healthy goes false when no result or heartbeat arrived for this long (PLC fail-safe).
+    stale_s: float = _f(3.0, _pos, "positive (seconds)")
+    # Security: Basic256Sha256 Sign & Encrypt with the server certificate and key from files; clients'
+    # certificates must be in trusted_clients (a folder of DER/PEM files). Anonymous access off unless set.
+    security: str = _f("sign_encrypt", *oneof("none", "sign_encrypt"))
+    certificate: str | None = _f(None)
+    private_key: str | None = _f(None)
+    trusted_clients: str | None = _f(None)
+    allow_anonymous: bool = _f(False)
+    # Trigger method: forwarded to the daemon's control socket.
+    allow_trigger: bool = _f(True)
+
+
+@dataclass(frozen=True)
+class ModbusSection:
+    """``masf-edge gateway modbus``: a Modbus TCP server with a holding-register map per camera."""
+
+    enabled: bool = _f(False)
+    host: str = _f("127.0.0.1")
+    port: int = _f(5020, lambda x: 0 <= x <= 65535, "a TCP port")
+    unit_id: int = _f(1, lambda x: 0 <= x <= 247, "a Modbus unit id (0..247)")
+    stale_s: float = _f(3.0, _pos, "positive (seconds)")
+
+
+@dataclass(frozen=True)
+class PageSection:
+    """``masf-edge page``: the operator page (a local web server that subscribes to the daemon)."""
+
+    enabled: bool = _f(False)
+    host: str = _f("127.0.0.1")
+    port: int = _f(8080, lambda x: 0 <= x <= 65535, "a TCP port (0: any free one)")
+    gallery: int = _f(24, _pos, "a positive int (last FAIL / UNKNOWN shown)")
+    # Pause / resume and threshold changes from the page: off unless enabled, and then only with the token
+    # from this file (sent as an Authorization: Bearer header).
+    allow_control: bool = _f(False)
+    token_file: str | None = _f(None)
+
+
+@dataclass(frozen=True)
+class GatewaysSection:
+    opcua: OpcUaSection = field(default_factory=OpcUaSection)
+    modbus: ModbusSection = field(default_factory=ModbusSection)
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """A production line: see ``configs/edge/demo.yaml`` for a commented example."""
 
@@ -199,6 +256,8 @@ class EdgeConfig:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     evidence: EvidenceSection = field(default_factory=EvidenceSection)
     pipeline: PipelineSection = field(default_factory=PipelineSection)
+    gateways: GatewaysSection = field(default_factory=GatewaysSection)
+    page: PageSection = field(default_factory=PageSection)
 
     def camera(self, name: str) -> CameraSection:
         """The camera called ``name``.
@@ -268,7 +327,23 @@ def config_from_dict(data: Any, source: str = "edge config", base: Path | None =
         trusted_keys=[str(_resolve(k, base)) for k in sec.trusted_keys],
     )
     evidence = replace(cfg.evidence, dir=_resolve(cfg.evidence.dir, base))
-    return replace(cfg, cameras=cameras, security=security, evidence=evidence)
+    ua = cfg.gateways.opcua
+    ua = replace(
+        ua,
+        certificate=_resolve(ua.certificate, base),
+        private_key=_resolve(ua.private_key, base),
+        trusted_clients=_resolve(ua.trusted_clients, base),
+    )
+    if ua.enabled and ua.security == "sign_encrypt" and not (ua.certificate and ua.private_key):
+        raise ConfigError(
+            f"{source}: gateways.opcua.security sign_encrypt needs gateways.opcua.certificate and "
+            "private_key (make a pair: masf-edge gateway opcua --make-cert DIR)"
+        )
+    page = replace(cfg.page, token_file=_resolve(cfg.page.token_file, base))
+    if page.allow_control and not page.token_file:
+        raise ConfigError(f"{source}: page.allow_control needs page.token_file (a file holding the token)")
+    gateways = replace(cfg.gateways, opcua=ua)
+    return replace(cfg, cameras=cameras, security=security, evidence=evidence, gateways=gateways, page=page)
 
 
 def load_edge_config(
