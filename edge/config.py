@@ -141,6 +141,10 @@ class SecuritySection:
     curve: bool = _f(False)
     server_secret_key: str | None = _f(None)
     client_public_keys: str | None = _f(None)
+    # For the processes beside the daemon (gateways, the operator page) when curve is on: the daemon's
+    # public key file and a client secret key whose public key is in client_public_keys.
+    server_public_key: str | None = _f(None)
+    client_secret_key: str | None = _f(None)
     # Refuse any bundle that is not signed by one of these ed25519 public keys (PEM files).
     require_signed_bundles: bool = _f(False)
     trusted_keys: list[str] = field(default_factory=list)
@@ -324,6 +328,8 @@ def config_from_dict(data: Any, source: str = "edge config", base: Path | None =
         sec,
         server_secret_key=_resolve(sec.server_secret_key, base),
         client_public_keys=_resolve(sec.client_public_keys, base),
+        server_public_key=_resolve(sec.server_public_key, base),
+        client_secret_key=_resolve(sec.client_secret_key, base),
         trusted_keys=[str(_resolve(k, base)) for k in sec.trusted_keys],
     )
     evidence = replace(cfg.evidence, dir=_resolve(cfg.evidence.dir, base))
