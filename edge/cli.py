@@ -5,6 +5,7 @@
     masf-edge subscribe --connect tcp://127.0.0.1:5556 [--save-heatmaps DIR] [--count N]
     masf-edge keys --out DIR --name NAME
     masf-edge demo [--out runs/demo] [--data DIR]
+    masf-edge part collect|import|train|cancel|promote|rollback|status ... --config configs/edge/LINE.yaml
     masf-edge gateway opcua|modbus --config configs/edge/LINE.yaml
     masf-edge page --config configs/edge/LINE.yaml
 
@@ -24,6 +25,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 from edge.config import load_edge_config
 from edge.errors import EdgeError, SourceError
@@ -56,6 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_subscribe_arguments(sub.add_parser("subscribe", help="print results as they are published"))
     add_keys_arguments(sub.add_parser("keys", help="make a CURVE key pair (public .key + .key_secret)"))
     add_demo_arguments(sub.add_parser("demo", help="train a generated part, then inspect a replay of it"))
+    _add_part_commands(sub.add_parser("part", help="teach the line a new part: collect, train, promote, ..."))
     gw = sub.add_parser("gateway", help="PLC gateways that mirror the daemon's results (separate processes)")
     gw_sub = gw.add_subparsers(dest="gateway", required=True)
     for name, module, help_text in _PLUGINS:
@@ -96,6 +99,69 @@ def _run_plugin(args: argparse.Namespace) -> int:
         raise EdgeError(f"{args.plugin} cannot be imported ({err}): pip install 'masf-edge[plc]'") from None
     code: int = mod.run(args)
     return code
+
+
+_PART_ACTIONS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
+    "collect": ("save a camera's next frames as good training images", [
+        ("--camera", {"required": True}), ("--part", {"required": True}),
+        ("--count", {"type": int, "required": True}),
+    ]),
+    "import": ("import images (a folder: train/good or flat, defects/) or an evidence item", [
+        ("--part", {"required": True}), ("--dir", {}), ("--evidence", {}),
+        ("--kind", {"choices": ("good", "defect"), "default": "good"}),
+    ]),
+    "train": ("train and validate a new version in a low-priority worker", [
+        ("--part", {"required": True}), ("--train-config", {"dest": "train_config"}),
+    ]),
+    "cancel": ("cancel a training job", [("--job", {"required": True})]),
+    "promote": ("make a version live (hot swap between two frames)", [
+        ("--part", {"required": True}), ("--version", {"required": True}),
+    ]),
+    "rollback": ("go back to the version live before", [("--part", {"required": True})]),
+    "status": ("the store, the versions, the history and the jobs", [("--part", {})]),
+}  # fmt: skip
+
+
+def _add_part_commands(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True)
+    for name, (help_text, options) in _PART_ACTIONS.items():
+        p = actions.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="the line config (its control address)")
+        p.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+        )
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the daemon's reply")
+        for flag, kw in options:
+            p.add_argument(flag, **kw)
+
+
+def _part(args: argparse.Namespace) -> int:
+    import json
+
+    from edge.feed import curve_client_for
+    from edge.subscriber import ControlClient
+
+    cfg = load_edge_config(args.config, args.set)
+    request: dict[str, Any] = {"cmd": {"status": "parts"}.get(args.action, args.action)}
+    for key in ("camera", "part", "count", "dir", "evidence", "kind", "job", "version"):
+        value = getattr(args, key, None)
+        if value is not None:
+            request[key] = value
+    if args.action == "train" and args.train_config:
+        request["config"] = args.train_config
+    if args.action == "import" and request.get("dir"):
+        request.pop("kind", None)
+    client = ControlClient(cfg.control.address, timeout_s=args.timeout, curve_client=curve_client_for(cfg))
+    try:
+        reply = client.request(**request)
+    finally:
+        client.close()
+    if not reply.get("ok"):
+        print(f"error: {reply.get('error')}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    reply.pop("ok", None)
+    print(json.dumps(reply, indent=2, default=str))
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -185,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             from edge.keys import run_keys
 
             return run_keys(args)
+        if args.command == "part":
+            return _part(args)
         if args.command in ("gateway", "page"):
             return _run_plugin(args)
         if args.command == "demo":

@@ -34,6 +34,7 @@ __all__ = [
     "PublishSection",
     "SecuritySection",
     "SourceSection",
+    "StoreSection",
     "config_from_dict",
     "load_edge_config",
 ]
@@ -193,6 +194,28 @@ class PipelineSection:
 
 
 @dataclass(frozen=True)
+class StoreSection:
+    """The model store and on-device retraining (``edge/store.py``, ``edge/retrain.py``)."""
+
+    # The store folder (parts/<part>/<version>/, current, history); cameras name a part's live model as
+    # `bundle: store:<part>`. null: no store (no retraining).
+    dir: str | None = _f(None)
+    keep: int = _f(5, lambda x: x >= 2, "an int >= 2 (current and the previous version always stay)")
+    # Training config for on-device jobs; null: configs/train/masf_lite0_fast.yaml of this installation.
+    train_config: str | None = _f(None)
+    min_images: int = _f(20, _pos, "a positive int")
+    nice: int = _f(10, lambda x: 0 <= x <= 19, "0..19")
+    threads: int = _f(1, _pos, "a positive int")
+    shadow_frames: int = _f(50, _nonneg, "a non-negative int (0: no shadow run)")
+    shadow_timeout_s: float = _f(120.0, _pos, "positive (seconds)")
+    # A validated version goes live by itself when this is on and its validation passed.
+    auto_promote: bool = _f(False)
+    max_calib_frr: float = _f(0.05, lambda x: 0 <= x <= 1, "in [0, 1]")
+    max_escape_rate: float = _f(0.1, lambda x: 0 <= x <= 1, "in [0, 1]")
+    min_agreement: float = _f(0.9, lambda x: 0 <= x <= 1, "in [0, 1]")
+
+
+@dataclass(frozen=True)
 class OpcUaSection:
     """``masf-edge gateway opcua``: an OPC UA server that mirrors the line's results for PLCs."""
 
@@ -262,6 +285,7 @@ class EdgeConfig:
     pipeline: PipelineSection = field(default_factory=PipelineSection)
     gateways: GatewaysSection = field(default_factory=GatewaysSection)
     page: PageSection = field(default_factory=PageSection)
+    store: StoreSection = field(default_factory=StoreSection)
 
     def camera(self, name: str) -> CameraSection:
         """The camera called ``name``.
@@ -282,8 +306,17 @@ def _resolve(path: str | None, base: Path | None) -> str | None:
     return str(p if p.is_absolute() else (base / p))
 
 
-def _check_camera(cam: CameraSection, i: int, src: str, base: Path | None) -> CameraSection:
+def _check_camera(
+    cam: CameraSection, i: int, src: str, base: Path | None, store: str | None = None
+) -> CameraSection:
     where = f"{src}: cameras[{i}]"
+    if cam.bundle.startswith("store:"):
+        part = cam.bundle[len("store:") :]
+        if store is None:
+            raise ConfigError(f"{where}.bundle {cam.bundle!r} needs store.dir (the model store)")
+        if not _name(part):
+            raise ConfigError(f"{where}.bundle: {part!r} is not a valid part name ({_NAME_RULE})")
+        cam = replace(cam, bundle=str(Path(store) / "parts" / part / "current"))
     s = cam.source
     if s.kind == "folder" and not s.path:
         raise ConfigError(f"{where}.source.path is required for a folder source")
@@ -323,7 +356,10 @@ def config_from_dict(data: Any, source: str = "edge config", base: Path | None =
         )
     if cfg.publish.address == cfg.control.address:
         raise ConfigError(f"{source}: publish.address and control.address must differ")
-    cameras = [_check_camera(c, i, source, base) for i, c in enumerate(cfg.cameras)]
+    store = replace(
+        cfg.store, dir=_resolve(cfg.store.dir, base), train_config=_resolve(cfg.store.train_config, base)
+    )
+    cameras = [_check_camera(c, i, source, base, store.dir) for i, c in enumerate(cfg.cameras)]
     security = replace(
         sec,
         server_secret_key=_resolve(sec.server_secret_key, base),
@@ -349,7 +385,9 @@ def config_from_dict(data: Any, source: str = "edge config", base: Path | None =
     if page.allow_control and not page.token_file:
         raise ConfigError(f"{source}: page.allow_control needs page.token_file (a file holding the token)")
     gateways = replace(cfg.gateways, opcua=ua)
-    return replace(cfg, cameras=cameras, security=security, evidence=evidence, gateways=gateways, page=page)
+    return replace(
+        cfg, cameras=cameras, security=security, evidence=evidence, gateways=gateways, page=page, store=store
+    )
 
 
 def load_edge_config(

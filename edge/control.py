@@ -66,6 +66,34 @@ class ControlHandler(Protocol):
         """Resume one camera (or all)."""
         ...
 
+    def collect(self, camera: str, part: str, count: int) -> dict[str, Any]:
+        """Save the camera's next ``count`` frames as good training images of ``part``."""
+        ...
+
+    def import_images(self, part: str, dir: str | None, evidence: str | None, kind: str) -> dict[str, Any]:
+        """The ``import`` command: a folder of images, or one evidence item as good / defect."""
+        ...
+
+    def train(self, part: str, config: str | None) -> dict[str, Any]:
+        """Start a training job for ``part``; returns its id."""
+        ...
+
+    def cancel(self, job: str) -> dict[str, Any]:
+        """Cancel a training job."""
+        ...
+
+    def promote(self, part: str, version: str) -> dict[str, Any]:
+        """Make a version of ``part`` live (hot swap)."""
+        ...
+
+    def rollback(self, part: str) -> dict[str, Any]:
+        """Back to the version live before."""
+        ...
+
+    def parts(self, part: str | None) -> dict[str, Any]:
+        """The model store: versions, history, jobs."""
+        ...
+
 
 @dataclass(frozen=True)
 class Arg:
@@ -129,7 +157,26 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     },
     "pause": {"camera": _CAMERA_OPT},
     "resume": {"camera": _CAMERA_OPT},
+    # On-device retraining (edge/store.py, edge/collect.py, edge/retrain.py); need store.dir.
+    "collect": {
+        "camera": Arg("str", required=True),
+        "part": Arg("str", required=True),
+        "count": Arg("number", required=True),
+    },
+    "import": {
+        "part": Arg("str", required=True),
+        "dir": Arg("str", nullable=True),
+        "evidence": Arg("str", nullable=True),
+        "kind": Arg("str", default="good", choices=("good", "defect")),
+    },
+    "train": {"part": Arg("str", required=True), "config": Arg("str", nullable=True)},
+    "cancel": {"job": Arg("str", required=True)},
+    "promote": {"part": Arg("str", required=True), "version": Arg("str", required=True)},
+    "rollback": {"part": Arg("str", required=True)},
+    "parts": {"part": Arg("str", nullable=True)},
 }
+# Commands whose handler method has another name (``import`` is a Python keyword).
+_METHODS = {"import": "import_images"}
 
 
 def validate_request(request: Any) -> tuple[str, dict[str, Any]]:
@@ -170,6 +217,14 @@ def validate_request(request: Any) -> tuple[str, dict[str, Any]]:
         raise ControlError("'threshold': give either 'value' or 'reset', not both")
     if cmd == "reload" and kwargs["what"] == "config" and kwargs["bundle"] is not None:
         raise ControlError("'reload': 'bundle' applies to what='model' only")
+    if cmd == "import" and (kwargs["dir"] is None) == (kwargs["evidence"] is None):
+        raise ControlError(
+            "'import': give either 'dir' (a folder of images) or 'evidence' (an evidence item)"
+        )
+    if cmd == "collect":
+        if kwargs["count"] != int(kwargs["count"]) or kwargs["count"] < 1:
+            raise ControlError("'collect': argument 'count' must be a positive integer")
+        kwargs["count"] = int(kwargs["count"])
     return cmd, kwargs
 
 
@@ -200,7 +255,7 @@ def dispatch(handler: ControlHandler, cmd: str, kwargs: Mapping[str, Any]) -> di
     """
     if cmd == "ping":
         return {"pong": True, "protocol_version": PROTOCOL_VERSION, "time": time.time()}
-    result = getattr(handler, cmd)(**kwargs)
+    result = getattr(handler, _METHODS.get(cmd, cmd))(**kwargs)
     if not isinstance(result, dict):
         raise TypeError(f"handler.{cmd} returned {type(result).__name__}, not a dict")
     return result

@@ -97,6 +97,21 @@ class Metrics:
         self.evidence_bytes = Gauge(f"{p}evidence_bytes", "Bytes in the evidence store", registry=r)
         self.threshold = Gauge(f"{p}threshold", "Decision threshold in use", ["camera"], registry=r)
         self.degraded = Gauge(f"{p}degraded", "1 while the daemon is in a degraded state", registry=r)
+        self.train_epoch = Gauge(
+            f"{p}train_epoch", "Epoch of the part's running training job", ["part"], registry=r
+        )
+        self.train_epochs = Gauge(
+            f"{p}train_epochs", "Epochs of the part's training job", ["part"], registry=r
+        )
+        self.train_eta = Gauge(
+            f"{p}train_eta_seconds", "Estimated seconds left in the part's training job", ["part"], registry=r
+        )
+        self.train_running = Gauge(
+            f"{p}train_running", "1 while a training job of the part runs", ["part"], registry=r
+        )
+        self.collect_left = Gauge(
+            f"{p}collect_left", "Frames still to collect for the camera's collection", ["camera"], registry=r
+        )
         self.degraded_info = Gauge(
             f"{p}degraded_info", "The degraded states now active (always 1)", ["reason"], registry=r
         )
@@ -238,6 +253,16 @@ class Metrics:
         for reason in new:
             self.degraded_info.labels(reason).set(1)
         self.degraded.set(1 if new else 0)
+
+    def set_training(self, part: str, running: bool, epoch: int, epochs: int, eta_s: float | None) -> None:
+        """Progress of a part's training job (the gauges stay at their last values when it ends)."""
+        self.train_running.labels(part).set(1 if running else 0)
+        self.train_epoch.labels(part).set(epoch)
+        self.train_epochs.labels(part).set(epochs)
+        self.train_eta.labels(part).set(eta_s if eta_s is not None else 0.0)
+
+    def set_collect_left(self, camera: str, left: int) -> None:
+        self.collect_left.labels(camera).set(left)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (what ``/metrics`` serves)."""

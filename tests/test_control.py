@@ -16,7 +16,7 @@ import pytest
 import zmq
 from test_protocol import sample_result
 
-from edge.control import COMMANDS, ControlHandler, ControlServer, validate_request
+from edge.control import _METHODS, COMMANDS, ControlHandler, ControlServer, validate_request
 from edge.errors import ControlError, EdgeError
 
 ANY = "tcp://127.0.0.1:*"
@@ -363,7 +363,7 @@ def test_command_table_matches_handler_protocol() -> None:
     for cmd, spec in COMMANDS.items():
         if cmd == "ping":
             continue
-        method = getattr(ControlHandler, cmd)
+        method = getattr(ControlHandler, _METHODS.get(cmd, cmd))
         params = list(method.__code__.co_varnames[1 : method.__code__.co_argcount])
         assert params == list(spec), cmd
     assert validate_request({"cmd": "threshold", "camera": "c"}) == (

@@ -1,0 +1,245 @@
+"""Training images for a part: collected from a camera while inspection goes on, or imported.
+
+* :class:`Collector`: ``collect {camera, part, count}`` saves that camera's next ``count`` frames as
+  known-good PNGs in ``parts/<part>/images/good`` (named by acquisition id). The inference thread only
+  hands the frame over (a bounded queue, never blocking); a writer thread encodes and writes each file
+  under a temporary name, then renames it.
+* :func:`import_folder`: images brought on a USB stick, as an MVTec ``train/good`` folder or a flat
+  folder; a ``defects/`` subfolder holds confirmed defects (validation only). Every file is decoded
+  first: one unreadable file refuses the whole import, which names it.
+* :func:`import_evidence`: a FAIL frame from the evidence store that an operator marked as good (a false
+  reject: it becomes a training image) or as a confirmed defect (a validation defect).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.errors import EdgeError
+from edge.store import ModelStore
+from engines.pixels import decode_image, to_canonical
+
+__all__ = ["Collector", "import_evidence", "import_folder"]
+
+log = logging.getLogger(__name__)
+
+_IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("_", text)[:80] or "frame"
+
+
+def _unique(folder: Path, stem: str) -> Path:
+    """``folder/stem.png``, or ``stem_2.png``, ``stem_3.png``... when taken (imports never overwrite)."""
+    path, n = folder / f"{stem}.png", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}_{n}.png"
+    return path
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, data = cv2.imencode(".png", bgr)
+    if not ok:
+        raise EdgeError(f"cannot encode {path.name} as PNG")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data.tobytes())
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Collection:
+    camera: str
+    part: str
+    count: int
+    saved: int = 0
+    dropped: int = 0
+    error: str | None = None
+
+    @property
+    def left(self) -> int:
+        return max(0, self.count - self.saved - self.dropped)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "camera": self.camera,
+            "part": self.part,
+            "count": self.count,
+            "saved": self.saved,
+            "dropped": self.dropped,
+            "left": self.left,
+            "error": self.error,
+        }
+
+
+class Collector:
+    """Saves frames of cameras with an active collection (one writer thread).
+
+    Args:
+        store: the model store.
+        queue_size: frames waiting for the writer; beyond it a frame is not saved (counted as dropped,
+            the collection then takes the next frame instead).
+    """
+
+    def __init__(self, store: ModelStore, queue_size: int = 16) -> None:
+        self.store = store
+        self._cond = threading.Condition()
+        self._queue: collections.deque[tuple[_Collection, np.ndarray, str]] = collections.deque()
+        self._queue_size = queue_size
+        self._active: dict[str, _Collection] = {}
+        self._done: dict[str, _Collection] = {}
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        self._thread.start()
+
+    def start(self, camera: str, part: str, count: int) -> dict[str, Any]:
+        """Begin collecting ``count`` frames of ``camera`` for ``part`` (replaces a running collection)."""
+        if count < 1 or count > 100000:
+            raise EdgeError(f"collect: count must be 1..100000, got {count}")
+        self.store.images_dir(part, "good")  # checks the part name, creates the folder
+        job = _Collection(camera, part, int(count))
+        with self._cond:
+            self._active[camera] = job
+        self.store.record(part, "collect_started", camera=camera, count=count)
+        return job.to_dict()
+
+    def wants(self, camera: str) -> bool:
+        return camera in self._active
+
+    def offer(self, camera: str, image: np.ndarray, acquisition_id: str) -> None:
+        """Hand over one frame of ``camera`` (never blocks; ignored when no collection runs)."""
+        with self._cond:
+            job = self._active.get(camera)
+            if job is None:
+                return
+            pending = sum(1 for j, _, _ in self._queue if j is job)
+            if job.saved + pending >= job.count:
+                return
+            if len(self._queue) >= self._queue_size:
+                return  # the writer is behind: this frame is skipped, a later one is taken
+            self._queue.append((job, image, acquisition_id))
+            self._cond.notify()
+
+    def progress(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "active": {c: j.to_dict() for c, j in self._active.items()},
+                "done": {c: j.to_dict() for c, j in self._done.items()},
+            }
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait(0.5)
+                if not self._queue:
+                    return
+                job, image, acq = self._queue.popleft()
+            try:
+                folder = self.store.images_dir(job.part, "good")
+                _write_png(_unique(folder, f"{_safe(job.camera)}_{_safe(acq)}"), image)
+                job.saved += 1
+            except (OSError, EdgeError) as err:
+                job.error = f"cannot save a frame for part {job.part}: {err}"
+                log.error("%s", job.error)
+                job.dropped += 1
+            with self._cond:
+                if job.left == 0 and self._active.get(job.camera) is job:
+                    del self._active[job.camera]
+                    self._done[job.camera] = job
+                    self.store.record(job.part, "collected", camera=job.camera, saved=job.saved)
+                    log.info("collected %d frame(s) of %s for part %s", job.saved, job.camera, job.part)
+
+
+def _read_all(paths: list[Path]) -> list[np.ndarray]:
+    images = []
+    for p in paths:
+        try:
+            images.append(to_canonical(*decode_image(np.fromfile(p, dtype=np.uint8))))
+        except (OSError, ValueError) as err:
+            raise EdgeError(
+                f"import refused: {p} is not a readable image ({err}): remove or replace it"
+            ) from None
+    return images
+
+
+def _list(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGES)
+
+
+def import_folder(store: ModelStore, part: str, folder: str | Path) -> dict[str, int]:
+    """Import ``folder`` (MVTec ``train/good`` + optional ``defects/``, or flat) into ``part``.
+
+    Returns:
+        ``{"good": n, "defects": m}`` imported.
+
+    Raises:
+        EdgeError: missing folder, no images, an unreadable file (nothing is imported then).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise EdgeError(f"import: {root} is not a folder")
+    good_dir = root / "train" / "good" if (root / "train" / "good").is_dir() else root
+    good, defects = _list(good_dir), _list(root / "defects") if (root / "defects").is_dir() else []
+    if not good and not defects:
+        raise EdgeError(f"import: no images in {good_dir} (PNG, JPEG, BMP or TIFF)")
+    good_images, defect_images = _read_all(good), _read_all(defects)
+    out = {"good": 0, "defects": 0}
+    for kind, paths, images in (("good", good, good_images), ("defects", defects, defect_images)):
+        if not paths:
+            continue
+        target = store.images_dir(part, kind)
+        for p, img in zip(paths, images, strict=True):
+            _write_png(_unique(target, f"import_{_safe(p.stem)}"), img)
+            out[kind] += 1
+    store.record(part, "imported", source=str(root), **out)
+    return out
+
+
+def import_evidence(store: ModelStore, part: str, evidence_root: str | Path, item: str, kind: str) -> str:
+    """Import one evidence item (its frame) as a good training image or a confirmed defect.
+
+    Args:
+        item: the item's path relative to the evidence folder (its ``.png`` frame or ``_header.json``).
+        kind: ``"good"`` (a false reject) or ``"defect"``.
+
+    Raises:
+        EdgeError: a path outside the evidence folder, a missing or unreadable frame, a bad kind.
+    """
+    if kind not in ("good", "defect"):
+        raise EdgeError(f"import: kind must be 'good' (a false reject) or 'defect', got {kind!r}")
+    root = Path(evidence_root).resolve()
+    path = (root / item).resolve()
+    if root not in path.parents:
+        raise EdgeError(f"import: {item!r} is not inside the evidence folder")
+    if path.name.endswith("_header.json"):
+        path = path.with_name(path.name[: -len("_header.json")] + ".png")
+    if not path.is_file():
+        raise EdgeError(f"import: evidence frame {item!r} not found (it may have been pruned)")
+    (image,) = _read_all([path])
+    target = _unique(
+        store.images_dir(part, "good" if kind == "good" else "defects"), f"evidence_{_safe(path.stem)}"
+    )
+    _write_png(target, image)
+    store.record(part, "imported_evidence", item=item, kind=kind)
+    return str(target)

@@ -1,0 +1,228 @@
+"""On-device retraining against a running daemon (real processes and sockets): collect -> train -> validate
+-> promote over the control socket, the swap seen by a subscriber at one frame, rollback, cancel, a daemon
+killed during training, and bad inputs. Training uses a tiny config (the trainer runs in a worker
+process; the daemon itself never imports torch)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from edge_support import REPO, daemon_process, line_config, wait_ready, write_config
+
+from edge.protocol import Message
+from edge.subscriber import ControlClient, Subscriber
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _parts(folder: Path, n: int, size: int = 96, seed: int = 0) -> None:
+    from trainer.data.synthetic import render_part
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        cv2.imwrite(
+            str(folder / f"{i:04d}.png"), cv2.cvtColor(render_part(rng, size, size), cv2.COLOR_RGB2BGR)
+        )
+
+
+def _tiny_train_config(tmp: Path) -> Path:
+    cfg = yaml.safe_load((REPO / "configs" / "train" / "masf_lite0_fast.yaml").read_text())
+    cfg["data"].update({"input_size": [64, 64], "min_calib": 5, "calib_fraction": 0.3})
+    cfg["train"].update({"epochs": 1})
+    cfg["fusion"] = {"select": "none"}
+    cfg["bank"] = {"max_size": 256}
+    path = tmp / "tiny_train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _line(tmp: Path, fps: float = 8.0) -> dict[str, Any]:
+    pytest.importorskip("torch")
+    _parts(tmp / "replay", 24)
+    source = {"kind": "folder", "path": str(tmp / "replay"), "loop": True, "fps": fps}
+    cam = {"name": "cam1", "bundle": "store:widget", "mode": "triggered", "source": source}
+    store = {
+        "dir": str(tmp / "store"),
+        "train_config": str(_tiny_train_config(tmp)),
+        "min_images": 12,
+        "shadow_frames": 4,
+        "shadow_timeout_s": 30.0,
+        "threads": 1,
+        "max_calib_frr": 1.0,
+    }
+    return line_config(tmp, [cam], store=store, pipeline={"warmup": True})
+
+
+def _wait_job(ctl: ControlClient, job: str, timeout: float = 400.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = ctl.request("status")["jobs"][job]
+        if state["finished"] is not None:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} did not finish")
+
+
+def _drain(sub: Subscriber, into: list[Message]) -> None:
+    while (msg := sub.recv(timeout=0.05)) is not None:
+        if msg.is_result:
+            into.append(msg)
+
+
+def test_collect_train_validate_promote_rollback(tmp_path: Path) -> None:
+    doc = _line(tmp_path)
+    cfg = write_config(tmp_path, doc)
+    sub = Subscriber(doc["publish"]["address"])
+    seen: list[Message] = []
+    with daemon_process(cfg):
+        wait_ready(doc["control"]["address"])
+        ctl = ControlClient(doc["control"]["address"], timeout_s=30)
+        try:
+            # no version yet: every part is UNKNOWN (no_model), never PASS
+            status = ctl.request("status")
+            assert status["cameras"]["cam1"]["model"] is None
+            early = ctl.request("train", part="widget")
+            assert early["ok"] is False and "0 good image(s), at least 12 are needed" in early["error"]
+            reply = ctl.request("collect", camera="cam1", part="widget", count=14)
+            assert reply["ok"] and reply["collect"]["count"] == 14
+            deadline = time.monotonic() + 60
+            while ctl.request("status")["collect"]["active"]:
+                assert time.monotonic() < deadline, "collection did not finish"
+                _drain(sub, seen)
+                time.sleep(0.2)
+            images = sorted((tmp_path / "store" / "parts" / "widget" / "images" / "good").glob("*.png"))
+            assert len(images) == 14
+            job = ctl.request("train", part="widget")["job"]
+            again = ctl.request("train", part="widget")
+            assert again["ok"] is False and "already being trained" in again["error"]
+            state = ctl.request("status")["jobs"][job]
+            assert state["state"] in ("preparing", "training", "exporting", "validating", "shadow", "done")
+            state = _wait_job(ctl, job)
+            assert state["state"] == "done", state
+            assert state["version"] == "v0001" and state["validation"]["calib_frr"] is not None
+            assert "shadow" not in state["validation"]  # no live model to compare with yet
+            _drain(sub, seen)
+            promoted = ctl.request("promote", part="widget", version="v0001")
+            assert promoted["ok"] and promoted["cameras"] == ["cam1"]
+            time.sleep(1.5)
+            _drain(sub, seen)
+            # a second version, validated with a shadow run beside the live one, then promoted
+            job2 = ctl.request("train", part="widget")["job"]
+            state2 = _wait_job(ctl, job2)
+            assert state2["state"] == "done" and state2["version"] == "v0002"
+            shadow = state2["validation"]["shadow"]
+            assert shadow["camera"] == "cam1" and shadow["frames"] == 4 and 0 <= shadow["agreement"] <= 1
+            _drain(sub, seen)
+            ctl.request("promote", part="widget", version="v0002")
+            time.sleep(1.5)
+            _drain(sub, seen)
+            back = ctl.request("rollback", part="widget")
+            assert back["ok"] and back["version"] == "v0001"
+            time.sleep(1.5)
+            _drain(sub, seen)
+            parts = ctl.request("parts", part="widget")["parts"]["widget"]
+            assert parts["current"] == "v0001" and parts["versions"] == ["v0001", "v0002"]
+            events = [e["event"] for e in parts["history"]]
+            for event in ("collected", "training", "added", "validated", "promoted", "rolled_back"):
+                assert event in events
+        finally:
+            ctl.close()
+            sub.close()
+    seqs = [m.seq for m in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "no result lost across the swaps"
+    versions = [m.header["model_version"] for m in seen]
+    # one change per swap, at one frame: None (no model) -> v0001 -> v0002 -> v0001
+    changes = [versions[0]] + [v for a, v in itertools.pairwise(versions) if v != a]
+    assert changes == [None, "v0001", "v0002", "v0001"]
+    assert all(m.header["verdict"] == "UNKNOWN" for m in seen if m.header["model_version"] is None)
+    manifest = json.loads((tmp_path / "store" / "parts" / "widget" / "v0002" / "manifest.json").read_text())
+    assert manifest["model"]["version"] == "v0002" and manifest["validation"]["shadow"]["frames"] == 4
+
+
+def test_cancel_and_a_daemon_killed_during_training(tmp_path: Path) -> None:
+    doc = _line(tmp_path)
+    doc["store"]["min_images"] = 5
+    from trainer.data.synthetic import render_part
+
+    good = tmp_path / "store" / "parts" / "widget" / "images" / "good"
+    good.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        cv2.imwrite(str(good / f"g{i:03d}.png"), render_part(rng, 96, 96))
+    cfg = write_config(tmp_path, doc)
+    with daemon_process(cfg) as proc:
+        wait_ready(doc["control"]["address"])
+        ctl = ControlClient(doc["control"]["address"], timeout_s=10)
+        job = ctl.request("train", part="widget")["job"]
+        time.sleep(2.0)
+        assert ctl.request("cancel", job=job)["ok"]
+        state = _wait_job(ctl, job, timeout=60)
+        assert state["state"] == "cancelled"
+        job = ctl.request("train", part="widget")["job"]
+        deadline = time.monotonic() + 60
+        while ctl.request("status")["jobs"][job]["state"] not in ("training", "exporting"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        ctl.close()
+        proc.send_signal(signal.SIGKILL)  # power cut during training
+        proc.wait(10)
+    part = tmp_path / "store" / "parts" / "widget"
+    assert [p.name for p in part.glob(".incoming-*")], "the half-made version is there after the kill"
+    with daemon_process(cfg):
+        status = wait_ready(doc["control"]["address"])
+    assert status["interrupted_jobs"] and status["interrupted_jobs"][0]["part"] == "widget"
+    assert not list(part.glob(".incoming-*")) and not [p for p in part.iterdir() if p.name.startswith("v0")]
+    events = [json.loads(line)["event"] for line in (part / "history.jsonl").read_text().splitlines()]
+    assert "cancelled" in events and events[-1] == "interrupted"
+
+
+def test_bad_inputs_are_clear_errors_and_the_live_model_keeps_serving(tmp_path: Path) -> None:
+    doc = _line(tmp_path)
+    cfg = write_config(tmp_path, doc)
+    mixed = tmp_path / "usb"
+    (mixed / "train" / "good").mkdir(parents=True)
+    _parts(mixed / "train" / "good", 3, size=96)
+    _parts(tmp_path / "other", 2, size=64)
+    for p in (tmp_path / "other").iterdir():
+        p.rename(mixed / "train" / "good" / f"small_{p.name}")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.png").write_bytes(b"\x89PNG garbage")
+    with daemon_process(cfg):
+        wait_ready(doc["control"]["address"])
+        ctl = ControlClient(doc["control"]["address"], timeout_s=20)
+        try:
+            r = ctl.request("collect", camera="cam1", part="../etc", count=5)
+            assert r["ok"] is False and "invalid part name" in r["error"]
+            r = ctl.request("import", part="widget", dir=str(broken))
+            assert r["ok"] is False and "x.png is not a readable image" in r["error"]
+            r = ctl.request("import", part="widget", dir=str(mixed))
+            assert r["ok"] and r["imported"] == {"good": 5, "defects": 0}
+            r = ctl.request("train", part="widget")
+            assert r["ok"] is False and "5 good image(s), at least 12 are needed" in r["error"]
+            for i in range(8):
+                _parts(tmp_path / f"more{i}", 1, seed=100 + i)
+                ctl.request("import", part="widget", dir=str(tmp_path / f"more{i}"))
+            job = ctl.request("train", part="widget")["job"]
+            state = _wait_job(ctl, job, timeout=60)
+            assert state["state"] == "failed" and "images of different sizes" in state["error"]
+            r = ctl.request("promote", part="widget", version="v0001")
+            assert r["ok"] is False and "no version 'v0001'" in r["error"]
+            r = ctl.request("rollback", part="widget")
+            assert r["ok"] is False and "no earlier version" in r["error"]
+            r = ctl.request("import", part="widget", evidence="../../etc/passwd")
+            assert r["ok"] is False
+            assert ctl.request("status")["state"] == "running"
+        finally:
+            ctl.close()
+    assert not list((tmp_path / "store" / "parts" / "widget").glob("v0*"))
