@@ -232,7 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "run":
+            import faulthandler
+            import signal
+
             from edge.service import EXIT_UNHEALTHY, run_service
+
+            # every thread's stack in the journal when systemd's watchdog aborts a wedged daemon (SIGABRT),
+            # and on demand with SIGUSR2 (kill -USR2 PID) for diagnosis
+            faulthandler.enable()
+            faulthandler.register(signal.SIGUSR2, all_threads=True)
 
             code = run_service(args.config, args.set)
             if code == EXIT_UNHEALTHY:

@@ -713,7 +713,8 @@ class Daemon:
 
     def _shadow(self, part: str) -> Callable[[Path, int, float], dict[str, Any] | None]:
         def run(bundle_dir: Path, frames: int, timeout: float) -> dict[str, Any] | None:
-            cams = self._cameras_of(part)
+            # only cameras with a live model of this part: a first version has nothing to compare with
+            cams = [c for c in self._cameras_of(part) if self.pipeline.group(c).model is not None]
             if not cams or frames <= 0:
                 return None
             cam = cams[0]

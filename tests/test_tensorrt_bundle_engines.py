@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from engine_support import ExportedBundle
 
-from engines.bundle import Bundle, sha256_file
+from engines.bundle import Bundle, seal_manifest, sha256_file
 from engines.errors import BundleError
 from engines.tensorrt.bundle_engines import build_bundle_engine, engine_name, select_engine
 from engines.tensorrt.record import BuildRecord
@@ -94,6 +94,6 @@ def test_engine_names_and_manifest_checks(built: tuple[Bundle, BuildRecord], tmp
     shutil.copytree(built[0].path, copy)
     doc = json.loads((copy / "manifest.json").read_text())
     doc["engines"][0]["record"] = "gone.build.json"
-    (copy / "manifest.json").write_text(json.dumps(doc))
+    (copy / "manifest.json").write_text(json.dumps(seal_manifest(doc)))  # a tool's edit, resealed
     with pytest.raises(BundleError, match=r"engines\[0\].record 'gone.build.json' is not in files"):
         Bundle.open(copy)
