@@ -149,9 +149,9 @@ def test_collect_train_validate_promote_rollback(tmp_path: Path) -> None:
     assert manifest["model"]["version"] == "v0002" and manifest["validation"]["shadow"]["frames"] == 4
 
 
-def test_cancel_and_a_daemon_killed_during_training(tmp_path: Path) -> None:
+def test_cancel_auto_promote_and_a_daemon_killed_during_training(tmp_path: Path) -> None:
     doc = _line(tmp_path)
-    doc["store"]["min_images"] = 5
+    doc["store"].update({"min_images": 5, "auto_promote": True, "shadow_frames": 0})
     from trainer.data.synthetic import render_part
 
     good = tmp_path / "store" / "parts" / "widget" / "images" / "good"
@@ -168,6 +168,19 @@ def test_cancel_and_a_daemon_killed_during_training(tmp_path: Path) -> None:
         assert ctl.request("cancel", job=job)["ok"]
         state = _wait_job(ctl, job, timeout=60)
         assert state["state"] == "cancelled"
+        # a job whose validation passes goes live by itself (store.auto_promote)
+        state = _wait_job(ctl, ctl.request("train", part="widget")["job"])
+        assert state["state"] == "done" and state["passed"] is True and state["version"] == "v0001"
+        deadline = time.monotonic() + 30
+        while (ctl.request("status")["cameras"]["cam1"]["model"] or {}).get("model_version") != "v0001":
+            assert time.monotonic() < deadline, "the passed version was not promoted"
+            time.sleep(0.3)
+        # a broken training config: the worker fails, the job says why, the live model keeps serving
+        broken = tmp_path / "broken.yaml"
+        broken.write_text("train: {epochs: -3}\n")
+        state = _wait_job(ctl, ctl.request("train", part="widget", config=str(broken))["job"], timeout=120)
+        assert state["state"] == "failed" and "train.epochs" in state["error"]
+        assert ctl.request("status")["cameras"]["cam1"]["model"]["model_version"] == "v0001"
         job = ctl.request("train", part="widget")["job"]
         deadline = time.monotonic() + 60
         while ctl.request("status")["jobs"][job]["state"] not in ("training", "exporting"):
@@ -181,7 +194,11 @@ def test_cancel_and_a_daemon_killed_during_training(tmp_path: Path) -> None:
     with daemon_process(cfg):
         status = wait_ready(doc["control"]["address"])
     assert status["interrupted_jobs"] and status["interrupted_jobs"][0]["part"] == "widget"
-    assert not list(part.glob(".incoming-*")) and not [p for p in part.iterdir() if p.name.startswith("v0")]
+    assert not list(part.glob(".incoming-*"))
+    assert sorted(p.name for p in part.iterdir() if p.name.startswith("v0")) == [
+        "v0001"
+    ]  # only the whole one
+    assert status["cameras"]["cam1"]["model"]["model_version"] == "v0001"
     events = [json.loads(line)["event"] for line in (part / "history.jsonl").read_text().splitlines()]
     assert "cancelled" in events and events[-1] == "interrupted"
 
