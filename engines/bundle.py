@@ -249,8 +249,8 @@ def validate_manifest(doc: Mapping[str, Any], where: str = "bundle") -> Preproce
     inp = doc["input"]
     if inp["channel_order"] != "RGB" or inp.get("pixel_format", "RGB8") != "RGB8" or inp["dtype"] != "uint8":
         raise BundleError(
-            f"{where}: input must be uint8 RGB (pixel format RGB8), got {inp['dtype']} {inp['channel_order']} "
-            f"{inp.get('pixel_format')}: upgrade masf-edge or {_REEXPORT}"
+            f"{where}: input must be uint8 RGB (pixel format RGB8), got {inp['dtype']} "
+            f"{inp['channel_order']} {inp.get('pixel_format')}: upgrade masf-edge or {_REEXPORT}"
         )
     if (inp["height"], inp["width"]) != spec.size:
         raise BundleError(

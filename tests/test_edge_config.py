@@ -36,16 +36,25 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ({"cameras": [_cam(mode="freerun")]}, "cameras[0].mode must be one of 'free_run', 'triggered'"),
         ({"cameras": [_cam(), _cam()]}, "camera name 'cam1' is used twice"),
         ({"cameras": [_cam(name="a/b")]}, "cameras[0].name must be a name of letters"),
-        ({"cameras": [{"name": "c", "source": {"kind": "folder", "path": "p"}}]}, "cameras[0].bundle is required"),
+        (
+            {"cameras": [{"name": "c", "source": {"kind": "folder", "path": "p"}}]},
+            "cameras[0].bundle is required",
+        ),
         ({"cameras": [_cam(source={"kind": "opencv"})]}, "cameras[0].source.uri is required"),
         ({"cameras": [_cam(source={"kind": "genicam"})]}, "cameras[0].source.cti needs at least one"),
-        ({"cameras": [_cam(source={"kind": "folder", "path": "p", "step": True})]}, "step works with a folder"),
+        (
+            {"cameras": [_cam(source={"kind": "folder", "path": "p", "step": True})]},
+            "step works with a folder",
+        ),
         (
             {"cameras": [_cam(source={"kind": "folder", "path": "p", "pixel_format": "YUV"})]},
             "source.pixel_format must be a GenICam pixel format name",
         ),
         ({"cameras": [_cam()], "publish": {"address": "localhost:5"}}, "publish.address must be a ZeroMQ"),
-        ({"cameras": [_cam()], "security": {"curve": True}}, "security.curve needs security.server_secret_key"),
+        (
+            {"cameras": [_cam()], "security": {"curve": True}},
+            "security.curve needs security.server_secret_key",
+        ),
         (
             {"cameras": [_cam()], "security": {"require_signed_bundles": True}},
             "require_signed_bundles needs security.trusted_keys",

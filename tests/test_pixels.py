@@ -137,7 +137,7 @@ def test_same_image_from_every_source_gives_identical_canonical_arrays(tmp_path:
         np.testing.assert_array_equal(arr, rgb)
 
 
-def test_the_same_part_scores_the_same_from_a_file_an_opencv_frame_and_a_genicam_buffer(tmp_path: Path) -> None:
+def test_one_part_scores_the_same_from_a_file_an_opencv_frame_and_a_genicam_buffer(tmp_path: Path) -> None:
     """One physical part, three ways in: an image file (as the trainer and the folder camera read it), an
     OpenCV BGR frame, and a GenICam RGBa8 buffer; one score."""
     from edge_support import make_tiny_bundle, part_image
@@ -152,7 +152,7 @@ def test_the_same_part_scores_the_same_from_a_file_an_opencv_frame_and_a_genicam
     from_trainer = read_image(path)
     from_file = to_canonical(*decode_image(np.fromfile(path, dtype=np.uint8)))
     from_opencv = to_canonical(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), "BGR8")
-    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=2)
     from_genicam = to_canonical(rgba.reshape(-1).reshape(rgb.shape[0], rgb.shape[1], 4), "RGBa8")
     backend = get_backend("onnxruntime").from_bundle(make_tiny_bundle(tmp_path / "b").path)
     scores = backend.infer([from_trainer, from_file, from_opencv, from_genicam]).score

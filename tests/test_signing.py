@@ -28,7 +28,7 @@ def test_keys_are_written_once_with_a_private_mode(keys: tuple[Path, Path], tmp_
         make_signing_key(tmp_path / "keys", "factory")
 
 
-def test_signed_bundle_opens_with_its_key_and_not_with_another(keys: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_signed_bundle_opens_with_its_key_not_another(keys: tuple[Path, Path], tmp_path: Path) -> None:
     priv, pub = keys
     bundle = make_tiny_bundle(tmp_path / "b")
     record = sign_bundle(bundle.path, priv)
