@@ -24,6 +24,7 @@ import zmq
 from edge.errors import ControlError, EdgeError
 from edge.keys import CurveServer
 from edge.protocol import PROTOCOL_VERSION
+from edge.sockets import bind_server_socket
 
 __all__ = ["COMMANDS", "Arg", "ControlHandler", "ControlServer", "dispatch", "validate_request"]
 
@@ -349,21 +350,7 @@ class ControlServer:
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, self.linger_ms)
         sock.setsockopt(zmq.MAXMSGSIZE, max(16 * self.max_request_bytes, 16 * 2**20))
-        try:
-            if self.curve is not None:
-                self.curve.apply(sock)
-            sock.bind(self.address)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            raise EdgeError(
-                f"cannot bind the control socket to {self.address}: {e.strerror} "
-                "(another daemon on this port, or a bad address: fix control.address)"
-            ) from None
-        except EdgeError:
-            sock.close(0)
-            raise
-        last = sock.getsockopt(zmq.LAST_ENDPOINT)
-        self.endpoint = last.decode() if isinstance(last, bytes) else str(last)
+        self.endpoint = bind_server_socket(sock, self.address, self.curve, "control", "control.address")
         return sock
 
     def _run(self) -> None:

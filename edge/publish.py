@@ -17,6 +17,7 @@ import zmq
 
 from edge.errors import EdgeError
 from edge.keys import CurveServer
+from edge.sockets import bind_server_socket
 
 __all__ = ["Publisher"]
 
@@ -203,21 +204,7 @@ class Publisher:
         sock.setsockopt(zmq.LINGER, self.linger_ms)
         sock.setsockopt(zmq.SNDHWM, self.sndhwm)
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not only the first per topic
-        try:
-            if self.curve is not None:
-                self.curve.apply(sock)
-            sock.bind(self.address)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            raise EdgeError(
-                f"cannot bind the publish socket to {self.address}: {e.strerror} "
-                "(another daemon on this port, or a bad address: fix publish.address)"
-            ) from None
-        except EdgeError:
-            sock.close(0)
-            raise
-        last = sock.getsockopt(zmq.LAST_ENDPOINT)
-        self.endpoint = last.decode() if isinstance(last, bytes) else str(last)
+        self.endpoint = bind_server_socket(sock, self.address, self.curve, "publish", "publish.address")
         return sock
 
     def _run(self) -> None:
