@@ -13,7 +13,7 @@ __all__ = ["bind_server_socket"]
 def bind_server_socket(
     sock: zmq.Socket, address: str, curve: CurveServer | None, name: str, field: str
 ) -> str:
-    """Apply ``curve`` and bind ``sock`` to ``address``; returns the bound endpoint (the real port for ``:*``).
+    """Apply ``curve`` and bind ``sock`` to ``address``; returns the bound endpoint (real port for ``:*``).
 
     The socket is closed when this fails.
 
