@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import logging
 import os
 import platform
 import signal
@@ -277,6 +278,8 @@ def main() -> int:
     ap.add_argument("--images", help="a folder of part images (default: generated parts)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gateway"))
     args = ap.parse_args()
+    for noisy in ("asyncua", "pymodbus"):  # the clients' session and reconnect chatter
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {

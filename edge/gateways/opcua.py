@@ -128,7 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="HOST",
-        help="with --make-cert: a DNS name or IP address of the host (repeat; default this host, localhost)",
+        help="with --make-cert: a DNS name or IP address PLCs use for this host (repeat; its own name and "
+        "localhost are always included)",
     )
     parser.add_argument("--days", type=int, default=_DEFAULT_DAYS, help="with --make-cert: validity in days")
     parser.add_argument("--force", action="store_true", help="with --make-cert: overwrite existing files")
@@ -197,7 +198,8 @@ def make_cert(
         client: a client certificate (extended key usage clientAuth) instead of a server's (serverAuth).
         uri: the application URI (subject alternative name); default ``urn:masf-edge:opcua:<host>`` or
             ``urn:masf-edge:client:<name>``. A client must announce this URI when it connects.
-        hostnames: DNS names / IP addresses in the certificate (default: this host's name, localhost).
+        hostnames: more DNS names / IP addresses for the certificate (this host's name and localhost are
+            always in it).
         days: validity.
         force: overwrite existing files.
 
@@ -226,7 +228,7 @@ def make_cert(
         raise EdgeError(f"{cert_path} or {key_path} already exists: pick another --name or pass --force")
     host = socket.gethostname()
     uri = uri or (f"urn:masf-edge:client:{name}" if client else f"urn:masf-edge:opcua:{host}")
-    names = list(dict.fromkeys(hostnames or [host, "localhost"]))
+    names = list(dict.fromkeys([host, "localhost", *(hostnames or [])]))
     alt: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
     for h in names:
         try:
@@ -429,13 +431,18 @@ class OpcUaGateway:
             except Exception as err:
                 code = getattr(err, "code", None)
                 name = ua.StatusCode(code).name if isinstance(code, int) else type(err).__name__
+                hints = {
+                    "BadCertificateUntrusted": f"to let it in, copy its certificate into {c.trusted_clients}",
+                    "BadCertificateTimeInvalid": "the certificate has expired or is not valid yet",
+                    "BadCertificateUriInvalid": "the client's application URI differs from its certificate's",
+                    "BadCertificateUseNotAllowed": "the certificate lacks the key usages of an OPC UA client",
+                }
                 log.warning(
-                    "refused an OPC UA client: %s (certificate %s, application %s): trust it by copying its "
-                    "certificate into %s",
+                    "refused an OPC UA client: %s (certificate %s, application %s): %s",
                     name,
                     _subject(cert),
                     app.ApplicationUri,
-                    c.trusted_clients,
+                    hints.get(name, "its certificate is not valid"),
                 )
                 raise
 
