@@ -228,7 +228,7 @@ class ModbusGateway:
             from pymodbus.server import ModbusTcpServer
             from pymodbus.simulator import DataType, SimData, SimDevice
         except ImportError as err:
-            raise EdgeError(f"pymodbus with SimDevice (3.12 or newer) is needed: {err}") from None
+            raise EdgeError(f"pymodbus 3.16.1 or newer (SimDevice) is needed: {err}") from None
 
         device = SimDevice(
             id=self.mb.unit_id,
