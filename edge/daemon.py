@@ -400,7 +400,7 @@ class Daemon:
             since = group.busy_since
             if since is not None and now - since > stall:
                 return False, f"inference {key}: stuck for {now - since:.0f} s"
-            if not group.thread.is_alive() and self.state == "running":
+            if (not group.thread.is_alive() or not group.post_thread.is_alive()) and self.state == "running":
                 return False, f"inference {key}: thread died"
         return True, "ok"
 
@@ -817,7 +817,7 @@ class Daemon:
         self.pipeline.stop_capture(min(2.0, deadline_s / 4))
         left = self.pipeline.drain(deadline - 0.5)
         threads = [c.thread for c in self.pipeline.captures.values()]
-        threads += [g.thread for g in self.pipeline.groups.values()]
+        threads += [t for g in self.pipeline.groups.values() for t in (g.thread, g.post_thread)]
         self.stuck_threads = [t.name for t in threads if t.is_alive()]
         if self.publisher is not None:
             self.heartbeat()

@@ -5,7 +5,8 @@ Threads (all joinable, all stopped by events, none owns a ZeroMQ socket):
 * one :class:`CaptureWorker` per camera: opens its source (reconnecting with doubling backoff while the
   camera is down), carries out software triggers, reads frames and hands them to the camera's buffer;
 * one :class:`InferenceGroup` per model (cameras that share a bundle and backend share one model and
-  one thread, so frames waiting from several cameras are scored in one batch).
+  one thread, so frames waiting from several cameras are scored in one batch), and its post-processing
+  thread (verdicts, regions, results), so the next batch's inference overlaps the last one's results.
 
 Buffers, per camera (:class:`CameraState`):
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +64,23 @@ class Job:
     t_mono: float
     unknown: tuple[str, str] | None = None
     resolved: bool = False
+
+
+_Entry = tuple["CameraState", Job, "int | None"]
+"""A part of a batch: its camera, the job, and its index in the scores (None: it is UNKNOWN)."""
+
+
+@dataclass
+class _Scored:
+    """A batch on its way from the inference thread to the post-processing thread, in acquisition order."""
+
+    entries: list[_Entry]
+    scores: Any  # engines.backends.Scores, or None when no part of the batch was scored
+    geoms: list[Geometry]
+    model: LoadedModel | None
+    t_start: float
+    t_pre: float
+    t_inf: float
 
 
 @dataclass
@@ -175,7 +194,10 @@ class InferenceGroup:
         self.stop = threading.Event()
         self._rr = 0
         self._buffers: dict[int, np.ndarray] = {}  # batch size -> input buffer, reused between batches
+        # bounded: inference waits when post-processing falls two batches behind
+        self._post: queue.Queue[_Scored | None] = queue.Queue(maxsize=2)
         self.thread = threading.Thread(target=self._run, name=f"infer[{key}]", daemon=True)
+        self.post_thread = threading.Thread(target=self._post_run, name=f"post[{key}]", daemon=True)
 
     # -------------------------------------------------------------------------------- feeding
 
@@ -202,8 +224,9 @@ class InferenceGroup:
             self.pipeline.resolve_unknown(overflow, cam, self.model)
 
     def pending(self) -> int:
+        """Parts queued, being scored, or scored and waiting for their results."""
         with self.cond:
-            return sum(c.depth() for c in self.cameras) + len(self.in_flight)
+            return sum(c.depth() for c in self.cameras) + len(self.in_flight) + self._post.unfinished_tasks
 
     def swap(self, model: LoadedModel) -> None:
         """Use ``model`` from the next batch on (the current batch finishes with the old one)."""
@@ -267,8 +290,11 @@ class InferenceGroup:
                     self.batches += 1
 
     def _score(self, batch: list[tuple[CameraState, Job]], model: LoadedModel | None) -> None:
+        """Check, preprocess and score a batch; its outcomes go to the post-processing thread in the
+        batch's order (an UNKNOWN part never overtakes a part acquired before it)."""
         t_start = time.monotonic()
-        todo: list[tuple[CameraState, Job]] = []
+        entries: list[_Entry] = []
+        images: list[np.ndarray] = []
         for cam, job in batch:
             frame = job.frame
             if job.unknown is not None:
@@ -290,23 +316,27 @@ class InferenceGroup:
                     "bad_frame",
                     f"frame is {w}x{h}, the camera is configured for {s.width}x{s.height}",
                 )
-            if job.unknown is not None:
-                self.pipeline.resolve_unknown(job, cam, model)
+            if job.unknown is not None or frame is None or frame.image is None:
+                entries.append((cam, job, None))
             else:
-                todo.append((cam, job))
-        if not todo or model is None:
+                entries.append((cam, job, len(images)))
+                images.append(frame.image)
+        if not images or model is None:
+            self._post.put(_Scored(entries, None, [], model, t_start, t_start, t_start))
             return
-        images = [job.frame.image for _, job in todo if job.frame is not None and job.frame.image is not None]
         try:
             batch_arr, geoms = preprocess_batch(
                 images, model.bundle.preprocess, self._buffer(len(images), model)
             )
         except ValueError:
-            # one bad image: score the others one by one so only the bad part is UNKNOWN
-            for cam, job in todo:
-                self._score_one(cam, job, model, t_start)
+            # one bad image: score the parts one by one, in order, so only the bad one is UNKNOWN
+            for cam, job, idx in entries:
+                if idx is None:
+                    self._post.put(_Scored([(cam, job, None)], None, [], model, t_start, t_start, t_start))
+                else:
+                    self._score_one(cam, job, model, t_start)
             return
-        self._infer(todo, batch_arr, geoms, model, t_start, time.monotonic())
+        self._infer(entries, batch_arr, geoms, model, t_start, time.monotonic())
 
     def _buffer(self, n: int, model: LoadedModel) -> np.ndarray:
         """The reused input buffer for a batch of ``n`` frames of ``model``'s frame size."""
@@ -322,13 +352,13 @@ class InferenceGroup:
             arr, geoms = preprocess_batch([job.frame.image], model.bundle.preprocess)
         except ValueError as err:
             job.unknown = ("bad_frame", f"frame cannot be preprocessed: {err}")
-            self.pipeline.resolve_unknown(job, cam, model)
+            self._post.put(_Scored([(cam, job, None)], None, [], model, t_start, t_start, t_start))
             return
-        self._infer([(cam, job)], arr, geoms, model, t_start, time.monotonic())
+        self._infer([(cam, job, 0)], arr, geoms, model, t_start, time.monotonic())
 
     def _infer(
         self,
-        todo: list[tuple[CameraState, Job]],
+        entries: list[_Entry],
         batch: np.ndarray,
         geoms: list[Geometry],
         model: LoadedModel,
@@ -341,26 +371,55 @@ class InferenceGroup:
         except Exception as err:  # an inference failure is UNKNOWN for these parts, never a PASS
             self.errors += 1
             self.pipeline.note_inference_error(self.key, err)
-            for cam, job in todo:
-                job.unknown = ("inference_error", f"{type(err).__name__}: {err}")
-                self.pipeline.resolve_unknown(job, cam, model)
+            failed: list[_Entry] = []
+            for cam, job, idx in entries:
+                if idx is not None:
+                    job.unknown = ("inference_error", f"{type(err).__name__}: {err}")
+                failed.append((cam, job, None))
+            self._post.put(_Scored(failed, None, [], model, t_start, t_pre, time.monotonic()))
             return
         self.pipeline.clear_inference_error(self.key)
-        t_inf = time.monotonic()
-        for i, (cam, job) in enumerate(todo):
+        self._post.put(_Scored(entries, scores, geoms, model, t_start, t_pre, time.monotonic()))
+
+    def _post_run(self) -> None:
+        while True:
+            item = self._post.get()
+            try:
+                if item is None:
+                    return
+                self._results(item)
+            except Exception:  # never lose the thread: these parts become UNKNOWN
+                log.exception("inference group %s: post-processing failed", self.key)
+                for cam, job, _ in item.entries if item is not None else []:
+                    job.unknown = ("inference_error", "post-processing failed (see the log)")
+                    self.pipeline.resolve_unknown(job, cam, item.model if item is not None else None)
+            finally:
+                self._post.task_done()
+
+    def stop_post(self, timeout: float) -> None:
+        """End the post-processing thread once every scored batch has its results."""
+        self._post.put(None)
+        self.post_thread.join(timeout)
+
+    def _results(self, item: _Scored) -> None:
+        model, t_start, t_pre, t_inf = item.model, item.t_start, item.t_pre, item.t_inf
+        for cam, job, idx in item.entries:
+            if idx is None or item.scores is None or model is None:
+                self.pipeline.resolve_unknown(job, cam, model)
+                continue
             t0 = time.monotonic()
-            score = float(scores.score[i])
+            score = float(item.scores.score[idx])
             threshold, source = cam.threshold_for(model)
             decision = verdict(score, threshold)
-            amap = scores.anomaly_map[i]
+            amap, geom = item.scores.anomaly_map[idx], item.geoms[idx]
             out = Outcome(
-                job, decision, score, threshold, source, model=model, anomaly_map=amap, geometry=geoms[i]
+                job, decision, score, threshold, source, model=model, anomaly_map=amap, geometry=geom
             )
             if decision == UNKNOWN:
                 out.score = None
                 out.reason, out.detail = "non_finite_score", f"the model produced a score of {score}"
             elif np.isfinite(model.pixel_threshold):
-                out.regions = find_regions(amap, geoms[i], model.pixel_threshold)
+                out.regions = find_regions(amap, geom, model.pixel_threshold)
             out.latency = {
                 "queue": max(0.0, t_start - job.t_mono),
                 "preprocess": t_pre - t_start,
@@ -546,6 +605,7 @@ class Pipeline:
     def start(self) -> None:
         for group in self.groups.values():
             group.thread.start()
+            group.post_thread.start()
         for cap in self.captures.values():
             cap.thread.start()
 
@@ -692,6 +752,8 @@ class Pipeline:
                     left += 1
         for group in self.groups.values():
             group.thread.join(max(0.1, deadline - time.monotonic()))
+            if not group.thread.is_alive():
+                group.stop_post(max(0.1, deadline - time.monotonic()))
         return left
 
     def close_models(self) -> None:
