@@ -107,6 +107,13 @@ def main() -> int:
         "--window", type=float, default=30.0, help="seconds of the rate measurement before training"
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--nice", type=int, default=10, help="store.nice of the worker")
+    ap.add_argument(
+        "--other-fps",
+        type=float,
+        default=0.0,
+        help="the other camera's frame rate (0: as fast as it is scored)",
+    )
     ap.add_argument("--full", default=None, help="JSON of the full configuration's metrics to compare with")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "retrain"))
     args = ap.parse_args()
@@ -132,6 +139,7 @@ def main() -> int:
                         "kind": "folder",
                         "path": str(Path(args.inspect_images).resolve()),
                         "loop": True,
+                        "fps": args.other_fps,
                     },
                 }
             ],
@@ -141,6 +149,7 @@ def main() -> int:
             "store": {
                 "dir": str(tmp / "store"),
                 "threads": args.threads,
+                "nice": args.nice,
                 "shadow_frames": 0,
                 "min_images": 20,
             },
@@ -208,6 +217,8 @@ def main() -> int:
         "data": str(data),
         "n_train": len(goods),
         "threads": args.threads,
+        "nice": args.nice,
+        "other_camera_source_fps": args.other_fps,
         "retrain_wall_s": round(wall, 1),
         "worker_peak_rss_mb": round(peak, 1),
         "other_camera_fps_before": round(before, 2),

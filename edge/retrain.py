@@ -212,7 +212,10 @@ class TrainJob:
                 stderr=subprocess.PIPE,
                 text=True,
                 env=env,
-                start_new_session=True,
+                # its own process group (cancel stops the worker and its children), but not a new session:
+                # with the kernel's autogroup scheduling a new session is a new group that gets a fair share
+                # of the CPU whatever its nice value, and the worker would slow inspection down
+                process_group=0,
                 preexec_fn=lower_priority if nice > 0 else None,
             )
             with self._lock:
