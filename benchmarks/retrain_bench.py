@@ -63,13 +63,31 @@ def _children_rss_mb(pid: int) -> float:
     return sum(rss for p, _, rss in rows if p in kids and p != pid) / 1024
 
 
-def _rate(sub: Subscriber, camera: str, seconds: float) -> float:
-    n, t0 = 0, time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        msg = sub.recv(timeout=0.2)
-        if msg is not None and msg.is_result and msg.camera == camera:
-            n += 1
-    return n / (time.monotonic() - t0)
+class _SeqTracker:
+    """The newest result sequence number of one camera, from a subscriber that is drained often. Rates
+    come from sequence numbers, so a reader that falls behind or misses messages does not change them."""
+
+    def __init__(self, sub: Subscriber, camera: str) -> None:
+        self.sub, self.camera = sub, camera
+        self.seq, self.t = -1, time.monotonic()
+
+    def drain(self, wait: float = 0.0) -> tuple[int, float]:
+        deadline = time.monotonic() + wait
+        while True:
+            msg = self.sub.recv(timeout=0.01)
+            if msg is not None and msg.camera == self.camera and msg.is_result:
+                self.seq, self.t = msg.seq, time.monotonic()
+            if msg is None and time.monotonic() >= deadline and self.seq >= 0:
+                return self.seq, self.t
+
+    def rate(self, seconds: float) -> float:
+        s0, t0 = self.drain(wait=1.0)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.drain()
+            time.sleep(0.1)
+        s1, t1 = self.drain()
+        return (s1 - s0) / (t1 - t0)
 
 
 def quality(bundle: Path, data: Path) -> dict[str, float]:
@@ -180,24 +198,22 @@ def main() -> int:
                     time.sleep(0.5)
             imported = ctl.request("import", part="new", dir=str(usb))
             assert imported["ok"], imported
-            before = _rate(sub, "other", args.window)
+            tracker = _SeqTracker(sub, "other")
+            before = tracker.rate(args.window)
+            s0, ts0 = tracker.drain()
             t0 = time.monotonic()
             job = ctl.request("train", part="new")
             assert job["ok"], job
-            counts, peak, state = 0, 0.0, {}
-            t_rate = time.monotonic()
+            peak, state = 0.0, {}
             while True:
-                msg = sub.recv(timeout=0.5)
-                if msg is not None and msg.is_result and msg.camera == "other":
-                    counts += 1
+                tracker.drain(wait=0.5)
                 peak = max(peak, _children_rss_mb(proc.pid))
-                if time.monotonic() - t_rate > 2.0:
-                    state = ctl.request("status")["jobs"][job["job"]]
-                    t_rate_done = state["finished"] is not None
-                    if t_rate_done:
-                        break
+                state = ctl.request("status")["jobs"][job["job"]]
+                if state["finished"] is not None:
+                    break
             wall = time.monotonic() - t0
-            during = counts / wall
+            s1, ts1 = tracker.drain()
+            during = (s1 - s0) / (ts1 - ts0)
         finally:
             ctl.close()
             sub.close()
