@@ -13,10 +13,7 @@ metrics, and the camera's ``last`` result (the control socket's answer to a subs
 from __future__ import annotations
 
 import collections
-import contextlib
-import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -28,25 +25,21 @@ import numpy as np
 import zmq
 
 from edge import protocol
-from edge.collect import Collector, import_evidence, import_folder
 from edge.config import CameraSection, EdgeConfig, load_edge_config
 from edge.control import ControlServer
-from edge.errors import ControlError, EdgeError, SourceError
+from edge.errors import ControlError, SourceError
 from edge.evidence import EvidenceStore
 from edge.keys import Authenticator, CurveServer
 from edge.metrics import Metrics, MetricsServer
 from edge.model import LoadedModel, load_model
+from edge.parts import PartsService
 from edge.pipeline import CameraState, Outcome, Pipeline
 from edge.publish import Publisher
 from edge.regions import heatmap_u8
-from edge.retrain import JobState, TrainJob, TrainSettings
 from edge.sources import open_source
 from edge.sources.base import Source
-from edge.store import ModelStore
 from engines.errors import EngineError
-from engines.verdict import FAIL, UNKNOWN, verdict
-
-_FAST_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "masf_lite0_fast.yaml"
+from engines.verdict import FAIL, UNKNOWN
 
 __all__ = ["Daemon", "model_key"]
 
@@ -123,20 +116,9 @@ class Daemon:
         self._degraded: dict[str, str] = {}
         self._reload_lock = threading.Lock()
         self.stuck_threads: list[str] = []
-        self.store: ModelStore | None = None
-        self.collector: Collector | None = None
-        self.jobs: dict[str, TrainJob] = {}
-        self.interrupted: list[dict[str, str]] = []
-        self._job_ids = itertools.count(1)
-        self._shadow_taps: dict[str, queue.Queue[tuple[np.ndarray, str, float]]] = {}
-        if cfg.store.dir:
-            self.store = ModelStore(cfg.store.dir, cfg.store.keep)
-            for part, version in self.store.recover():
-                log.warning(
-                    "part %s: training of %s was interrupted by a stop; its files are removed", part, version
-                )
-                self.interrupted.append({"part": part, "version": version, "state": "interrupted"})
-            self.collector = Collector(self.store)
+        self.parts_service = PartsService(
+            cfg, self.pipeline, self.metrics, self.reload_model, self._reload_lock
+        )
 
     # ------------------------------------------------------------------------------ start-up
 
@@ -292,12 +274,7 @@ class Daemon:
         }
         self.metrics.observe_result(job.camera, out.verdict, out.reason, stages if out.model else None)
         if image is not None:
-            if self.collector is not None and self.collector.wants(job.camera):
-                self.collector.offer(job.camera, image, job.acquisition_id)
-            tap = self._shadow_taps.get(job.camera)
-            if tap is not None and out.score is not None:
-                with contextlib.suppress(queue.Full):  # the shadow run takes what it can keep up with
-                    tap.put_nowait((image, out.verdict, out.score))
+            self.parts_service.offer(job.camera, image, job.acquisition_id, out.verdict, out.score)
         if self.evidence is not None and out.verdict in self.cfg.evidence.verdicts:
             evidence_header = {**header, "t_capture": job.t_capture}
             if not self.evidence.submit(evidence_header, image, heat, header["regions"]):
@@ -377,13 +354,7 @@ class Daemon:
                 self.metrics.set_queue_depth(name, cam.depth())
             if self.evidence is not None:
                 self.metrics.set_evidence_bytes(int(self.evidence.usage().get("bytes", 0)))
-            for job in list(self.jobs.values()):
-                s = job.snapshot()
-                running = s["finished"] is None
-                self.metrics.set_training(s["part"], running, s["epoch"], s["epochs"], s["eta_s"])
-            if self.collector is not None:
-                for cam, c in self.collector.progress()["active"].items():
-                    self.metrics.set_collect_left(cam, c["left"])
+            self.parts_service.update_metrics()
 
     def health(self) -> tuple[bool, str]:
         """Liveness: every thread makes progress (a camera that is down but retrying is healthy)."""
@@ -479,9 +450,7 @@ class Daemon:
                 "dropped": pub.dropped if pub else 0,
             },
             "evidence": self.evidence.usage() if self.evidence else None,
-            "jobs": {k: j.snapshot() for k, j in self.jobs.items()},
-            "interrupted_jobs": list(self.interrupted),
-            "collect": self.collector.progress() if self.collector else None,
+            **self.parts_service.status(),
         }
 
     def last(self, camera: str | None) -> dict[str, Any]:
@@ -616,191 +585,26 @@ class Daemon:
 
     # ------------------------------------------------------------------------------ retraining
 
-    def _need_store(self) -> ModelStore:
-        if self.store is None:
-            raise ControlError("no model store on this line: set store.dir in the line config")
-        return self.store
-
-    def _cameras_of(self, part: str) -> list[str]:
-        store = self._need_store()
-        current = str(store.current_path(part))
-        return [name for name, cam in self.pipeline.cameras.items() if cam.cfg.bundle == current]
-
     def collect(self, camera: str, part: str, count: int) -> dict[str, Any]:
-        self._camera(camera)
-        self._need_store()
-        assert self.collector is not None
-        try:
-            return {"collect": self.collector.start(camera, part, count)}
-        except EdgeError as err:
-            raise ControlError(str(err)) from None
+        return self.parts_service.collect(camera, part, count)
 
     def import_images(self, part: str, dir: str | None, evidence: str | None, kind: str) -> dict[str, Any]:
-        store = self._need_store()
-        try:
-            if dir is not None:
-                return {"imported": import_folder(store, part, dir), "part": part}
-            if not self.cfg.evidence.dir:
-                raise ControlError("no evidence store on this line (evidence.dir)")
-            assert evidence is not None
-            return {
-                "imported": import_evidence(store, part, self.cfg.evidence.dir, evidence, kind),
-                "part": part,
-            }
-        except EdgeError as err:
-            raise ControlError(str(err)) from None
-        except OSError as err:
-            raise ControlError(
-                f"import failed: {err.strerror or err}: nothing in the store was changed"
-            ) from None
-
-    def _settings(self) -> TrainSettings:
-        s = self.cfg.store
-        return TrainSettings(
-            train_config=Path(s.train_config) if s.train_config else _FAST_CONFIG,
-            min_images=s.min_images,
-            nice=s.nice,
-            threads=s.threads,
-            shadow_frames=s.shadow_frames,
-            shadow_timeout_s=s.shadow_timeout_s,
-            max_calib_frr=s.max_calib_frr,
-            max_escape_rate=s.max_escape_rate,
-            min_agreement=s.min_agreement,
-        )
+        return self.parts_service.import_images(part, dir, evidence, kind)
 
     def train(self, part: str, config: str | None) -> dict[str, Any]:
-        store = self._need_store()
-        try:
-            store.images_dir(part, "good")
-        except EdgeError as err:
-            raise ControlError(str(err)) from None
-        for job in self.jobs.values():
-            if job.state.part == part and job.state.finished is None:
-                raise ControlError(
-                    f"part {part} is already being trained (job {job.state.job}): wait or cancel it"
-                )
-        if config is not None and not Path(config).is_file():
-            raise ControlError(f"train: config file {config} not found")
-        n = sum(1 for _ in store.images_dir(part, "good").glob("*.png"))
-        if n < self.cfg.store.min_images:
-            raise ControlError(
-                f"part {part}: {n} good image(s), at least {self.cfg.store.min_images} are needed: "
-                "collect or import more"
-            )
-        job_id = f"{part}-{next(self._job_ids)}"
-        settings = self._settings()
-        job = TrainJob(
-            job_id, part, store, settings, config, shadow=self._shadow(part), on_done=self._job_done
-        )
-        self.jobs[job_id] = job.start()
-        log.info("training job %s for part %s started", job_id, part)
-        return {"job": job_id, "part": part}
+        return self.parts_service.train(part, config)
 
     def cancel(self, job: str) -> dict[str, Any]:
-        found = self.jobs.get(job)
-        if found is None:
-            raise ControlError(f"unknown job {job!r}: jobs are {sorted(self.jobs)}")
-        found.cancel()
-        return {"job": job, "cancelling": found.state.finished is None}
+        return self.parts_service.cancel(job)
 
-    def _job_done(self, state: JobState) -> None:
-        self.metrics.set_training(state.part, False, state.epoch, state.epochs, None)
-        if state.state == "done" and state.passed and self.cfg.store.auto_promote and state.version:
-            try:
-                self.promote(state.part, state.version, by="auto_promote")
-            except ControlError as err:
-                log.error("auto-promotion of %s %s failed: %s", state.part, state.version, err)
-
-    def _shadow(self, part: str) -> Callable[[Path, int, float], dict[str, Any] | None]:
-        def run(bundle_dir: Path, frames: int, timeout: float) -> dict[str, Any] | None:
-            # only cameras with a live model of this part: a first version has nothing to compare with
-            cams = [c for c in self._cameras_of(part) if self.pipeline.group(c).model is not None]
-            if not cams or frames <= 0:
-                return None
-            cam = cams[0]
-            model = load_model(bundle_dir, "onnxruntime", threads=1, warmup=False)
-            tap: queue.Queue[tuple[np.ndarray, str, float]] = queue.Queue(maxsize=max(4, frames))
-            self._shadow_taps[cam] = tap
-            live: list[float] = []
-            cand: list[float] = []
-            agree = 0
-            deadline = time.monotonic() + timeout
-            try:
-                while len(live) < frames and time.monotonic() < deadline:
-                    try:
-                        image, live_verdict, live_score = tap.get(timeout=0.5)
-                    except queue.Empty:
-                        continue
-                    score = float(model.backend.infer([image]).score[0])
-                    agree += verdict(score, model.threshold) == live_verdict
-                    live.append(live_score)
-                    cand.append(score)
-            finally:
-                self._shadow_taps.pop(cam, None)
-                model.close()
-
-            def stats(v: list[float]) -> dict[str, float] | None:
-                if not v:
-                    return None
-                a = np.asarray(v)
-                return {
-                    k: round(float(f(a)), 6)
-                    for k, f in (("mean", np.mean), ("p50", np.median), ("max", np.max))
-                }
-
-            return {
-                "camera": cam,
-                "frames": len(live),
-                "agreement": agree / len(live) if live else None,
-                "live_scores": stats(live),
-                "candidate_scores": stats(cand),
-            }
-
-        return run
-
-    def promote(self, part: str, version: str, by: str = "operator") -> dict[str, Any]:
-        store = self._need_store()
-        try:
-            replaced = store.promote(part, version, by=by)
-        except (EdgeError, EngineError) as err:
-            raise ControlError(f"promote refused, the live model stays: {err}") from None
-        cams = self._cameras_of(part)
-        swapped = self._reload_part(cams)
-        log.warning("part %s: %s promoted (was %s) on %s", part, version, replaced or "none", cams)
-        return {
-            "part": part,
-            "version": version,
-            "replaced": replaced or None,
-            "cameras": cams,
-            "reloaded": swapped,
-        }
+    def promote(self, part: str, version: str) -> dict[str, Any]:
+        return self.parts_service.promote(part, version)
 
     def rollback(self, part: str) -> dict[str, Any]:
-        store = self._need_store()
-        try:
-            version = store.rollback(part)
-        except EdgeError as err:
-            raise ControlError(str(err)) from None
-        cams = self._cameras_of(part)
-        self._reload_part(cams)
-        log.warning("part %s rolled back to %s on %s", part, version, cams)
-        return {"part": part, "version": version, "cameras": cams}
-
-    def _reload_part(self, cams: list[str]) -> list[dict[str, Any]]:
-        swapped: list[dict[str, Any]] = []
-        with self._reload_lock:
-            for cam in cams:
-                swapped += self.reload_model(cam, None)["reloaded"]
-        return swapped
+        return self.parts_service.rollback(part)
 
     def parts(self, part: str | None) -> dict[str, Any]:
-        store = self._need_store()
-        names = [part] if part is not None else store.parts()
-        try:
-            described = {p: {**store.describe(p), "history": store.history(p)[-20:]} for p in names}
-        except EdgeError as err:
-            raise ControlError(str(err)) from None
-        return {"parts": described, "jobs": {k: j.snapshot() for k, j in self.jobs.items()}}
+        return self.parts_service.parts(part)
 
     # ------------------------------------------------------------------------------ shutdown
 
@@ -812,8 +616,7 @@ class Daemon:
         """
         self.state = "stopping"
         deadline = time.monotonic() + deadline_s
-        for job in self.jobs.values():
-            job.cancel()  # a training in flight is abandoned (its .incoming folder is removed)
+        self.parts_service.cancel_all()
         self.pipeline.stop_capture(min(2.0, deadline_s / 4))
         left = self.pipeline.drain(deadline - 0.5)
         threads = [c.thread for c in self.pipeline.captures.values()]
@@ -832,10 +635,7 @@ class Daemon:
             self.evidence.close(max(0.5, deadline - time.monotonic()))
         if self.auth is not None:
             self.auth.stop()
-        if self.collector is not None:
-            self.collector.close(1.0)
-        for job in self.jobs.values():
-            job.thread.join(max(0.1, deadline - time.monotonic()))
+        self.parts_service.close(max(0.1, deadline - time.monotonic()))
         self.pipeline.close_models()
         self.context.term()
         return left
