@@ -8,7 +8,10 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,16 @@ def _parts(folder: Path, n: int, size: int = 96, seed: int = 0) -> None:
         cv2.imwrite(
             str(folder / f"{i:04d}.png"), cv2.cvtColor(render_part(rng, size, size), cv2.COLOR_RGB2BGR)
         )
+
+
+def _defects(folder: Path, n: int, size: int = 96) -> None:
+    from trainer.data.synthetic import add_defect, render_part
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        img, _ = add_defect(rng, render_part(rng, size, size), "spot")
+        cv2.imwrite(str(folder / f"d{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
 def _tiny_train_config(tmp: Path) -> Path:
@@ -116,10 +129,21 @@ def test_collect_train_validate_promote_rollback(tmp_path: Path) -> None:
             assert promoted["ok"] and promoted["cameras"] == ["cam1"]
             time.sleep(1.5)
             _drain(sub, seen)
+            # confirmed defects for the validation (a USB stick with a defects/ folder), through the CLI
+            _defects(tmp_path / "usb" / "defects", 4)
+            cli = subprocess.run(
+                [sys.executable, "-m", "edge", "part", "import", "--part", "widget",
+                 "--dir", str(tmp_path / "usb"), "--config", str(cfg)],
+                capture_output=True, text=True, cwd=REPO, timeout=60,
+            )  # fmt: skip
+            assert cli.returncode == 0 and json.loads(cli.stdout)["imported"] == {"good": 0, "defects": 4}
             # a second version, validated with a shadow run beside the live one, then promoted
             job2 = ctl.request("train", part="widget")["job"]
             state2 = _wait_job(ctl, job2)
             assert state2["state"] == "done" and state2["version"] == "v0002"
+            assert state2["validation"]["defects"] == 4 and 0 <= state2["validation"]["escape_rate"] <= 1
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{doc['metrics']['port']}/metrics").read()
+            assert b'masf_edge_train_epochs{part="widget"} 1.0' in metrics
             shadow = state2["validation"]["shadow"]
             assert shadow["camera"] == "cam1" and shadow["frames"] == 4 and 0 <= shadow["agreement"] <= 1
             _drain(sub, seen)
@@ -130,6 +154,18 @@ def test_collect_train_validate_promote_rollback(tmp_path: Path) -> None:
             assert back["ok"] and back["version"] == "v0001"
             time.sleep(1.5)
             _drain(sub, seen)
+            status_cli = subprocess.run(
+                [sys.executable, "-m", "edge", "part", "status", "--part", "widget", "--config", str(cfg)],
+                capture_output=True, text=True, cwd=REPO, timeout=60,
+            )  # fmt: skip
+            assert status_cli.returncode == 0
+            assert json.loads(status_cli.stdout)["parts"]["widget"]["current"] == "v0001"
+            bad_cli = subprocess.run(
+                [sys.executable, "-m", "edge", "part", "promote", "--part", "widget", "--version", "v0009",
+                 "--config", str(cfg)],
+                capture_output=True, text=True, cwd=REPO, timeout=60,
+            )  # fmt: skip
+            assert bad_cli.returncode == 2 and bad_cli.stderr.startswith("error: promote refused")
             parts = ctl.request("parts", part="widget")["parts"]["widget"]
             assert parts["current"] == "v0001" and parts["versions"] == ["v0001", "v0002"]
             events = [e["event"] for e in parts["history"]]
