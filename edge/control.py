@@ -24,7 +24,7 @@ import zmq
 from edge.errors import ControlError, EdgeError
 from edge.keys import CurveServer
 from edge.protocol import PROTOCOL_VERSION
-from edge.sockets import bind_server_socket
+from edge.sockets import bind_server_socket, start_socket_thread
 
 __all__ = ["COMMANDS", "Arg", "ControlHandler", "ControlServer", "dispatch", "validate_request"]
 
@@ -313,16 +313,8 @@ class ControlServer:
         Raises:
             EdgeError: the address is in use or invalid (one line naming it), or the CURVE key is bad.
         """
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="masf-control", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._thread.join()
-            self._thread = None
-            raise EdgeError(self._error)
-        log.info("control socket on %s", self.endpoint)
+        if start_socket_thread(self, "masf-control"):
+            log.info("control socket on %s", self.endpoint)
         return self
 
     def close(self, timeout: float = 2.0) -> None:

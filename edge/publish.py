@@ -17,7 +17,7 @@ import zmq
 
 from edge.errors import EdgeError
 from edge.keys import CurveServer
-from edge.sockets import bind_server_socket
+from edge.sockets import bind_server_socket, start_socket_thread
 
 __all__ = ["Publisher"]
 
@@ -88,16 +88,8 @@ class Publisher:
         Raises:
             EdgeError: the address is in use or invalid (one line naming it), or the CURVE key is bad.
         """
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="masf-publish", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._thread.join()
-            self._thread = None
-            raise EdgeError(self._error)
-        log.info("publishing on %s (sndhwm %d)", self.endpoint, self.sndhwm)
+        if start_socket_thread(self, "masf-publish"):
+            log.info("publishing on %s (sndhwm %d)", self.endpoint, self.sndhwm)
         return self
 
     def close(self, timeout: float = 2.0) -> None:

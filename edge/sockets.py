@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import zmq
 
 from edge.errors import EdgeError
 from edge.keys import CurveServer
 
-__all__ = ["bind_server_socket"]
+__all__ = ["bind_server_socket", "start_socket_thread"]
 
 
 def bind_server_socket(
@@ -39,3 +42,24 @@ def bind_server_socket(
         raise
     last = sock.getsockopt(zmq.LAST_ENDPOINT)
     return last.decode() if isinstance(last, bytes) else str(last)
+
+
+def start_socket_thread(owner: Any, name: str) -> bool:
+    """Start ``owner._run`` in a daemon thread that binds ``owner``'s socket, and wait until it did.
+
+    ``owner`` has ``_thread`` (None until started), ``_ready`` (set by the thread once bound or failed) and
+    ``_error`` (the thread's one-line bind error, or None). Returns False when it was running already.
+
+    Raises:
+        EdgeError: the thread could not bind its socket (the thread has ended).
+    """
+    if owner._thread is not None:
+        return False
+    owner._thread = threading.Thread(target=owner._run, name=name, daemon=True)
+    owner._thread.start()
+    owner._ready.wait()
+    if owner._error is not None:
+        owner._thread.join()
+        owner._thread = None
+        raise EdgeError(owner._error)
+    return True

@@ -27,6 +27,7 @@ from edge_support import (
     free_port,
     line_config,
     make_tiny_bundle,
+    stop_process,
     wait_ready,
     write_config,
     write_parts,
@@ -59,13 +60,7 @@ def gateway_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc, 15)
 
 
 def _f32(hi: int, lo: int) -> float:

@@ -31,6 +31,7 @@ from edge_support import (
     free_port,
     line_config,
     make_tiny_bundle,
+    stop_process,
     wait_ready,
     write_config,
     write_parts,
@@ -68,13 +69,7 @@ def gateway_process(kind: str, config: Path, log: Path) -> Iterator[subprocess.P
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc, 15)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -267,12 +262,7 @@ def test_opcua_gateway_mirrors_the_daemon(line: dict[str, Any]) -> None:
         finally:
             sub.close()
             for proc in restarted:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+                stop_process(proc, 20)
     log = (tmp / "gw.log").read_text()
     assert "Traceback" not in log, log
     assert "refused an OPC UA client: BadCertificateUntrusted (certificate rogue" in log

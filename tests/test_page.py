@@ -38,6 +38,7 @@ from edge_support import (
     free_port,
     line_config,
     make_tiny_bundle,
+    stop_process,
     wait_ready,
     write_config,
     write_parts,
@@ -169,13 +170,7 @@ def page_process(config: Path, port: int, log: Path, *extra: str) -> Iterator[su
             time.sleep(0.1)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, 10)
 
 
 class SSE:
