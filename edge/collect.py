@@ -56,9 +56,13 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     if not ok:
         raise EdgeError(f"cannot encode {path.name} as PNG")
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data.tobytes())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data.tobytes())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+        raise
 
 
 @dataclass
@@ -205,13 +209,22 @@ def import_folder(store: ModelStore, part: str, folder: str | Path) -> dict[str,
         raise EdgeError(f"import: no images in {good_dir} (PNG, JPEG, BMP or TIFF)")
     good_images, defect_images = _read_all(good), _read_all(defects)
     out = {"good": 0, "defects": 0}
-    for kind, paths, images in (("good", good, good_images), ("defects", defects, defect_images)):
-        if not paths:
-            continue
-        target = store.images_dir(part, kind)
-        for p, img in zip(paths, images, strict=True):
-            _write_png(_unique(target, f"import_{_safe(p.stem)}"), img)
-            out[kind] += 1
+    written: list[Path] = []
+    try:
+        for kind, paths, images in (("good", good, good_images), ("defects", defects, defect_images)):
+            if not paths:
+                continue
+            target = store.images_dir(part, kind)
+            for p, img in zip(paths, images, strict=True):
+                dst = _unique(target, f"import_{_safe(p.stem)}")
+                _write_png(dst, img)
+                written.append(dst)
+                out[kind] += 1
+    except OSError as err:
+        for dst in written:  # all or nothing: the part's images stay as they were
+            dst.unlink(missing_ok=True)
+        why = "disk full" if err.errno == 28 else (err.strerror or str(err))
+        raise EdgeError(f"import refused ({why} under {store.root}): free space and import again") from None
     store.record(part, "imported", source=str(root), **out)
     return out
 

@@ -93,3 +93,30 @@ def test_import_evidence_as_false_reject_or_defect(tmp_path: Path) -> None:
         import_evidence(store, "widget", evidence, "cam1/none.png", "good")
     with pytest.raises(EdgeError, match="kind must be"):
         import_evidence(store, "widget", evidence, "cam1/20261201/00000007_FAIL_0006.png", "maybe")
+
+
+def test_a_full_disk_refuses_the_whole_import_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    import subprocess
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        store = ModelStore(disk / "store")
+        usb = tmp_path / "usb"
+        rng = np.random.default_rng(0)
+        for i in range(12):  # noise does not compress: ~110 KB each, more than the disk holds
+            _png(usb / f"{i:03d}.png", rng.integers(0, 255, (192, 192, 3), dtype=np.uint8))
+        with pytest.raises(
+            EdgeError, match=r"import refused \(disk full under .*\): free space and import again"
+        ):
+            import_folder(store, "widget", usb)
+        left = list((store.part_dir("widget") / "images" / "good").iterdir())
+        assert left == [], f"partial import left {left}"
+        store.record("widget", "after", ok=True)  # the store still works once space is back
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
