@@ -208,6 +208,9 @@ class StoreSection:
     threads: int = _f(1, _pos, "a positive int")
     shadow_frames: int = _f(50, _nonneg, "a non-negative int (0: no shadow run)")
     shadow_timeout_s: float = _f(120.0, _pos, "positive (seconds)")
+    # ed25519 private key (PEM) that signs every version trained here; needed when the line only loads
+    # signed bundles (security.require_signed_bundles).
+    signing_key: str | None = _f(None)
     # A validated version goes live by itself when this is on and its validation passed.
     auto_promote: bool = _f(False)
     max_calib_frr: float = _f(0.05, lambda x: 0 <= x <= 1, "in [0, 1]")
@@ -357,7 +360,10 @@ def config_from_dict(data: Any, source: str = "edge config", base: Path | None =
     if cfg.publish.address == cfg.control.address:
         raise ConfigError(f"{source}: publish.address and control.address must differ")
     store = replace(
-        cfg.store, dir=_resolve(cfg.store.dir, base), train_config=_resolve(cfg.store.train_config, base)
+        cfg.store,
+        dir=_resolve(cfg.store.dir, base),
+        train_config=_resolve(cfg.store.train_config, base),
+        signing_key=_resolve(cfg.store.signing_key, base),
     )
     cameras = [_check_camera(c, i, source, base, store.dir) for i, c in enumerate(cfg.cameras)]
     security = replace(

@@ -166,10 +166,16 @@ class PartsService:
             max_calib_frr=s.max_calib_frr,
             max_escape_rate=s.max_escape_rate,
             min_agreement=s.min_agreement,
+            signing_key=Path(s.signing_key) if s.signing_key else None,
         )
 
     def train(self, part: str, config: str | None) -> dict[str, Any]:
         store = self._need_store()
+        if self.cfg.security.require_signed_bundles and not self.cfg.store.signing_key:
+            raise ControlError(
+                "this line only loads signed bundles: set store.signing_key (an ed25519 private key whose "
+                "public key is in security.trusted_keys) to train here"
+            )
         try:
             store.images_dir(part, "good")
         except EdgeError as err:

@@ -14,7 +14,8 @@ Runtime (one thread):
    escape rate on the part's confirmed defects (``images/defects``, if any), and a shadow run beside the
    live model on the camera's next frames (agreement rate and score distributions) when a camera
    inspects this part; the results go into the version's manifest (``validation``, ``model.version``);
-5. **add**: the complete bundle is renamed into the store as a new version (and promoted when
+5. **add**: the complete bundle (signed with ``store.signing_key`` when set, so a line that only loads
+   signed bundles can load it) is renamed into the store as a new version (and promoted when
    ``store.auto_promote`` is on and the validation passed).
 
 Every failure is one line in the job's ``error`` and in ``status``; the live model keeps serving and the
@@ -46,6 +47,7 @@ import yaml
 from edge.errors import EdgeError
 from edge.store import ModelStore
 from engines.bundle import Bundle, update_bundle
+from engines.errors import EngineError
 from engines.pixels import decode_image, to_canonical
 
 __all__ = ["JobState", "TrainJob", "TrainSettings", "check_images"]
@@ -66,6 +68,7 @@ class TrainSettings:
     threads: int = 1
     shadow_frames: int = 50
     shadow_timeout_s: float = 120.0
+    signing_key: Path | None = None
     max_calib_frr: float = 0.05
     max_escape_rate: float = 0.1
     min_agreement: float = 0.9
@@ -347,6 +350,10 @@ class TrainJob:
                 {},
                 {"model": {**manifest["model"], "version": version}, "validation": validation},
             )
+            if self.settings.signing_key is not None:
+                from engines.signing import sign_bundle
+
+                sign_bundle(incoming / "bundle", self.settings.signing_key)
             store.add(part, version, incoming / "bundle", job=self.state.job, validation=validation)
             self._set(state="done", validation=validation, passed=bool(validation["passed"]), eta_s=None)
             store.record(
@@ -355,8 +362,8 @@ class TrainJob:
         except _Cancelled:
             self._set(state="cancelled")
             store.record(part, "cancelled", version=self.state.version, job=self.state.job)
-        except (EdgeError, OSError, ValueError) as err:
-            message = str(err) if isinstance(err, EdgeError) else f"{type(err).__name__}: {err}"
+        except (EngineError, OSError, ValueError) as err:
+            message = str(err) if isinstance(err, EngineError) else f"{type(err).__name__}: {err}"
             if isinstance(err, OSError) and err.errno == 28:
                 message = f"disk full while training part {part}: free space under {store.root}"
             self._set(state="failed", error=" ".join(message.split()))

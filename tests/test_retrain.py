@@ -186,8 +186,15 @@ def test_collect_train_validate_promote_rollback(tmp_path: Path) -> None:
 
 
 def test_cancel_auto_promote_and_a_daemon_killed_during_training(tmp_path: Path) -> None:
+    """On a line that loads only signed bundles: versions trained here are signed with store.signing_key."""
+    from engines.signing import make_signing_key
+
+    private, public = make_signing_key(tmp_path / "keys", "line")
     doc = _line(tmp_path)
     doc["store"].update({"min_images": 5, "auto_promote": True, "shadow_frames": 0})
+    doc["security"] = {"require_signed_bundles": True, "trusted_keys": [str(public)]}
+    unsigned = write_config(tmp_path, doc, "unsigned.yaml")
+    doc["store"]["signing_key"] = str(private)
     from trainer.data.synthetic import render_part
 
     good = tmp_path / "store" / "parts" / "widget" / "images" / "good"
@@ -195,6 +202,12 @@ def test_cancel_auto_promote_and_a_daemon_killed_during_training(tmp_path: Path)
     rng = np.random.default_rng(1)
     for i in range(12):
         cv2.imwrite(str(good / f"g{i:03d}.png"), render_part(rng, 96, 96))
+    with daemon_process(unsigned):
+        wait_ready(doc["control"]["address"])
+        ctl = ControlClient(doc["control"]["address"], timeout_s=10)
+        refused = ctl.request("train", part="widget")
+        ctl.close()
+    assert refused["ok"] is False and "set store.signing_key" in refused["error"]
     cfg = write_config(tmp_path, doc)
     with daemon_process(cfg) as proc:
         wait_ready(doc["control"]["address"])
@@ -234,7 +247,8 @@ def test_cancel_auto_promote_and_a_daemon_killed_during_training(tmp_path: Path)
     assert sorted(p.name for p in part.iterdir() if p.name.startswith("v0")) == [
         "v0001"
     ]  # only the whole one
-    assert status["cameras"]["cam1"]["model"]["model_version"] == "v0001"
+    assert status["cameras"]["cam1"]["model"]["model_version"] == "v0001"  # signed: the line loads it
+    assert (part / "v0001" / "manifest.sig").is_file()
     events = [json.loads(line)["event"] for line in (part / "history.jsonl").read_text().splitlines()]
     assert "cancelled" in events and events[-1] == "interrupted"
 
