@@ -9,7 +9,8 @@ DATA ?= ../shared/data/mvtec_ad/bottle
 
 .PHONY: venv system-deps test lint format demo bench-quality gpu-check clean
 
-# torch goes in first, alone, so that pip never resolves a second torch (DEVELOPERS.md).
+# torch goes in first, alone, so that pip never resolves a second torch: torch==2.14.1 with torchvision
+# 0.29.1 is the pair that installs here (a later timm install keeps it).
 $(VENV)/.torch-stamp:
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
