@@ -15,7 +15,10 @@ from trainer.train import fit
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not BOTTLE.is_dir(), reason=f"real data not found at {BOTTLE} (the shared data sets sit beside the checkout)"),
+    pytest.mark.skipif(
+        not BOTTLE.is_dir(),
+        reason=f"real data not found at {BOTTLE} (the shared data sets sit beside the checkout)",
+    ),
 ]
 
 
