@@ -21,10 +21,10 @@ from typing import Any, Protocol
 
 import zmq
 
-from edge.errors import ControlError, EdgeError
+from edge.errors import ControlError
 from edge.keys import CurveServer
 from edge.protocol import PROTOCOL_VERSION
-from edge.sockets import bind_server_socket, start_socket_thread
+from edge.sockets import bind_server_socket, open_in_thread, start_socket_thread
 
 __all__ = ["COMMANDS", "Arg", "ControlHandler", "ControlServer", "dispatch", "validate_request"]
 
@@ -346,13 +346,9 @@ class ControlServer:
         return sock
 
     def _run(self) -> None:
-        try:
-            sock = self._open()
-        except EdgeError as e:
-            self._error = str(e)
-            self._ready.set()
+        sock = open_in_thread(self)
+        if sock is None:
             return
-        self._ready.set()
         try:
             while not self._stop.is_set():
                 try:

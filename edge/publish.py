@@ -15,9 +15,8 @@ import time
 
 import zmq
 
-from edge.errors import EdgeError
 from edge.keys import CurveServer
-from edge.sockets import bind_server_socket, start_socket_thread
+from edge.sockets import bind_server_socket, open_in_thread, start_socket_thread
 
 __all__ = ["Publisher"]
 
@@ -200,13 +199,9 @@ class Publisher:
         return sock
 
     def _run(self) -> None:
-        try:
-            sock = self._open()
-        except EdgeError as e:
-            self._error = str(e)
-            self._ready.set()
+        sock = open_in_thread(self)
+        if sock is None:
             return
-        self._ready.set()
         try:
             while True:
                 self._read_subscriptions(sock)

@@ -10,7 +10,7 @@ import zmq
 from edge.errors import EdgeError
 from edge.keys import CurveServer
 
-__all__ = ["bind_server_socket", "start_socket_thread"]
+__all__ = ["bind_server_socket", "open_in_thread", "start_socket_thread"]
 
 
 def bind_server_socket(
@@ -63,3 +63,16 @@ def start_socket_thread(owner: Any, name: str) -> bool:
         owner._thread = None
         raise EdgeError(owner._error)
     return True
+
+
+def open_in_thread(owner: Any) -> zmq.Socket | None:
+    """In ``owner``'s socket thread: ``owner._open()`` the socket, record a bind error in ``owner._error``,
+    and set ``owner._ready`` either way (what :func:`start_socket_thread` waits for). None: it failed."""
+    try:
+        sock: zmq.Socket = owner._open()
+    except EdgeError as e:
+        owner._error = str(e)
+        return None
+    finally:
+        owner._ready.set()
+    return sock
