@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from edge.subscriber import Subscriber  # noqa: E402
 from engines.backends import get_backend  # noqa: E402
-from engines.pixels import decode_image, to_canonical  # noqa: E402
+from engines.pixels import list_images, read_image_file  # noqa: E402
 
 
 def _port() -> int:
@@ -51,25 +51,17 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _images(folder: Path) -> list[Path]:
-    suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
-
-
 def bare(bundle: Path, images: list[Path], n: int, decode: bool = False) -> dict[str, Any]:
     """The backend alone, one frame at a time; with ``decode``, each frame is read from its file first (as
     the daemon's folder replay does), else frames are decoded once beforehand."""
-    frames = [to_canonical(*decode_image(np.fromfile(p, dtype=np.uint8))) for p in images]
+    frames = [read_image_file(p) for p in images]
     backend = get_backend("onnxruntime").from_bundle(bundle)
     backend.infer([frames[0]])  # warm-up, as the daemon does before READY
     lat = []
     t0 = time.perf_counter()
     for i in range(n):
         t = time.perf_counter()
-        if decode:
-            frame = to_canonical(*decode_image(np.fromfile(images[i % len(images)], dtype=np.uint8)))
-        else:
-            frame = frames[i % len(frames)]
+        frame = read_image_file(images[i % len(images)]) if decode else frames[i % len(frames)]
         backend.infer([frame])
         lat.append(time.perf_counter() - t)
     total = time.perf_counter() - t0
@@ -183,7 +175,7 @@ def main() -> int:
     ap.add_argument("--paced-frames", type=int, default=1000, help="frames of the latency run")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "edge"))
     args = ap.parse_args()
-    bundle, images = Path(args.bundle), _images(Path(args.images))
+    bundle, images = Path(args.bundle), list_images(Path(args.images))
     if not (bundle / "manifest.json").is_file() or not images:
         print(
             f"error: need a bundle ({bundle}) and images ({args.images}): run `make demo` first",
@@ -197,7 +189,7 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "bundle": str(bundle),
         "images": len(images),
-        "image_size": list(to_canonical(*decode_image(np.fromfile(images[0], dtype=np.uint8))).shape),
+        "image_size": list(read_image_file(images[0]).shape),
     }
     print(f"bare backend, {args.bare_frames} frames ...", flush=True)
     result["bare"] = bare(bundle, images, args.bare_frames)

@@ -27,13 +27,12 @@ import numpy as np
 
 from edge.errors import EdgeError
 from edge.store import ModelStore
-from engines.pixels import decode_image, to_canonical
+from engines.pixels import list_images, read_image_file
 
 __all__ = ["Collector", "import_evidence", "import_folder"]
 
 log = logging.getLogger(__name__)
 
-_IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -179,16 +178,12 @@ def _read_all(paths: list[Path]) -> list[np.ndarray]:
     images = []
     for p in paths:
         try:
-            images.append(to_canonical(*decode_image(np.fromfile(p, dtype=np.uint8))))
+            images.append(read_image_file(p))
         except (OSError, ValueError) as err:
             raise EdgeError(
                 f"import refused: {p} is not a readable image ({err}): remove or replace it"
             ) from None
     return images
-
-
-def _list(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGES)
 
 
 def import_folder(store: ModelStore, part: str, folder: str | Path) -> dict[str, int]:
@@ -204,7 +199,7 @@ def import_folder(store: ModelStore, part: str, folder: str | Path) -> dict[str,
     if not root.is_dir():
         raise EdgeError(f"import: {root} is not a folder")
     good_dir = root / "train" / "good" if (root / "train" / "good").is_dir() else root
-    good, defects = _list(good_dir), _list(root / "defects") if (root / "defects").is_dir() else []
+    good, defects = list_images(good_dir), list_images(root / "defects")
     if not good and not defects:
         raise EdgeError(f"import: no images in {good_dir} (PNG, JPEG, BMP or TIFF)")
     good_images, defect_images = _read_all(good), _read_all(defects)

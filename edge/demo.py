@@ -30,11 +30,11 @@ import numpy as np
 
 from edge.errors import EdgeError
 from edge.subscriber import Subscriber, format_result
+from engines.pixels import list_images
 
 __all__ = ["add_demo_arguments", "run_demo"]
 
 _REPO = Path(__file__).resolve().parents[1]
-_IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,11 +79,7 @@ def _replay(data: Path, out: Path, limit: int) -> list[tuple[str, str, Path]]:
     test = data / "test"
     if not test.is_dir():
         raise EdgeError(f"{data} has no test/ folder: use an MVTec-layout folder (test/good, test/<defect>)")
-    by_type = {
-        d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in _IMAGES)
-        for d in sorted(test.iterdir())
-        if d.is_dir()
-    }
+    by_type = {d.name: list_images(d) for d in sorted(test.iterdir()) if d.is_dir()}
     order: list[tuple[str, Path]] = []
     while any(by_type.values()):
         for kind in sorted(by_type):

@@ -48,14 +48,13 @@ from edge.errors import EdgeError
 from edge.store import ModelStore
 from engines.bundle import Bundle, update_bundle
 from engines.errors import EngineError
-from engines.pixels import decode_image, to_canonical
+from engines.pixels import list_images, read_image_file
 
 __all__ = ["JobState", "TrainJob", "TrainSettings", "check_images"]
 
 log = logging.getLogger(__name__)
 
 _EPOCH = re.compile(r"epoch (\d+): (\{.*\})")
-_IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -99,15 +98,9 @@ class JobState:
         return asdict(self)
 
 
-def _images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGES and p.is_file())
-
-
 def _read(path: Path) -> np.ndarray:
     try:
-        return to_canonical(*decode_image(np.fromfile(path, dtype=np.uint8)))
+        return read_image_file(path)
     except (OSError, ValueError) as err:
         raise EdgeError(f"cannot read training image {path}: {err}: remove or replace it") from None
 
@@ -298,7 +291,7 @@ class TrainJob:
             "calib_images": calib.get("n_images"),
             "threshold": bundle.threshold,
         }
-        defects = _images(self.store.part_dir(self.state.part) / "images" / "defects")
+        defects = list_images(self.store.part_dir(self.state.part) / "images" / "defects")
         if defects:
             backend = get_backend("onnxruntime")(bundle, intra_op_threads=1)  # type: ignore[call-arg]
             try:
@@ -331,7 +324,7 @@ class TrainJob:
         incoming: Path | None = None
         try:
             self._set(state="preparing")
-            good = _images(store.part_dir(part) / "images" / "good")
+            good = list_images(store.part_dir(part) / "images" / "good")
             check_images(good, self.settings.min_images, part)
             version, incoming = store.reserve(part)
             self._set(version=version)

@@ -28,16 +28,21 @@ Pixel formats use the GenICam SFNC names:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
 __all__ = [
     "CANONICAL",
+    "IMAGE_SUFFIXES",
     "PIXEL_FORMATS",
     "PixelFormatError",
     "check_pixel_format",
     "decode_image",
     "image_pixel_format",
+    "list_images",
+    "read_image_file",
     "to_canonical",
 ]
 
@@ -190,3 +195,24 @@ def decode_image(data: np.ndarray) -> tuple[np.ndarray, str]:
         return img, image_pixel_format(img)
     except PixelFormatError as err:
         raise ValueError(f"{err} (save it as 8- or 16-bit)") from None
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+"""File name endings of image files (matched case-insensitively)."""
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files directly in ``folder``, in name order (a missing folder has none)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """An image file as the canonical uint8 gray or RGB image (:func:`decode_image`, :func:`to_canonical`).
+
+    Raises:
+        OSError: the file cannot be read. ValueError: it is not a decodable image of a known pixel format.
+    """
+    return to_canonical(*decode_image(np.fromfile(path, dtype=np.uint8)))

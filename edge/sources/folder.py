@@ -19,13 +19,14 @@ import numpy as np
 
 from edge.errors import SourceError
 from edge.sources.base import EndOfStream, Frame, Pacer, Source
+from engines.pixels import IMAGE_SUFFIXES as _SUFFIXES
 from engines.pixels import PixelFormatError, decode_image, to_canonical
 
 __all__ = ["IMAGE_SUFFIXES", "FolderSource"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = _SUFFIXES
 """File name endings the folder source reads (matched case-insensitively)."""
 
 
