@@ -77,6 +77,8 @@ class LoadedModel:
             "backend": self.backend_name,
             "threshold": self.threshold,
             "input": list(self.bundle.input_size),
+            "frame": list(self.bundle.frame_size),
+            "tiles": self.bundle.preprocess.grid.count,
             "load_seconds": round(self.load_seconds, 3),
         }
 
@@ -125,7 +127,7 @@ def load_model(
     else:
         engine = cls.from_bundle(bundle.path, **options)
     if warmup:
-        h, w = bundle.input_size
+        h, w = bundle.frame_size
         engine.infer(np.zeros((1, h, w, 3), dtype=np.uint8))
     p999, p50, hi = _pixel_stats(bundle)
     model = LoadedModel(bundle, engine, cls.name, p999, p50, hi, time.monotonic() - t0)

@@ -340,7 +340,7 @@ class InferenceGroup:
 
     def _buffer(self, n: int, model: LoadedModel) -> np.ndarray:
         """The reused input buffer for a batch of ``n`` frames of ``model``'s frame size."""
-        h, w = model.bundle.input_size
+        h, w = model.bundle.frame_size
         buf = self._buffers.get(n)
         if buf is None or buf.shape != (n, h, w, 3):
             buf = self._buffers[n] = np.empty((n, h, w, 3), dtype=np.uint8)

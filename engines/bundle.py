@@ -456,8 +456,14 @@ class Bundle:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """Model frame ``(H, W)``."""
+        """The graph's input ``(H, W)`` (one tile of a tiled bundle)."""
         return int(self.manifest["input"]["height"]), int(self.manifest["input"]["width"])
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """The frame ``(H, W)`` an image is preprocessed into (what :meth:`Backend.infer` takes as a
+        preprocessed batch); equal to :attr:`input_size` unless the bundle is tiled."""
+        return self.preprocess.frame_size
 
     @property
     def calibration(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import EngineError, ParityError
+from engines.preprocess import PreprocessSpec
 
 __all__ = ["main"]
 
@@ -127,8 +128,13 @@ def _read_metrics(path: str | None) -> dict[str, Any] | None:
 def _summary(manifest: dict[str, Any]) -> str:
     spec, calib, export = manifest["preprocess"], manifest["calibration"], manifest["export"]
     threshold = calib["by_path"][calib["path"]]["threshold"]
+    tiles = spec.get("tiles")
+    frame = f"{spec['height']}x{spec['width']}"
+    if tiles:
+        count = PreprocessSpec.from_dict(spec).grid.count
+        frame = f"{tiles['frame_height']}x{tiles['frame_width']} frame in {count} tiles of {frame}"
     return (
-        f"masf part {manifest['model']['part']!r}, {spec['height']}x{spec['width']} {spec['color']} "
+        f"masf part {manifest['model']['part']!r}, {frame} {spec['color']} "
         f"{spec['resize']}, {export['spectral_mode']} graph (opset {export['opset']}), "
         f"{calib['path']} path, threshold {threshold:.6g}, id {manifest['integrity']['digest'][:12]}"
     )

@@ -9,7 +9,8 @@ Pipeline of :func:`preprocess` (input uint8 ``(h, w)``, ``(h, w, 3)`` RGB or ``(
 1. Colour: RGBA drops alpha. With ``color == "gray"`` any input is converted to one luminance channel
    (``cv2.COLOR_RGB2GRAY``, fixed-point BT.601 weights; a 3-channel image whose channels are equal maps
    to exactly that channel). With ``color == "rgb"`` a gray input is replicated to 3 channels.
-2. Resize to the model frame ``(spec.height, spec.width)``:
+2. Resize to the frame ``spec.frame_size`` (the model input ``(spec.height, spec.width)``, or the tile
+   frame of a tiled spec, which :func:`model_inputs` then cuts into tiles):
 
    * ``"stretch"``: both axes are scaled independently to fill the frame (aspect ratio not kept).
    * ``"letterbox"``: one scale ``s = min(H / h, W / w)`` for both axes; the placed size is
@@ -39,6 +40,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engines.tiling import TileGrid
+
 __all__ = [
     "COLORS",
     "INTERPOLATIONS",
@@ -46,9 +49,13 @@ __all__ = [
     "RESIZE_MODES",
     "Geometry",
     "PreprocessSpec",
+    "merge_outputs",
+    "model_inputs",
     "preprocess",
     "preprocess_batch",
     "resolve_input_size",
+    "resolve_tiling",
+    "valid_masks",
 ]
 
 MULTIPLE = 32
@@ -57,7 +64,8 @@ RESIZE_MODES = ("letterbox", "stretch")
 COLORS = ("rgb", "gray")
 INTERPOLATIONS = ("area", "linear")
 
-_FIELDS = ("height", "width", "resize", "color", "pad_value", "interpolation")
+_FIELDS = ("height", "width", "resize", "color", "pad_value", "interpolation", "tiles")
+_TILE_FIELDS = ("frame_height", "frame_width", "overlap")
 _REQUIRED = ("height", "width", "resize", "color")
 
 
@@ -88,9 +96,16 @@ def _check_pad(value: Any) -> int:
 class PreprocessSpec:
     """How an image is turned into the model input; part of every bundle.
 
+    Untiled (the default), the image is placed into a ``height`` x ``width`` frame that is the model input.
+    Tiled (``tile_frame`` set), the image is placed into a larger ``tile_frame`` (e.g. a line-scan strip
+    at its native resolution) and the model sees that frame as overlapping ``height`` x ``width`` tiles
+    (:class:`~engines.tiling.TileGrid`); maps are stitched back into the frame and the image's score is its
+    largest tile score. Everything that maps between the image and the frame (:class:`Geometry`) refers
+    to the frame in both cases.
+
     Attributes:
-        height: Model-frame height H in pixels, a positive multiple of 32.
-        width: Model-frame width W in pixels, a positive multiple of 32.
+        height: Model-input (tile) height H in pixels, a positive multiple of 32.
+        width: Model-input (tile) width W in pixels, a positive multiple of 32.
         resize: ``"letterbox"`` (keep aspect ratio, scale to fit, centre, pad with ``pad_value``) or
             ``"stretch"`` (scale each axis independently to fill the frame).
         color: ``"rgb"`` or ``"gray"`` (model trained on grayscale parts: every input is converted to
@@ -98,6 +113,9 @@ class PreprocessSpec:
         pad_value: Fill value (0..255) of the letterbox padding, in every channel.
         interpolation: ``"area"`` (INTER_AREA when no axis is enlarged, else INTER_LINEAR) or ``"linear"``
             (always INTER_LINEAR).
+        tile_frame: ``(frame_height, frame_width)`` of a tiled spec (multiples of 32, each at least the
+            tile's), or None: not tiled.
+        tile_overlap: Minimum overlap of neighbouring tiles in pixels (``0 <= overlap < tile side``).
     """
 
     height: int
@@ -106,6 +124,8 @@ class PreprocessSpec:
     color: str
     pad_value: int = 114
     interpolation: str = "area"
+    tile_frame: tuple[int, int] | None = None
+    tile_overlap: int = 0
 
     def __post_init__(self) -> None:
         # Validate (and normalise numpy integers to int) so that an invalid spec can never exist.
@@ -115,15 +135,59 @@ class PreprocessSpec:
         _check_choice("color", self.color, COLORS)
         object.__setattr__(self, "pad_value", _check_pad(self.pad_value))
         _check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        if self.tile_frame is not None:
+            if len(self.tile_frame) != 2:
+                raise ValueError(f"preprocess.tiles frame must be (height, width), got {self.tile_frame!r}")
+            frame = (
+                _check_size("tiles.frame_height", self.tile_frame[0]),
+                _check_size("tiles.frame_width", self.tile_frame[1]),
+            )
+            object.__setattr__(self, "tile_frame", frame)
+            if not _is_int(self.tile_overlap):
+                raise ValueError(f"preprocess.tiles.overlap must be an integer, got {self.tile_overlap!r}")
+            object.__setattr__(self, "tile_overlap", int(self.tile_overlap))
+            try:
+                self.grid  # noqa: B018  (validates that the tiles fit the frame)
+            except ValueError as err:
+                raise ValueError(f"preprocess.tiles: {err}") from None
+        elif self.tile_overlap != 0:
+            raise ValueError("preprocess.tiles.overlap is set but the spec is not tiled")
 
     @property
     def size(self) -> tuple[int, int]:
-        """Model frame ``(H, W)``."""
+        """Model input ``(H, W)``: the frame when untiled, one tile when tiled."""
         return (self.height, self.width)
 
+    @property
+    def tiled(self) -> bool:
+        """Whether the frame is cut into tiles."""
+        return self.tile_frame is not None
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """The frame ``(H, W)`` an image is placed into (the model input unless tiled)."""
+        return self.tile_frame if self.tile_frame is not None else (self.height, self.width)
+
+    @property
+    def grid(self) -> TileGrid:
+        """The tile layout of the frame (one tile covering the frame when untiled)."""
+        fh, fw = self.frame_size
+        return TileGrid(fh, fw, self.height, self.width, self.tile_overlap)
+
+    def tile_spec(self) -> PreprocessSpec:
+        """The untiled spec of one tile (what the model graph itself takes)."""
+        return PreprocessSpec(
+            height=self.height,
+            width=self.width,
+            resize=self.resize,
+            color=self.color,
+            pad_value=self.pad_value,
+            interpolation=self.interpolation,
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-serialisable dict with every field."""
-        return {
+        """Plain JSON/YAML-serialisable dict with every field (``tiles`` only when tiled)."""
+        out: dict[str, Any] = {
             "height": self.height,
             "width": self.width,
             "resize": self.resize,
@@ -131,6 +195,13 @@ class PreprocessSpec:
             "pad_value": self.pad_value,
             "interpolation": self.interpolation,
         }
+        if self.tile_frame is not None:
+            out["tiles"] = {
+                "frame_height": self.tile_frame[0],
+                "frame_width": self.tile_frame[1],
+                "overlap": self.tile_overlap,
+            }
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PreprocessSpec:
@@ -156,6 +227,19 @@ class PreprocessSpec:
         for name in _REQUIRED:
             if name not in d:
                 raise ValueError(f"preprocess.{name} is missing")
+        frame, overlap = None, 0
+        if d.get("tiles") is not None:
+            tiles = d["tiles"]
+            if not isinstance(tiles, Mapping):
+                raise ValueError(f"preprocess.tiles must be a mapping, got {type(tiles).__name__}")
+            for name in _TILE_FIELDS:
+                if name not in tiles:
+                    raise ValueError(f"preprocess.tiles.{name} is missing")
+            extra = sorted(str(k) for k in tiles if k not in _TILE_FIELDS)
+            if extra:
+                raise ValueError(f"preprocess.tiles.{extra[0]} is not a known field")
+            frame = (tiles["frame_height"], tiles["frame_width"])
+            overlap = tiles["overlap"]
         return cls(
             height=_check_size("height", d["height"]),
             width=_check_size("width", d["width"]),
@@ -163,6 +247,8 @@ class PreprocessSpec:
             color=_check_choice("color", d["color"], COLORS),
             pad_value=_check_pad(d.get("pad_value", 114)),
             interpolation=_check_choice("interpolation", d.get("interpolation", "area"), INTERPOLATIONS),
+            tile_frame=frame,
+            tile_overlap=overlap,
         )
 
 
@@ -232,6 +318,65 @@ def resolve_input_size(
                 best = cand
     assert best is not None
     return (best[1], best[2])
+
+
+def _round32(x: float) -> int:
+    return max(MULTIPLE, MULTIPLE * math.floor(x / MULTIPLE + 0.5))
+
+
+def resolve_tiling(
+    image_sizes: Sequence[tuple[int, int]],
+    tile: int = 256,
+    scale: float | str = "auto",
+    overlap: int = 32,
+    max_tiles: int = 16,
+) -> tuple[tuple[int, int], tuple[int, int], int, float]:
+    """The tiling of a part: its frame, tile size, overlap and scale, from the training images' sizes.
+
+    The frame is the median training image (median height, median width) scaled by ``s``, each side
+    rounded to the nearest multiple of 32 (at least 32). With ``scale == "auto"``, ``s`` starts at 1 (the
+    native resolution: a defect a few pixels wide keeps its pixels) and shrinks in steps of x0.9 until the
+    frame needs at most ``max_tiles`` tiles. Tiles are ``tile`` x ``tile``, each side clipped to the frame
+    (a 64-pixel strip gets 64-pixel-high tiles); the overlap is clipped to half the shorter tile side.
+
+    Args:
+        image_sizes: ``(h, w)`` of the training images.
+        tile: Tile side in pixels (a positive multiple of 32).
+        scale: ``"auto"`` or a fixed factor ``> 0``.
+        overlap: Minimum overlap of neighbouring tiles in pixels.
+        max_tiles: Most tiles per frame for ``"auto"`` (a fixed scale may need more).
+
+    Returns:
+        ``((frame_h, frame_w), (tile_h, tile_w), overlap, s)``.
+
+    Raises:
+        ValueError: no or invalid sizes, or an invalid argument.
+    """
+    tile = _check_size("tile_size", tile)
+    if len(image_sizes) == 0:
+        raise ValueError("tiling needs the sizes of the training images, got none")
+    if not _is_int(overlap) or overlap < 0:
+        raise ValueError(f"tile overlap must be a non-negative int, got {overlap!r}")
+    if not _is_int(max_tiles) or max_tiles < 1:
+        raise ValueError(f"max_tiles must be a positive int, got {max_tiles!r}")
+    sizes = np.asarray([(int(h), int(w)) for h, w in image_sizes], dtype=np.float64)
+    if (sizes <= 0).any():
+        raise ValueError("image sizes must be positive (h, w)")
+    h, w = (float(v) for v in np.median(sizes, axis=0))
+    fixed = not isinstance(scale, str)
+    if isinstance(scale, str) and scale != "auto":
+        raise ValueError(f"tile scale must be 'auto' or a number, got {scale!r}")
+    s = float(scale) if not isinstance(scale, str) else 1.0
+    if not s > 0:
+        raise ValueError(f"tile scale must be > 0, got {scale!r}")
+    while True:
+        frame = (_round32(h * s), _round32(w * s))
+        tile_hw = (min(tile, frame[0]), min(tile, frame[1]))
+        ov = min(int(overlap), min(tile_hw) // 2)
+        count = TileGrid(frame[0], frame[1], tile_hw[0], tile_hw[1], ov).count
+        if fixed or count <= max_tiles or frame == (MULTIPLE, MULTIPLE):
+            return frame, tile_hw, ov, s
+        s *= 0.9
 
 
 @dataclass(frozen=True)
@@ -379,8 +524,8 @@ def _interp(spec: PreprocessSpec, src_hw: tuple[int, int], dst_hw: tuple[int, in
 
 
 def _placement(h: int, w: int, spec: PreprocessSpec) -> tuple[int, int, int, int]:
-    """``(top, left, placed_h, placed_w)`` of an ``(h, w)`` image in the model frame."""
-    H, W = spec.height, spec.width
+    """``(top, left, placed_h, placed_w)`` of an ``(h, w)`` image in the frame."""
+    H, W = spec.frame_size
     if spec.resize == "stretch":
         return (0, 0, H, W)
     s = min(H / h, W / w)
@@ -398,7 +543,7 @@ def _preprocess_into(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -
         if not img.flags.c_contiguous:
             img = np.ascontiguousarray(img)
         img = cv2.resize(img, (pw, ph), interpolation=_interp(spec, (h, w), (ph, pw)))
-    if (ph, pw) != (spec.height, spec.width):
+    if (ph, pw) != spec.frame_size:
         out[...] = spec.pad_value
     region = out[top : top + ph, left : left + pw]
     # A 2-D (gray) image broadcasts into all 3 channels: this is the replication step.
@@ -406,8 +551,8 @@ def _preprocess_into(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -
     return Geometry(
         orig_height=h,
         orig_width=w,
-        frame_height=spec.height,
-        frame_width=spec.width,
+        frame_height=spec.frame_size[0],
+        frame_width=spec.frame_size[1],
         scale_y=ph / h,
         scale_x=pw / w,
         top=top,
@@ -432,7 +577,7 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, Geo
     Raises:
         ValueError: Wrong dtype, number of dimensions or channels, or an empty image.
     """
-    out = np.empty((spec.height, spec.width, 3), dtype=np.uint8)
+    out = np.empty((*spec.frame_size, 3), dtype=np.uint8)
     geometry = _preprocess_into(image, spec, out)
     return out, geometry
 
@@ -455,7 +600,7 @@ def preprocess_batch(
     Raises:
         ValueError: As :func:`preprocess`; the message names the index of the offending image.
     """
-    shape = (len(images), spec.height, spec.width, 3)
+    shape = (len(images), *spec.frame_size, 3)
     if out is not None and (out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous):
         raise ValueError(
             f"out must be a C-contiguous uint8 array of shape {shape}, got {out.dtype} {out.shape}"
@@ -468,3 +613,44 @@ def preprocess_batch(
         except ValueError as exc:
             raise ValueError(f"image {i}: {exc}") from None
     return batch, geometries
+
+
+def valid_masks(geometries: Sequence[Geometry]) -> np.ndarray:
+    """uint8 ``[N, 1, H, W]``: 1 on image pixels, 0 on letterbox padding, one per frame."""
+    return np.stack([g.valid_mask() for g in geometries])[:, None].astype(np.uint8)
+
+
+def model_inputs(
+    batch: np.ndarray, geometries: Sequence[Geometry], spec: PreprocessSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames -> what the model graph takes: ``(uint8 [M, H, W, 3], valid uint8 [M, 1, H, W])``.
+
+    Untiled, ``M == N`` and the frames are passed as they are; tiled, every frame is cut into
+    ``spec.grid.count`` tiles (image-major, row-major within an image) and so is its valid mask.
+    """
+    valid = valid_masks(geometries)
+    if not spec.tiled:
+        return batch, valid
+    grid = spec.grid
+    return grid.cut(batch, axis=1), grid.cut(valid, axis=2)
+
+
+def merge_outputs(
+    maps: np.ndarray, scores: np.ndarray, spec: PreprocessSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's outputs for :func:`model_inputs` -> one map per frame and one score per image.
+
+    Args:
+        maps: ``[M, H, W]`` (or ``[M, 1, H, W]``) model-input maps.
+        scores: ``[M]`` model-input scores.
+
+    Returns:
+        ``(maps [N, FH, FW], scores [N])``: untiled unchanged (maps squeezed); tiled, the maps stitched
+        into the frame (:meth:`~engines.tiling.TileGrid.stitch`) and each image's largest tile score.
+    """
+    if maps.ndim == 4:
+        maps = maps[:, 0]
+    if not spec.tiled:
+        return maps, scores
+    grid = spec.grid
+    return grid.stitch(maps), grid.reduce_scores(scores)

@@ -71,3 +71,41 @@ def trained_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
     """``trained_run`` exported once per session with ``masf-engine export`` (shared by the engine tests)."""
     return exported_bundle(trained_run, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def strip_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated long gray parts (64x512, 8:1): 20 train, 4 good + 3x3 defective test images."""
+    from trainer.data.synthetic import make_dataset
+
+    return make_dataset(
+        tmp_path_factory.mktemp("strips"),
+        n_train=20,
+        n_test_good=4,
+        n_test_defect=3,
+        height=64,
+        width=512,
+        gray=True,
+        seed=3,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiled_run(strip_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run on ``strip_data`` with tiled inference (``data.tiling: auto`` tiles an 8:1 part): a 64x512
+    frame at native resolution seen as five 64x128 tiles."""
+    import torch
+
+    from trainer.train import fit
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("tiled_run")
+    cfg = tiny_config(data={"input_size": "auto", "tile_size": 128}, fusion={"select": "none"})
+    fit(cfg, strip_data, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiled_bundle(tiled_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
+    """``tiled_run`` exported with ``masf-engine export`` (parity on tiles, stitched)."""
+    return exported_bundle(tiled_run, tmp_path_factory)

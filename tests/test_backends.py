@@ -15,7 +15,7 @@ from engines.backends.base import full_frame_geometry
 from engines.backends.ort import OrtBackend
 from engines.bundle import Bundle, update_bundle
 from engines.errors import BackendError, BundleError, InputError
-from engines.preprocess import preprocess_batch
+from engines.preprocess import model_inputs, preprocess_batch
 from trainer.data import read_image
 from trainer.export.parity import MAP_RTOL, SCORE_RTOL
 from trainer.torch_backend import TorchBackend
@@ -194,3 +194,38 @@ def test_ort_backend_imports_neither_torch_nor_timm(exported: ExportedBundle) ->
     res = run_python(code, str(exported.path))
     assert res.returncode == 0, res.stderr
     assert "LOADED []" in res.stdout
+
+
+def test_tiled_bundle_scores_the_same_on_every_backend(
+    tiled_bundle: ExportedBundle, strip_data: Path
+) -> None:
+    """A tiled bundle: frames cut into tiles, one batch, maps stitched, the largest tile score; ONNX
+    Runtime and the torch reference agree on the stitched maps, the scores and the verdicts."""
+    paths = sorted((strip_data / "test").rglob("*.png"))
+    images = [read_image(p) for p in paths]
+    images.append(np.ascontiguousarray(images[-1][:, :300]))  # a shorter strip: letterboxed into the frame
+    with OrtBackend.from_bundle(tiled_bundle.path, intra_op_threads=1) as ort_b:
+        assert (
+            ort_b.spec.tiled and ort_b.bundle.frame_size == (64, 512) and ort_b.bundle.input_size == (64, 128)
+        )
+        got = ort_b.infer(images)
+        # a preprocessed batch of frames gives the same as the raw images
+        frames, geoms = preprocess_batch(images, ort_b.spec)
+        again = ort_b.infer(frames, geoms)
+        with pytest.raises(InputError, match=r"\[N, 64, 512, 3\]"):
+            ort_b.infer(np.zeros((1, 64, 128, 3), np.uint8))  # a tile is not a frame
+        # the score is the largest tile score: each tile of the first image alone through the graph
+        tiles, valid = model_inputs(frames, geoms, ort_b.spec)
+        tile_scores = np.concatenate(
+            [ort_b._forward(tiles[i : i + 1], valid[i : i + 1])[1] for i in range(5)]
+        )
+    np.testing.assert_array_equal(again.score, got.score)
+    assert got.anomaly_map.shape == (len(images), 64, 512)
+    with TorchBackend.from_bundle(tiled_bundle.path) as ref:
+        want = ref.infer(images)
+    ranges = np.ptp(want.anomaly_map.reshape(len(images), -1), axis=1)
+    map_err = np.abs(got.anomaly_map - want.anomaly_map).reshape(len(images), -1).max(axis=1) / ranges
+    assert map_err.max() < MAP_RTOL
+    np.testing.assert_allclose(got.score, want.score, rtol=SCORE_RTOL, atol=0)
+    np.testing.assert_array_equal(got.failed(ref.threshold), want.failed(ref.threshold))
+    assert got.score[0] == pytest.approx(tile_scores.max(), rel=1e-6)

@@ -97,6 +97,38 @@ def test_every_part_is_published_in_order_with_the_right_verdict(tmp_path: Path,
     assert len(stored) == 10  # every FAIL kept as evidence, no PASS
 
 
+def test_a_tiled_bundle_inspects_long_parts_at_native_resolution(tmp_path: Path) -> None:
+    """A 64x384 part seen as four 64x128 tiles: every verdict right, the defect's region where the spot
+    is, in the part's own pixels, and the heatmap the size of the part."""
+    tiled = make_tiny_bundle(tmp_path / "tiled", height=64, width=128, tiles=(64, 384, 32)).path
+    labels = write_parts(tmp_path / "parts", 12, height=64, width=384)
+    doc = line_config(tmp_path, [_camera("strip", tiled, tmp_path / "parts")])
+    doc["publish"]["wait_for_subscribers"] = 1
+    cfg = write_config(tmp_path, doc)
+    sub = Subscriber(doc["publish"]["address"])
+    try:
+        with daemon_process(cfg) as proc:
+            results = _collect(sub, 12)
+            status = wait_ready(doc["control"]["address"])
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+            assert proc.returncode == 0, out
+    finally:
+        sub.close()
+    assert [m.header["verdict"] for m in results] == ["FAIL" if d else "PASS" for d in labels]
+    facts = status["cameras"]["strip"]["model"]
+    assert facts["input"] == [64, 128] and facts["frame"] == [64, 384] and facts["tiles"] == 4
+    assert sum(labels) >= 3
+    for m in results:
+        if m.header["verdict"] != "FAIL":
+            continue
+        assert m.header["frame"] == {"height": 64, "width": 384}
+        x, y, w, hh = m.header["regions"][0]["bbox"]
+        assert 0 <= x < 384 and 0 <= y < 64 and 5 <= w <= 30 and 5 <= hh <= 30
+        heat = m.heatmap_image()
+        assert heat is not None and heat.shape[:2] == (64, 384)
+
+
 def test_control_socket_last_status_threshold_trigger_and_bad_requests(tmp_path: Path, bundle: Path) -> None:
     write_parts(tmp_path / "parts", 6, defect_every=2)
     cam = _camera("cam1", bundle, tmp_path / "parts", source={"step": True, "loop": True})

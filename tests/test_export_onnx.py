@@ -291,3 +291,17 @@ def test_uint8_inputs_must_be_cast_first() -> None:
             helper.make_graph(nodes, "g", [img], [y]), opset_imports=[helper.make_opsetid("", 18)]
         )
         assert trt10_issues(model) == expected
+
+
+def test_tiled_bundle_pins_its_tiling_and_passes_parity_on_stitched_maps(
+    tiled_bundle: ExportedBundle,
+) -> None:
+    bundle = Bundle.open(tiled_bundle.path)
+    spec = bundle.preprocess
+    assert bundle.manifest["preprocess"]["tiles"] == {"frame_height": 64, "frame_width": 512, "overlap": 32}
+    assert spec.tiled and spec.grid.count == 5
+    # the graph takes one tile; the frame is cut and stitched outside it, identically on every backend
+    rec = bundle.manifest["export"]
+    assert rec["inputs"][0] == {"name": "image", "dtype": "uint8", "shape": ["N", 64, 128, 3]}
+    assert rec["parity"]["passed"] is True and rec["parity"]["verdict_mismatches"] == 0
+    assert "64x512 frame in 5 tiles of 64x128" in tiled_bundle.stdout

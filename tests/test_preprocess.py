@@ -14,10 +14,14 @@ import pytest
 from engines.preprocess import (
     Geometry,
     PreprocessSpec,
+    merge_outputs,
+    model_inputs,
     preprocess,
     preprocess_batch,
     resolve_input_size,
+    resolve_tiling,
 )
+from engines.tiling import TileGrid
 
 LETTERBOX = PreprocessSpec(height=256, width=256, resize="letterbox", color="rgb")
 STRETCH = PreprocessSpec(height=256, width=256, resize="stretch", color="rgb")
@@ -381,3 +385,91 @@ def test_preprocess_batch_writes_into_a_reused_buffer() -> None:
     np.testing.assert_array_equal(reused, fresh)  # padding rewritten too, nothing of the old batch left
     with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8 array of shape \(2, 32, 64, 3\)"):
         preprocess_batch(images, spec, out=np.empty((3, 32, 64, 3), np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- tiling
+
+
+def _tiled(**kw: object) -> PreprocessSpec:
+    base: dict[str, object] = {
+        "height": 64,
+        "width": 256,
+        "resize": "letterbox",
+        "color": "gray",
+        "tile_frame": (64, 1024),
+        "tile_overlap": 32,
+    }
+    base.update(kw)
+    return PreprocessSpec(**base)  # type: ignore[arg-type]
+
+
+def test_tiled_spec_round_trips_and_names_bad_fields() -> None:
+    spec = _tiled()
+    assert spec.tiled and spec.frame_size == (64, 1024) and spec.size == (64, 256)
+    assert spec.grid.count == 5
+    d = spec.to_dict()
+    assert d["tiles"] == {"frame_height": 64, "frame_width": 1024, "overlap": 32}
+    assert PreprocessSpec.from_dict(d) == spec
+    plain = spec.tile_spec()
+    assert not plain.tiled and "tiles" not in plain.to_dict() and plain.grid.count == 1
+    with pytest.raises(ValueError, match=r"preprocess.tiles.frame_width"):
+        PreprocessSpec.from_dict({**d, "tiles": {"frame_height": 64, "overlap": 0}})
+    with pytest.raises(ValueError, match=r"preprocess.tiles.extra"):
+        PreprocessSpec.from_dict({**d, "tiles": {**d["tiles"], "extra": 1}})
+    with pytest.raises(ValueError, match=r"preprocess.tiles: a tile of 256 px does not fit"):
+        _tiled(tile_frame=(64, 224))
+    with pytest.raises(ValueError, match=r"preprocess.tiles.frame_width must be a positive multiple of 32"):
+        _tiled(tile_frame=(64, 1000))
+    with pytest.raises(ValueError, match="not tiled"):
+        PreprocessSpec(height=64, width=64, resize="stretch", color="rgb", tile_overlap=8)
+
+
+def test_tiled_preprocess_places_the_image_in_the_frame_and_model_inputs_are_its_tiles() -> None:
+    spec = _tiled()
+    rng = np.random.default_rng(1)
+    strip = rng.integers(0, 256, (64, 1024), dtype=np.uint8)
+    short = rng.integers(0, 256, (32, 256), dtype=np.uint8)  # half the scale: letterboxed into the frame
+    batch, geoms = preprocess_batch([strip, short], spec)
+    assert batch.shape == (2, 64, 1024, 3)
+    np.testing.assert_array_equal(batch[0, :, :, 0], strip)  # native resolution: no resize at all
+    assert geoms[1].region == (0, 256, 64, 512)  # centred
+    inputs, valid = model_inputs(batch, geoms, spec)
+    assert inputs.shape == (10, 64, 256, 3) and valid.shape == (10, 1, 64, 256)
+    np.testing.assert_array_equal(inputs[1], batch[0, :, 192:448])
+    # the second image covers the middle half of its frame: its first and last tiles are all padding
+    assert valid[5].sum() == 0 and valid[9].sum() == 0 and valid[7].all()
+    maps = inputs[..., 0].astype(np.float32)
+    scores = maps.reshape(10, -1).max(axis=1)
+    stitched, image_scores = merge_outputs(maps[:, None], scores, spec)
+    assert stitched.shape == (2, 64, 1024)
+    np.testing.assert_array_equal(stitched[:, :, :, None], batch[..., :1].astype(np.float32))
+    np.testing.assert_array_equal(image_scores, [strip.max(), batch[1].max()])
+    # untiled specs pass through unchanged
+    plain = spec.tile_spec()
+    b2, g2 = preprocess_batch([strip[:, :256]], plain)
+    i2, v2 = model_inputs(b2, g2, plain)
+    assert i2 is b2 and v2.shape == (1, 1, 64, 256)
+
+
+def test_resolve_tiling_keeps_native_resolution_up_to_max_tiles() -> None:
+    # a 16:1 line-scan strip stays at its native 64x1024: 5 tiles 64 px high
+    assert resolve_tiling([(64, 1024)] * 3) == ((64, 1024), (64, 256), 32, 1.0)
+    # a square 384 px part: native, 2x2 tiles
+    assert resolve_tiling([(384, 384)]) == ((384, 384), (256, 256), 32, 1.0)
+    # a 2048 px image is scaled down until at most max_tiles tiles are needed
+    frame, tile, overlap, scale = resolve_tiling([(2048, 2048)], max_tiles=16)
+    assert tile == (256, 256) and scale < 1.0
+    assert TileGrid(*frame, *tile, overlap).count <= 16
+    bigger = _round32(2048 * scale / 0.9)  # the step before: too many tiles
+    assert TileGrid(bigger, bigger, *tile, overlap).count > 16
+    # a fixed scale is taken as is; the median size decides the frame
+    assert resolve_tiling([(100, 1000), (64, 1024), (64, 1100)], scale=2.0)[0] == (128, 2048)
+    assert resolve_tiling([(64, 1024)], tile=32, overlap=32)[1:3] == ((32, 32), 16)
+    with pytest.raises(ValueError, match="sizes"):
+        resolve_tiling([])
+    with pytest.raises(ValueError, match="scale"):
+        resolve_tiling([(64, 64)], scale="big")
+
+
+def _round32(x: float) -> int:
+    return max(32, 32 * int(np.floor(x / 32 + 0.5)))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trainer.evaluate.metrics import image_metrics, roc_auc
-from trainer.evaluate.report import ReportExample, write_report
+from trainer.evaluate.report import ReportExample, example_layout, write_report
 
 
 def _synthetic() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -91,3 +91,42 @@ def test_write_report_rejects_mismatched_example(tmp_path: Path) -> None:
         write_report(tmp_path, {}, scores, labels, types, 0.5, [ex])
     with pytest.raises(ValueError, match="defect_types differ in length"):
         write_report(tmp_path, {}, scores, labels, types[:-1], 0.5, [])
+
+
+@pytest.mark.parametrize(
+    ("sizes", "stacked", "rotate"),
+    [
+        ([(48, 64), (40, 40)], False, False),
+        ([(64, 1024)] * 3, True, False),  # a 16:1 line-scan strip lies across the page
+        ([(1024, 64)] * 3, True, True),  # a tall one is turned to lie down
+        ([(100, 240)], False, False),  # 2.4:1 still fits side by side
+        ([], False, False),
+    ],
+)
+def test_example_layout_for_long_parts(sizes: list[tuple[int, int]], stacked: bool, rotate: bool) -> None:
+    layout = example_layout(sizes)
+    assert (layout.stacked, layout.rotate) == (stacked, rotate)
+    if stacked:
+        assert 0.4 <= layout.panel_height <= 1.0  # a 16:1 panel is the page wide and short
+
+
+def test_long_part_examples_are_drawn_full_width(tmp_path: Path) -> None:
+    """A 16:1 strip's example: the input, truth and overlay panels each span the figure's width, so the
+    strip is drawn ~880 px long instead of as a ~200 px sliver, and the defect shows in the overlay."""
+    rng = np.random.default_rng(3)
+    examples = []
+    for i in range(2):
+        img = rng.integers(90, 160, size=(64, 1024), dtype=np.uint8)
+        mask = np.zeros((64, 1024), dtype=bool)
+        mask[28:36, 500 + 100 * i : 520 + 100 * i] = True
+        amap = rng.random((64, 1024)).astype(np.float32) * 0.1 + mask
+        examples.append(ReportExample(f"strip{i}.png", img, mask, amap, float(amap.max()), 1))
+    scores, labels, types = _synthetic()
+    write_report(tmp_path, image_metrics(scores, labels, 0.5, types), scores, labels, types, 0.5, examples)
+    grid = cv2.imread(str(tmp_path / "examples.png"))
+    h, w = grid.shape[:2]
+    assert w == 900 and h < 3 * 2 * 150  # six short panels, not six 300 px rows
+    # the truth panels: their white marks must be drawn wide (at ~0.86 px per image pixel)
+    white = (grid[..., 0] > 230) & (grid[..., 1] > 230) & (grid[..., 2] > 230)
+    widths = [np.flatnonzero(white[r]).size for r in range(h)]
+    assert max(widths) >= 14  # the 20 px defect drawn at least 14 px wide (a 3-column grid: ~5 px)

@@ -190,3 +190,28 @@ def test_a_cue_with_weight_zero_is_not_computed(trained_run: Path) -> None:
     torch.testing.assert_close(model.fusion(cos, bank, size), model.fusion(cos_all, bank, size))
     model.fusion.cos_weight, model.fusion.bank_weight = 1.0, 0.0
     assert model.raw_cues(feats)[1] is None
+
+
+def test_tiled_selection_keeps_only_the_tiles_that_show_a_defect(tiled_run: Path, strip_data: Path) -> None:
+    """On a tiled part the selection's defective set is the tiles that hold synthetic-defect pixels, each
+    grouped with its calibration image; the good set is every tile of the good images."""
+    from engines.preprocess import PreprocessSpec
+    from trainer.select import _defect_cues, model_frames
+
+    spec = PreprocessSpec(64, 128, "letterbox", "gray", tile_frame=(64, 512), tile_overlap=32)
+    images = [read_image(p) for p in sorted((strip_data / "train" / "good").glob("*.png"))[:3]]
+    masks = [np.zeros((64, 512), np.uint8) for _ in images]
+    masks[1][30:34, 10:20] = 255  # inside tile 0 only
+    inputs, valid, tile_masks, source = model_frames(images, spec, masks)
+    assert inputs.shape == (15, 64, 128, 3) and valid.shape == (15, 1, 64, 128)
+    assert tile_masks is not None and tile_masks.shape == (15, 64, 128)
+    assert source.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert tile_masks.any(axis=(1, 2)).tolist() == [i == 5 for i in range(15)]
+    model, info = load_run(tiled_run)
+    assert info.preprocess == spec
+    defects = synthetic_defects(images, seed=0, min_total=8)
+    cues, kept_masks, origin = _defect_cues(model, defects, spec, torch.device("cpu"), 8)
+    assert kept_masks.any(axis=(1, 2)).all()  # every kept tile shows its defect
+    assert len(origin) == sum(c[2].shape[0] for c in cues) == kept_masks.shape[0]
+    assert set(origin.tolist()) <= {0, 1, 2}
+    assert len(origin) >= len(defects)  # at least one tile per defect (more where it spans a seam)

@@ -87,11 +87,47 @@ def test_grayscale_and_long_thin_parts_keep_their_aspect(tmp_path: Path) -> None
     root = make_dataset(
         tmp_path / "thin", n_train=9, n_test_good=1, n_test_defect=1, height=48, width=384, gray=True, seed=3
     )
-    cfg = tiny_config(data={"input_size": "auto", "base_size": 64}, train={"epochs": 1})
+    cfg = tiny_config(data={"input_size": "auto", "base_size": 64, "tiling": "off"}, train={"epochs": 1})
     info = fit(cfg, root, tmp_path / "run", progress=False)
     h, w = info.input_size
-    assert info.preprocess.color == "gray"
+    assert info.preprocess.color == "gray" and not info.preprocess.tiled
     assert h % 32 == 0 and w % 32 == 0 and w / h >= 4  # 1:8 part, not squashed into a square
+
+
+def test_long_parts_are_tiled_at_native_resolution(tiled_run: Path, strip_data: Path) -> None:
+    info = load_run(tiled_run)[1]
+    spec = info.preprocess
+    # 64x512 strips (8:1, above data.tile_min_aspect): the frame is the native image, five 64x128 tiles
+    assert spec.tiled and spec.frame_size == (64, 512) and info.input_size == (64, 128)
+    assert spec.grid.count == 5 and spec.tile_overlap == 32
+    model = load_run(tiled_run)[0]
+    paths = sorted((strip_data / "test").rglob("*.png"))
+    images = [read_image(p) for p in paths]
+    preds = predict_arrays(model, images, spec, torch.device("cpu"))
+    assert all(p.anomaly_map.shape == (64, 512) and p.geometry.orig_size == (64, 512) for p in preds)
+    # the image score is the largest tile score; a defect's map peak lies on the defect
+    good = [p.score for p, path in zip(preds, paths, strict=True) if path.parent.name == "good"]
+    bad = [p.score for p, path in zip(preds, paths, strict=True) if path.parent.name != "good"]
+    assert np.median(bad) > max(good)
+
+
+@pytest.mark.parametrize(
+    ("tiling", "size", "tiled"),
+    [
+        ("auto", (64, 512), True),
+        ("auto", (200, 300), False),
+        ("on", (200, 300), True),
+        ("off", (64, 512), False),
+    ],
+)
+def test_tiling_auto_tiles_long_parts_only(tiling: str, size: tuple[int, int], tiled: bool) -> None:
+    from trainer.train import resolve_preprocess
+
+    images = [np.zeros((*size, 3), np.uint8)] * 3
+    spec = resolve_preprocess(tiny_config(data={"input_size": "auto", "tiling": tiling}), images)
+    assert spec.tiled is tiled
+    if tiled:
+        assert spec.frame_size[0] >= size[0] - 16 and spec.frame_size[1] >= size[1] - 16
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:

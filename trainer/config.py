@@ -72,6 +72,24 @@ class DataSection:
     # Held out of train/good for calibration; half of them set the threshold only (calibration section).
     calib_fraction: float = _f(0.2, lambda x: 0 < x <= 0.5, "in (0, 0.5]")
     min_calib: int = _f(5, _pos, "a positive int")
+    # Tiled inference (long and high-resolution parts): the image is placed into a frame at a per-part
+    # scale (up to its native resolution) that the model sees as overlapping tile_size tiles, scored as one
+    # batch and stitched. "auto": tiled when the training images' median aspect ratio (long side / short
+    # side) exceeds tile_min_aspect; "on" / "off": always / never. input_size is the untiled frame only.
+    tiling: str = _f("auto", *_oneof("auto", "on", "off"))
+    tile_min_aspect: float = _f(3.0, lambda x: x >= 1.0, ">= 1")
+    tile_size: int = _f(
+        256, lambda x: isinstance(x, int) and x > 0 and x % 32 == 0, "a positive multiple of 32"
+    )
+    # Frame scale relative to the median training image: "auto" = native resolution, reduced (x0.9 steps)
+    # until the frame needs at most max_tiles tiles; or a fixed factor.
+    tile_scale: str | float = _f(
+        "auto",
+        lambda x: x == "auto" or (isinstance(x, int | float) and not isinstance(x, bool) and 0 < x <= 4),
+        "'auto' or a number in (0, 4]",
+    )
+    tile_overlap: int = _f(32, lambda x: isinstance(x, int) and x >= 0, "a non-negative int")
+    max_tiles: int = _f(16, lambda x: isinstance(x, int) and 0 < x <= 256, "an int in [1, 256]")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.preprocess import Geometry, PreprocessSpec, preprocess_batch
+from engines.preprocess import Geometry, PreprocessSpec, merge_outputs, model_inputs, preprocess_batch
 from trainer.data import read_image
 from trainer.models.masf import MASFOutput
 
@@ -18,7 +18,8 @@ __all__ = ["Prediction", "frames_to_tensor", "predict_arrays", "predict_files", 
 
 @dataclass
 class Prediction:
-    """One image's result: ``anomaly_map`` in the model frame ``[H, W]`` float32, ``score``, geometry."""
+    """One image's result: ``anomaly_map`` in the frame ``[H, W]`` float32 (a tiled spec's tiles stitched),
+    ``score`` (tiled: the largest tile score), geometry."""
 
     anomaly_map: np.ndarray
     score: float
@@ -45,13 +46,16 @@ def predict_arrays(
     spec: PreprocessSpec,
     device: torch.device,
 ) -> list[Prediction]:
-    """Run ``model`` on raw images (uint8 HxW / HxWx3) as one batch."""
+    """Run ``model`` on raw images (uint8 HxW / HxWx3) as one batch (of tiles, when ``spec`` is tiled)."""
     batch, geometries = preprocess_batch(list(images), spec)
-    x, valid = to_tensor(batch, geometries, device)
+    inputs, valid_np = model_inputs(batch, geometries, spec)
+    x = frames_to_tensor(inputs, device)
+    valid = torch.from_numpy(valid_np).to(device)
     with torch.no_grad():
         out = model(x, valid)
-    maps = out.anomaly_map[:, 0].float().cpu().numpy()
-    scores = out.pred_score.float().cpu().numpy()
+    maps, scores = merge_outputs(
+        out.anomaly_map[:, 0].float().cpu().numpy(), out.pred_score.float().cpu().numpy(), spec
+    )
     return [Prediction(maps[i], float(scores[i]), geometries[i]) for i in range(len(images))]
 
 

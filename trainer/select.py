@@ -23,6 +23,10 @@ mix lets more defects through than the bank alone. So after training, ``a`` is c
    baseline to be worth its cost and its risk), then the higher objective, then the smaller
    distillation weight.
 
+For a tiled part (``data.tiling``) everything above runs on the model's inputs, the tiles: the good set
+is every tile of the calibration images, the defective set the tiles that show a synthetic defect, and
+the folds group tiles by their calibration image.
+
 The choice and every candidate's numbers are stored in the run (``fusion_selection``). Synthetic defects
 are not real ones: the rule can only prefer what separates *some* visible anomalies from this part's
 normal variation, and the numbers are a ranking aid, not a quality estimate. ``fusion.select: none``
@@ -39,16 +43,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.preprocess import Geometry, PreprocessSpec, preprocess_batch
+from engines.preprocess import PreprocessSpec, model_inputs, preprocess_batch
 from trainer.data.synthetic import SELECTION_DEFECTS, add_defect
 from trainer.evaluate.metrics import pixel_metrics, roc_auc
-from trainer.inference import to_tensor
+from trainer.inference import frames_to_tensor
 from trainer.models.masf import MASF
 
 __all__ = [
     "CueBatch",
     "MixSelection",
     "cue_batches",
+    "cues_of",
+    "model_frames",
     "rank_mixes",
     "select_cue_mix",
     "synthetic_defects",
@@ -117,20 +123,65 @@ def synthetic_defects(
 CueBatch = tuple[list[torch.Tensor] | None, list[torch.Tensor] | None, torch.Tensor]
 
 
+def model_frames(
+    images: Sequence[np.ndarray], spec: PreprocessSpec, masks: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """What the model sees of ``images``: ``(inputs uint8 [M, H, W, 3], valid uint8 [M, 1, H, W],
+    masks bool [M, H, W] or None, source image index [M])``; ``M == N`` untiled, ``N * tiles`` tiled.
+    ``masks``: one per image in the image's own frame (e.g. synthetic defects), brought along."""
+    batch, geometries = preprocess_batch(list(images), spec)
+    inputs, valid = model_inputs(batch, geometries, spec)
+    source = np.repeat(np.arange(len(images)), spec.grid.count)
+    out_masks = None
+    if masks is not None:
+        framed = np.stack([g.to_model(m) for g, m in zip(geometries, masks, strict=True)])
+        out_masks = spec.grid.cut(framed, axis=1) if spec.tiled else framed
+    return inputs, valid, out_masks, source
+
+
+@torch.no_grad()
+def cues_of(
+    model: MASF, inputs: np.ndarray, valid: np.ndarray, device: torch.device, batch_size: int
+) -> list[CueBatch]:
+    """Raw cues of every enabled branch, whatever their fusion weights, for model inputs
+    (:func:`model_frames`), batch by batch: ``[(cos per scale, bank per scale, valid), ...]``."""
+    out = []
+    for start in range(0, inputs.shape[0], batch_size):
+        x = frames_to_tensor(inputs[start : start + batch_size], device)
+        v = torch.from_numpy(valid[start : start + batch_size]).to(device)
+        cos, bank = model.raw_cues(model.collect(x), all_cues=True)
+        out.append((cos, bank, v))
+    return out
+
+
 @torch.no_grad()
 def cue_batches(
     model: MASF, images: Sequence[np.ndarray], spec: PreprocessSpec, device: torch.device, batch_size: int
-) -> tuple[list[CueBatch], list[Geometry]]:
-    """Raw cues of every enabled branch, whatever their fusion weights, batch by batch
-    (``[(cos per scale, bank per scale, valid), ...]``), and each image's geometry."""
-    out, geos = [], []
-    for start in range(0, len(images), batch_size):
-        batch, geometries = preprocess_batch(list(images[start : start + batch_size]), spec)
-        x, valid = to_tensor(batch, geometries, device)
-        cos, bank = model.raw_cues(model.collect(x), all_cues=True)
-        out.append((cos, bank, valid))
-        geos.extend(geometries)
-    return out, geos
+) -> tuple[list[CueBatch], np.ndarray]:
+    """:func:`cues_of` the model inputs of ``images`` (their tiles, when ``spec`` is tiled) and the
+    source image of each input."""
+    inputs, valid, _, source = model_frames(images, spec)
+    return cues_of(model, inputs, valid, device, batch_size), source
+
+
+def _defect_cues(
+    model: MASF,
+    defects: list[tuple[np.ndarray, np.ndarray, int]],
+    spec: PreprocessSpec,
+    device: torch.device,
+    batch_size: int,
+) -> tuple[list[CueBatch], np.ndarray, np.ndarray]:
+    """Cues of the synthetic-defect images, their masks in the model input and each input's calibration
+    image. Tiled, only the tiles that hold defect pixels are kept: a tile of a defective image that does
+    not show the defect is a good tile, not a defect to detect."""
+    images, defect_masks = [img for img, _, _ in defects], [m for _, m, _ in defects]
+    inputs, valid, masks, source = model_frames(images, spec, defect_masks)
+    assert masks is not None
+    if spec.tiled:
+        keep = masks.any(axis=(1, 2))
+        inputs, valid, masks, source = inputs[keep], valid[keep], masks[keep], source[keep]
+    origin = np.array([src for *_, src in defects])[source]
+    return cues_of(model, inputs, valid, device, batch_size), masks, origin
 
 
 def _valid_boxes(chunks: list[CueBatch]) -> list[tuple[slice, slice]]:
@@ -257,11 +308,10 @@ def select_cue_mix(
     defects = synthetic_defects(calib_images, seed)
     if good_cues is None:
         good_cues, _ = cue_batches(model, calib_images, spec, device, batch_size)
-    defect_cues, geometries = cue_batches(model, [img for img, _, _ in defects], spec, device, batch_size)
-    masks = np.stack([g.to_model(m) for g, (_, m, _) in zip(geometries, defects, strict=True)])
+    defect_cues, masks, origin = _defect_cues(model, defects, spec, device, batch_size)
     if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
         return None  # defects too small to survive the resize: keep the configured mix
-    groups = (np.arange(len(calib_images)), np.array([src for *_, src in defects]))
+    groups = (np.repeat(np.arange(len(calib_images)), spec.grid.count), origin)
     chosen, rows = rank_mixes(model, good_cues, defect_cues, masks, grid, groups)
     return MixSelection(chosen, rows, len(calib_images), len(defects), SELECTION_DEFECTS)
 
@@ -282,10 +332,9 @@ def synthetic_objective(
     The same seed and images give the same defects for every model, so the objectives of candidate bank
     designs are paired and their fold differences give standard errors (the one-standard-error rule)."""
     defects = synthetic_defects(fit_images, seed)
-    good, _ = cue_batches(model, fit_images, spec, device, batch_size)
-    bad, geometries = cue_batches(model, [img for img, _, _ in defects], spec, device, batch_size)
-    masks = np.stack([g.to_model(m) for g, (_, m, _) in zip(geometries, defects, strict=True)])
-    groups = (np.arange(len(fit_images)), np.array([src for *_, src in defects]))
+    good, good_source = cue_batches(model, fit_images, spec, device, batch_size)
+    bad, masks, origin = _defect_cues(model, defects, spec, device, batch_size)
+    groups = (good_source, origin)
     a = model.fusion.cos_weight / (model.fusion.cos_weight + model.fusion.bank_weight)
     folds: list[list[float]] = []
     _, rows = rank_mixes(model, good, bad, masks, [a], groups, fold_values=folds)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import trainer
-from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size
+from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size, resolve_tiling
 from trainer.calibrate import Calibration, calibrate, split_roles
 from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
@@ -55,6 +55,7 @@ __all__ = [
     "recalibrate",
     "resolve_device",
     "resolve_preprocess",
+    "wants_tiling",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -90,15 +91,32 @@ def _load_images(paths: Sequence[Path], progress: bool, desc: str) -> list[np.nd
     return [read_image(p) for p in tqdm(paths, desc=desc, disable=not progress, leave=False)]
 
 
+def wants_tiling(cfg: Config, sizes: Sequence[tuple[int, int]]) -> bool:
+    """``data.tiling``: on, off, or (auto) when the median aspect ratio (long / short side) of the
+    training images exceeds ``data.tile_min_aspect``."""
+    if cfg.data.tiling != "auto":
+        return cfg.data.tiling == "on"
+    ratios = [max(h, w) / min(h, w) for h, w in sizes]
+    return bool(ratios) and float(np.median(ratios)) > cfg.data.tile_min_aspect
+
+
 def resolve_preprocess(cfg: Config, images: Sequence[np.ndarray]) -> PreprocessSpec:
-    """Pin input size and colour mode from the config and the training images."""
+    """Pin input size (or tiling), and colour mode from the config and the training images."""
     sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
-    size = cfg.data.input_size if cfg.data.input_size == "auto" else tuple(cfg.data.input_size)
-    h, w = resolve_input_size(size, sizes, base=cfg.data.base_size)  # type: ignore[arg-type]
     color = cfg.data.color
     if color == "auto":
         color = "gray" if all(is_grayscale(im) for im in images) else "rgb"
-    return PreprocessSpec(height=h, width=w, resize=cfg.data.resize, color=color)
+    d = cfg.data
+    if wants_tiling(cfg, sizes):
+        frame, (h, w), overlap, _ = resolve_tiling(
+            sizes, d.tile_size, d.tile_scale, d.tile_overlap, d.max_tiles
+        )
+        return PreprocessSpec(
+            height=h, width=w, resize=d.resize, color=color, tile_frame=frame, tile_overlap=overlap
+        )
+    size = d.input_size if d.input_size == "auto" else tuple(d.input_size)
+    h, w = resolve_input_size(size, sizes, base=d.base_size)  # type: ignore[arg-type]
+    return PreprocessSpec(height=h, width=w, resize=d.resize, color=color)
 
 
 @torch.no_grad()
@@ -375,13 +393,16 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     calib_images = _load_images(split.calib, progress, "read calib")
     spec = resolve_preprocess(cfg, train_images + calib_images)
     train_batch, _ = preprocess_batch(train_images, spec)
+    if spec.tiled:  # the model learns from every tile of every training frame
+        train_batch = spec.grid.cut(train_batch, axis=1)
     del train_images
     _logger.info(
-        "input %dx%d (%s, %s), %d train / %d calib images",
+        "input %dx%d (%s, %s)%s, %d train / %d calib images",
         spec.height,
         spec.width,
         spec.resize,
         spec.color,
+        f", {spec.grid.count} tiles of a {spec.frame_size[0]}x{spec.frame_size[1]} frame" * spec.tiled,
         len(split.train),
         len(split.calib),
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from engines.bundle import Bundle
 from engines.errors import InputError
-from engines.preprocess import Geometry, PreprocessSpec, preprocess_batch
+from engines.preprocess import Geometry, PreprocessSpec, merge_outputs, model_inputs, preprocess_batch
 
 __all__ = ["Backend", "Scores", "full_frame_geometry"]
 
@@ -32,8 +32,10 @@ class Scores:
     """Result of :meth:`Backend.infer` for ``N`` images.
 
     Attributes:
-        anomaly_map: float32 ``[N, H, W]`` in the model frame (``Geometry.to_original`` maps it back).
-        score: float32 ``[N]`` raw image scores (FAIL when ``score >= threshold``).
+        anomaly_map: float32 ``[N, H, W]`` in the frame (``Geometry.to_original`` maps it back); for a
+            tiled bundle the tiles' maps stitched into the frame.
+        score: float32 ``[N]`` raw image scores (FAIL when ``score >= threshold``); tiled: the largest
+            tile score of each image.
         geometries: one :class:`~engines.preprocess.Geometry` per image.
     """
 
@@ -98,7 +100,7 @@ class Backend(abc.ABC):
         Raises:
             InputError: wrong type, dtype, size or channel count (the message says what was expected).
         """
-        h, w = self.spec.size
+        h, w = self.spec.frame_size
         if isinstance(images, np.ndarray):
             if images.ndim != 4:
                 raise InputError(
@@ -147,7 +149,8 @@ class Backend(abc.ABC):
         """Score images.
 
         Args:
-            images: raw uint8 images (list) or a preprocessed uint8 batch ``[N, H, W, 3]``.
+            images: raw uint8 images (list) or a preprocessed uint8 batch ``[N, H, W, 3]`` of frames
+                (``spec.frame_size``; a tiled bundle cuts each frame into tiles here).
             geometries: for a preprocessed batch, how each frame was made (its letterbox padding is kept
                 out of the score); default: full frames.
 
@@ -161,10 +164,10 @@ class Backend(abc.ABC):
         if self._closed:
             raise RuntimeError(f"{self.name} backend is closed")
         batch, geoms = self.prepare(images, geometries)
-        valid = np.stack([g.valid_mask() for g in geoms])[:, None].astype(np.uint8)
-        amap, score = self._forward(batch, valid)
+        inputs, valid = model_inputs(batch, geoms, self.spec)
+        amap, score = merge_outputs(*self._forward(inputs, valid), self.spec)
         return Scores(
-            np.ascontiguousarray(amap[:, 0], dtype=np.float32), np.asarray(score, dtype=np.float32), geoms
+            np.ascontiguousarray(amap, dtype=np.float32), np.asarray(score, dtype=np.float32), geoms
         )
 
     def close(self) -> None:

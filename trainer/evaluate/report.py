@@ -22,7 +22,7 @@ from trainer.evaluate.metrics import GOOD_TYPE, _as_labels, _as_scores, rates_at
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["ReportExample", "write_report"]
+__all__ = ["ExampleLayout", "ReportExample", "example_layout", "write_report"]
 
 REPORT_NAME = "report.md"
 ROC_NAME = "roc.png"
@@ -167,6 +167,37 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     return img
 
 
+_FIG_WIDTH = 9.0  # inches, at 100 dpi
+_TITLE_IN = 0.3  # inches above each stacked panel for its title
+_LONG_ASPECT = 2.5  # long side / short side above which example panels are stacked, not side by side
+
+
+@dataclass(frozen=True)
+class ExampleLayout:
+    """How the example grid draws its images: ``stacked`` (input, truth and overlay one under the other,
+    each the figure's full width, for long parts), ``rotate`` (tall parts turned 90 degrees first) and the
+    stacked panels' height in inches."""
+
+    stacked: bool
+    rotate: bool
+    panel_height: float
+
+
+def example_layout(sizes: Sequence[tuple[int, int]]) -> ExampleLayout:
+    """The grid layout for images of ``(h, w)`` sizes: side by side for roughly square parts; for long
+    parts (median long/short side > 2.5, e.g. a 16:1 line-scan strip) stacked full-width panels, tall
+    parts turned to lie down, so a thin part is drawn across the page instead of as a sliver."""
+    if not sizes:
+        return ExampleLayout(False, False, 0.0)
+    aspects = [w / h for h, w in sizes]
+    aspect = float(np.median(aspects))
+    if 1.0 / _LONG_ASPECT <= aspect <= _LONG_ASPECT:
+        return ExampleLayout(False, False, 0.0)
+    rotate = aspect < 1.0
+    wide = 1.0 / aspect if rotate else aspect
+    return ExampleLayout(True, rotate, float(np.clip(_FIG_WIDTH / wide, 0.4, 3.0)))
+
+
 def _plot_examples(path: Path, examples: Sequence[ReportExample]) -> tuple[float, float] | None:
     """Writes the example grid; returns the heatmap colour range used (shared by all rows)."""
     from matplotlib import colormaps
@@ -198,14 +229,27 @@ def _plot_examples(path: Path, examples: Sequence[ReportExample]) -> tuple[float
     jet = colormaps["jet"]
 
     n = len(examples)
-    fig = _new_figure(9.0, 3.0 * n)
+    layout = example_layout([rgb.shape[:2] for rgb in rgbs])
+    if layout.rotate:  # tall parts are drawn lying down, so that the stacked panels stay wide
+        rgbs = [np.rot90(rgb) for rgb in rgbs]
+        finite = [np.rot90(a) for a in finite]
+    if layout.stacked:
+        fig = _new_figure(_FIG_WIDTH, 3 * n * (layout.panel_height + _TITLE_IN))
+    else:
+        fig = _new_figure(_FIG_WIDTH, 3.0 * n)
+    turned = " (turned 90 deg)" if layout.rotate else ""
     for row, (ex, rgb, amap) in enumerate(zip(examples, rgbs, finite, strict=True)):
         kind = "defective" if ex.label else "good"
-        axes = [fig.add_subplot(n, 3, 3 * row + col + 1) for col in range(3)]
+        if layout.stacked:  # long parts: input, truth and overlay one under the other, full width
+            axes = [fig.add_subplot(3 * n, 1, 3 * row + k + 1) for k in range(3)]
+        else:
+            axes = [fig.add_subplot(n, 3, 3 * row + col + 1) for col in range(3)]
+        mask = ex.mask if ex.mask is None or not layout.rotate else np.rot90(np.asarray(ex.mask))
         axes[0].imshow(rgb)
-        axes[0].set_title(f"{ex.name}\ninput ({kind})", fontsize=9)
-        if ex.mask is not None:
-            axes[1].imshow(np.asarray(ex.mask) != 0, cmap="gray", vmin=0, vmax=1)
+        sep = " - " if layout.stacked else "\n"
+        axes[0].set_title(f"{ex.name}{sep}input ({kind}){turned}", fontsize=9)
+        if mask is not None:
+            axes[1].imshow(np.asarray(mask) != 0, cmap="gray", vmin=0, vmax=1)
             axes[1].set_title("ground truth", fontsize=9)
         else:
             axes[1].imshow(np.zeros(rgb.shape[:2]), cmap="gray", vmin=0, vmax=1)

@@ -19,7 +19,7 @@ from torch import nn
 
 from engines.bundle import GRAPH_INPUTS
 from engines.errors import BackendError
-from engines.preprocess import PreprocessSpec, preprocess_batch
+from engines.preprocess import PreprocessSpec, merge_outputs, model_inputs, preprocess_batch
 from engines.verdict import fails
 
 __all__ = ["MAP_RTOL", "SCORE_RTOL", "check_parity", "ort_session"]
@@ -100,13 +100,15 @@ def check_parity(
     if not images:
         raise ValueError("parity needs at least one image")
     batch, geometries = preprocess_batch(list(images), spec)
-    valid = np.stack([g.valid_mask() for g in geometries])[:, None].astype(np.uint8)
-    ref_maps, ref_scores = _torch_outputs(reference.eval(), batch, valid, max(batch_sizes))
+    # A tiled bundle: the graph runs on every tile; maps and verdicts are compared after stitching.
+    inputs, valid = model_inputs(batch, geometries, spec)
+    reference_out = _torch_outputs(reference.eval(), inputs, valid, max(batch_sizes))
+    ref_maps, ref_scores = merge_outputs(*reference_out, spec)
     session = ort_session(onnx_path, intra_op_threads)
     map_err, score_err, score_abs, mismatches = 0.0, 0.0, 0.0, 0
     ref_fail = fails(ref_scores, threshold)
     for bs in batch_sizes:
-        maps, scores = _onnx_outputs(session, batch, valid, bs)
+        maps, scores = merge_outputs(*_onnx_outputs(session, inputs, valid, bs), spec)
         ranges = np.ptp(ref_maps.reshape(len(images), -1), axis=1)
         diff = np.abs(maps - ref_maps).reshape(len(images), -1).max(axis=1)
         map_err = max(map_err, float(np.max(diff / np.where(ranges > 0, ranges, 1.0))))
