@@ -207,6 +207,11 @@ def test_tiled_selection_keeps_only_the_tiles_that_show_a_defect(tiled_run: Path
     assert tile_masks is not None and tile_masks.shape == (15, 64, 128)
     assert source.tolist() == [0] * 5 + [1] * 5 + [2] * 5
     assert tile_masks.any(axis=(1, 2)).tolist() == [i == 5 for i in range(15)]
+    # a strip half the frame's length is letterboxed: its two end tiles show only padding and are left out
+    half = [np.ascontiguousarray(images[0][:, :256])]
+    inputs_h, valid_h, _, source_h = model_frames(half, spec)
+    assert inputs_h.shape[0] == 3 and valid_h.reshape(3, -1).any(axis=1).all()
+    assert source_h.tolist() == [0] * 3
     model, info = load_run(tiled_run)
     assert info.preprocess == spec
     defects = synthetic_defects(images, seed=0, min_total=8)

@@ -128,7 +128,9 @@ def model_frames(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """What the model sees of ``images``: ``(inputs uint8 [M, H, W, 3], valid uint8 [M, 1, H, W],
     masks bool [M, H, W] or None, source image index [M])``; ``M == N`` untiled, ``N * tiles`` tiled.
-    ``masks``: one per image in the image's own frame (e.g. synthetic defects), brought along."""
+    ``masks``: one per image in the image's own frame (e.g. synthetic defects), brought along.
+    Tiled, a tile that lies wholly on letterbox padding (an image shorter than the frame) is left out:
+    it shows nothing of the part."""
     batch, geometries = preprocess_batch(list(images), spec)
     inputs, valid = model_inputs(batch, geometries, spec)
     source = np.repeat(np.arange(len(images)), spec.grid.count)
@@ -136,6 +138,10 @@ def model_frames(
     if masks is not None:
         framed = np.stack([g.to_model(m) for g, m in zip(geometries, masks, strict=True)])
         out_masks = spec.grid.cut(framed, axis=1) if spec.tiled else framed
+    if spec.tiled:
+        keep = valid.any(axis=(1, 2, 3))
+        inputs, valid, source = inputs[keep], valid[keep], source[keep]
+        out_masks = None if out_masks is None else out_masks[keep]
     return inputs, valid, out_masks, source
 
 
@@ -295,24 +301,24 @@ def select_cue_mix(
     candidates: Sequence[float],
     seed: int,
     batch_size: int = 8,
-    good_cues: list[CueBatch] | None = None,
+    good_cues: tuple[list[CueBatch], np.ndarray] | None = None,
 ) -> MixSelection | None:
     """Choose ``cos_weight`` for ``model`` (cue statistics must be set). ``None`` when the model has
     only one cue (nothing to mix). The model is left unchanged: the caller applies the choice.
-    ``good_cues``: :func:`cue_batches` of ``calib_images``, when the caller already has them."""
+    ``good_cues``: :func:`cue_batches` of ``calib_images`` (cues and sources), when the caller already
+    has them."""
     if not (model.use_student and model.use_bank):
         return None
     fusion = model.fusion
     default = fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)
     grid = sorted({round(float(a), 6) for a in (*candidates, default)})
     defects = synthetic_defects(calib_images, seed)
-    if good_cues is None:
-        good_cues, _ = cue_batches(model, calib_images, spec, device, batch_size)
+    good, good_source = good_cues or cue_batches(model, calib_images, spec, device, batch_size)
     defect_cues, masks, origin = _defect_cues(model, defects, spec, device, batch_size)
     if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
         return None  # defects too small to survive the resize: keep the configured mix
-    groups = (np.repeat(np.arange(len(calib_images)), spec.grid.count), origin)
-    chosen, rows = rank_mixes(model, good_cues, defect_cues, masks, grid, groups)
+    groups = (good_source, origin)
+    chosen, rows = rank_mixes(model, good, defect_cues, masks, grid, groups)
     return MixSelection(chosen, rows, len(calib_images), len(defects), SELECTION_DEFECTS)
 
 
