@@ -101,8 +101,10 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, _parse_set(args.set))
         info = fit(cfg, args.data, args.out, progress=progress)
         c = info.calibration
+        spec = info.preprocess
+        tiles = f" tiles of a {spec.frame_size[0]}x{spec.frame_size[1]} frame x{spec.grid.count}" * spec.tiled
         print(
-            f"run saved to {args.out}: input {info.input_size[0]}x{info.input_size[1]} "
+            f"run saved to {args.out}: input {info.input_size[0]}x{info.input_size[1]}{tiles} "
             f"({info.preprocess.color}), threshold {c.threshold:.4f} ({c.rule}, target FRR "
             f"{c.target_frr:g}, {c.n_images} calibration images)"
         )
