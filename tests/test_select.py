@@ -192,31 +192,43 @@ def test_a_cue_with_weight_zero_is_not_computed(trained_run: Path) -> None:
     assert model.raw_cues(feats)[1] is None
 
 
-def test_tiled_selection_keeps_only_the_tiles_that_show_a_defect(tiled_run: Path, strip_data: Path) -> None:
-    """On a tiled part the selection's defective set is the tiles that hold synthetic-defect pixels, each
-    grouped with its calibration image; the good set is every tile of the good images."""
+def test_tiled_selection_scores_stitched_frames_like_the_deployed_model(
+    tiled_run: Path, strip_data: Path
+) -> None:
+    """On a tiled part the selection computes the cues on the tiles but scores every candidate as it is
+    deployed: tile maps stitched into the frame, the image score the largest tile score. Its objective
+    for a mix must equal the one computed from ``predict_arrays`` (the deployed path) on the same images."""
     from engines.preprocess import PreprocessSpec
-    from trainer.select import _defect_cues, model_frames
+    from trainer.evaluate.metrics import pixel_metrics, roc_auc
+    from trainer.inference import predict_arrays
+    from trainer.select import cue_batches, model_frames
 
     spec = PreprocessSpec(64, 128, "letterbox", "gray", tile_frame=(64, 512), tile_overlap=32)
-    images = [read_image(p) for p in sorted((strip_data / "train" / "good").glob("*.png"))[:3]]
+    images = [read_image(p) for p in sorted((strip_data / "train" / "good").glob("*.png"))[:4]]
     masks = [np.zeros((64, 512), np.uint8) for _ in images]
-    masks[1][30:34, 10:20] = 255  # inside tile 0 only
-    inputs, valid, tile_masks, source = model_frames(images, spec, masks)
-    assert inputs.shape == (15, 64, 128, 3) and valid.shape == (15, 1, 64, 128)
-    assert tile_masks is not None and tile_masks.shape == (15, 64, 128)
-    assert source.tolist() == [0] * 5 + [1] * 5 + [2] * 5
-    assert tile_masks.any(axis=(1, 2)).tolist() == [i == 5 for i in range(15)]
-    # a strip half the frame's length is letterboxed: its two end tiles show only padding and are left out
-    half = [np.ascontiguousarray(images[0][:, :256])]
-    inputs_h, valid_h, _, source_h = model_frames(half, spec)
-    assert inputs_h.shape[0] == 3 and valid_h.reshape(3, -1).any(axis=1).all()
-    assert source_h.tolist() == [0] * 3
+    masks[1][30:34, 10:20] = 255
+    inputs, valid, frame_valid, framed = model_frames(images, spec, masks)
+    assert inputs.shape == (20, 64, 128, 3) and valid.shape == (20, 1, 64, 128)
+    assert frame_valid.shape == (4, 1, 64, 512) and framed is not None and framed.shape == (4, 64, 512)
+    assert framed[1].sum() == 40 and not framed[0].any()
+
     model, info = load_run(tiled_run)
     assert info.preprocess == spec
+    device = torch.device("cpu")
+    good, _ = cue_batches(model, images, spec, device, 8)
+    assert good.grid == spec.grid and len(good) == 4 and sum(c[2].shape[0] for c in good.chunks) == 20
     defects = synthetic_defects(images, seed=0, min_total=8)
-    cues, kept_masks, origin = _defect_cues(model, defects, spec, torch.device("cpu"), 8)
-    assert kept_masks.any(axis=(1, 2)).all()  # every kept tile shows its defect
-    assert len(origin) == sum(c[2].shape[0] for c in cues) == kept_masks.shape[0]
-    assert set(origin.tolist()) <= {0, 1, 2}
-    assert len(origin) >= len(defects)  # at least one tile per defect (more where it spans a seam)
+    bad, bad_masks = cue_batches(model, [d[0] for d in defects], spec, device, 8, [d[1] for d in defects])
+    assert bad_masks is not None
+    table: list[list[float]] = []
+    a = float(model.fusion.cos_weight / (model.fusion.cos_weight + model.fusion.bank_weight))
+    _, rows = rank_mixes(model, good, bad, bad_masks, [a], fold_values=table)
+    preds = predict_arrays(model, images + [d[0] for d in defects], spec, device)
+    scores = np.array([p.score for p in preds])
+    labels = np.r_[np.zeros(len(images)), np.ones(len(defects))]
+    assert rows[0]["image_auroc"] == pytest.approx(roc_auc(scores, labels), abs=1e-9)
+    maps = [p.anomaly_map[::2, ::2] for p in preds]
+    truth = [None] * len(images) + [m[::2, ::2] for m in bad_masks]
+    px = pixel_metrics(maps, truth)
+    assert rows[0]["pixel_auroc"] == pytest.approx(px["pixel_auroc"], abs=1e-6)
+    assert rows[0]["aupro"] == pytest.approx(px["aupro"], abs=1e-6)

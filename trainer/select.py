@@ -23,9 +23,8 @@ mix lets more defects through than the bank alone. So after training, ``a`` is c
    baseline to be worth its cost and its risk), then the higher objective, then the smaller
    distillation weight.
 
-For a tiled part (``data.tiling``) everything above runs on the model's inputs, the tiles: the good set
-is every tile of the calibration images, the defective set the tiles that show a synthetic defect, and
-the folds group tiles by their calibration image.
+For a tiled part (``data.tiling``) the cues are computed on the tiles and every candidate is scored as it
+would be deployed: each image's tile maps stitched into its frame, its score the largest tile score.
 
 The choice and every candidate's numbers are stored in the run (``fusion_selection``). Synthetic defects
 are not real ones: the rule can only prefer what separates *some* visible anomalies from this part's
@@ -43,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.preprocess import PreprocessSpec, model_inputs, preprocess_batch
+from engines.preprocess import PreprocessSpec, model_inputs, preprocess_batch, valid_masks
+from engines.tiling import TileGrid
 from trainer.data.synthetic import SELECTION_DEFECTS, add_defect
 from trainer.evaluate.metrics import pixel_metrics, roc_auc
 from trainer.inference import frames_to_tensor
@@ -51,6 +51,7 @@ from trainer.models.masf import MASF
 
 __all__ = [
     "CueBatch",
+    "CueSet",
     "MixSelection",
     "cue_batches",
     "cues_of",
@@ -123,26 +124,39 @@ def synthetic_defects(
 CueBatch = tuple[list[torch.Tensor] | None, list[torch.Tensor] | None, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class CueSet:
+    """Cached raw cues of a set of images: ``chunks`` per model input (the images' tiles when tiled,
+    image-major), ``valid`` uint8 ``[N, 1, H, W]`` each image's own letterbox mask in its frame, and the
+    tile ``grid`` (None: untiled, one input per image)."""
+
+    chunks: list[CueBatch]
+    valid: np.ndarray
+    grid: TileGrid | None = None
+
+    @classmethod
+    def of(cls, chunks: list[CueBatch]) -> CueSet:
+        """Untiled cues: the frames' valid masks are the inputs' own."""
+        valid = np.concatenate([v.cpu().numpy() for *_, v in chunks]).astype(np.uint8)
+        return cls(chunks, valid)
+
+    def __len__(self) -> int:
+        return int(self.valid.shape[0])
+
+
 def model_frames(
     images: Sequence[np.ndarray], spec: PreprocessSpec, masks: Sequence[np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """What the model sees of ``images``: ``(inputs uint8 [M, H, W, 3], valid uint8 [M, 1, H, W],
-    masks bool [M, H, W] or None, source image index [M])``; ``M == N`` untiled, ``N * tiles`` tiled.
-    ``masks``: one per image in the image's own frame (e.g. synthetic defects), brought along.
-    Tiled, a tile that lies wholly on letterbox padding (an image shorter than the frame) is left out:
-    it shows nothing of the part."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """What the model sees of ``images``: ``(inputs uint8 [M, H, W, 3], input valid uint8 [M, 1, H, W],
+    frame valid uint8 [N, 1, FH, FW], frame masks bool [N, FH, FW] or None)``; ``M == N`` untiled,
+    ``N * tiles`` tiled. ``masks``: one per image in its own pixels (e.g. synthetic defects)."""
     batch, geometries = preprocess_batch(list(images), spec)
     inputs, valid = model_inputs(batch, geometries, spec)
-    source = np.repeat(np.arange(len(images)), spec.grid.count)
-    out_masks = None
+    frame_valid = valid if not spec.tiled else valid_masks(geometries)
+    framed = None
     if masks is not None:
         framed = np.stack([g.to_model(m) for g, m in zip(geometries, masks, strict=True)])
-        out_masks = spec.grid.cut(framed, axis=1) if spec.tiled else framed
-    if spec.tiled:
-        keep = valid.any(axis=(1, 2, 3))
-        inputs, valid, source = inputs[keep], valid[keep], source[keep]
-        out_masks = None if out_masks is None else out_masks[keep]
-    return inputs, valid, out_masks, source
+    return inputs, valid, frame_valid, framed
 
 
 @torch.no_grad()
@@ -162,12 +176,18 @@ def cues_of(
 
 @torch.no_grad()
 def cue_batches(
-    model: MASF, images: Sequence[np.ndarray], spec: PreprocessSpec, device: torch.device, batch_size: int
-) -> tuple[list[CueBatch], np.ndarray]:
-    """:func:`cues_of` the model inputs of ``images`` (their tiles, when ``spec`` is tiled) and the
-    source image of each input."""
-    inputs, valid, _, source = model_frames(images, spec)
-    return cues_of(model, inputs, valid, device, batch_size), source
+    model: MASF,
+    images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    batch_size: int,
+    masks: Sequence[np.ndarray] | None = None,
+) -> tuple[CueSet, np.ndarray | None]:
+    """The :class:`CueSet` of ``images`` (cues of their tiles, when ``spec`` is tiled) and ``masks``
+    brought into the images' frames (None without masks)."""
+    inputs, valid, frame_valid, framed = model_frames(images, spec, masks)
+    grid = spec.grid if spec.tiled else None
+    return CueSet(cues_of(model, inputs, valid, device, batch_size), frame_valid, grid), framed
 
 
 def _defect_cues(
@@ -176,28 +196,21 @@ def _defect_cues(
     spec: PreprocessSpec,
     device: torch.device,
     batch_size: int,
-) -> tuple[list[CueBatch], np.ndarray, np.ndarray]:
-    """Cues of the synthetic-defect images, their masks in the model input and each input's calibration
-    image. Tiled, only the tiles that hold defect pixels are kept: a tile of a defective image that does
-    not show the defect is a good tile, not a defect to detect."""
+) -> tuple[CueSet, np.ndarray]:
+    """Cues of the synthetic-defect images and their masks in the images' frames."""
     images, defect_masks = [img for img, _, _ in defects], [m for _, m, _ in defects]
-    inputs, valid, masks, source = model_frames(images, spec, defect_masks)
+    cues, masks = cue_batches(model, images, spec, device, batch_size, defect_masks)
     assert masks is not None
-    if spec.tiled:
-        keep = masks.any(axis=(1, 2))
-        inputs, valid, masks, source = inputs[keep], valid[keep], masks[keep], source[keep]
-    origin = np.array([src for *_, src in defects])[source]
-    return cues_of(model, inputs, valid, device, batch_size), masks, origin
+    return cues, masks
 
 
-def _valid_boxes(chunks: list[CueBatch]) -> list[tuple[slice, slice]]:
-    """Per image, the (strided) bounding box of its valid pixels: the placed part, without letterbox
-    padding (a rectangle)."""
+def _valid_boxes(valid: np.ndarray) -> list[tuple[slice, slice]]:
+    """Per image (``valid`` ``[N, 1, H, W]``), the (strided) bounding box of its valid pixels: the placed
+    part, without letterbox padding (a rectangle)."""
     boxes = []
-    for *_, valid in chunks:
-        for v in valid[:, 0, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].cpu().numpy() > 0:
-            rows, cols = np.flatnonzero(v.any(1)), np.flatnonzero(v.any(0))
-            boxes.append((slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)))
+    for v in valid[:, 0, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE] > 0:
+        rows, cols = np.flatnonzero(v.any(1)), np.flatnonzero(v.any(0))
+        boxes.append((slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)))
     return boxes
 
 
@@ -231,8 +244,8 @@ def _choose(rows: list[dict[str, float]], folds: np.ndarray) -> dict[str, float]
 @torch.no_grad()
 def rank_mixes(
     model: MASF,
-    good: list[CueBatch],
-    defective: list[CueBatch],
+    good: CueSet | list[CueBatch],
+    defective: CueSet | list[CueBatch],
     masks: np.ndarray,
     candidates: Sequence[float],
     groups: tuple[np.ndarray, np.ndarray] | None = None,
@@ -245,26 +258,33 @@ def rank_mixes(
     also computed on :data:`FOLDS` folds of the calibration images (``groups``: the calibration image
     each good and each defective image comes from; default: each its own), whose spread gives each
     candidate's standard error against the best; :func:`_choose` applies the one-standard-error rule.
-    ``masks``: bool ``[N_defective, H, W]`` in the model frame. The model's fusion weights are restored.
+    ``masks``: bool ``[N_defective, H, W]`` in the frame. The model's fusion weights are restored.
     ``fold_values``: when given, each candidate's per-fold objectives are appended to it.
+
+    Tiled cue sets are scored as deployed: each image's tile maps stitched into its frame and its score
+    the largest tile score (so a tile's padded border never counts in the maps).
     """
     fusion = model.fusion
     saved = (fusion.cos_weight, fusion.bank_weight)
     size = model.input_size
     s = slice(None, None, _PIXEL_STRIDE)
-    boxes_good, boxes_bad = _valid_boxes(good), _valid_boxes(defective)
+    good = good if isinstance(good, CueSet) else CueSet.of(good)
+    defective = defective if isinstance(defective, CueSet) else CueSet.of(defective)
+    boxes_good, boxes_bad = _valid_boxes(good.valid), _valid_boxes(defective.valid)
     n_good, n_bad = len(boxes_good), len(boxes_bad)
     group_good, group_bad = groups if groups is not None else (np.arange(n_good), np.arange(n_bad))
     k = max(1, min(FOLDS, n_good))
     fold = np.r_[np.asarray(group_good) % k, np.asarray(group_bad) % k]
 
-    def fused(
-        chunks: list[CueBatch], boxes: list[tuple[slice, slice]]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
+    def fused(cues: CueSet, boxes: list[tuple[slice, slice]]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Image scores ``[N]`` and each image's strided map of its placed part, for the current weights."""
-        outs = [model.post(fusion(cos, bank, size), valid) for cos, bank, valid in chunks]
+        outs = [model.post(fusion(cos, bank, size), valid) for cos, bank, valid in cues.chunks]
         scores = torch.cat([o.pred_score for o in outs]).float().cpu().numpy()
-        maps = torch.cat([o.anomaly_map[:, 0, s, s] for o in outs]).float().cpu().numpy()
+        if cues.grid is None:
+            maps = torch.cat([o.anomaly_map[:, 0, s, s] for o in outs]).float().cpu().numpy()
+        else:
+            tiles = torch.cat([o.anomaly_map[:, 0] for o in outs]).float().cpu().numpy()
+            maps, scores = cues.grid.stitch(tiles)[:, s, s], cues.grid.reduce_scores(scores)
         return scores, [m[box] for m, box in zip(maps, boxes, strict=True)]
 
     truth = [None] * n_good + [m[s, s][box] for m, box in zip(masks, boxes_bad, strict=True)]
@@ -301,23 +321,24 @@ def select_cue_mix(
     candidates: Sequence[float],
     seed: int,
     batch_size: int = 8,
-    good_cues: tuple[list[CueBatch], np.ndarray] | None = None,
+    good_cues: CueSet | None = None,
 ) -> MixSelection | None:
     """Choose ``cos_weight`` for ``model`` (cue statistics must be set). ``None`` when the model has
     only one cue (nothing to mix). The model is left unchanged: the caller applies the choice.
-    ``good_cues``: :func:`cue_batches` of ``calib_images`` (cues and sources), when the caller already
-    has them."""
+    ``good_cues``: :func:`cue_batches` of ``calib_images``, when the caller already has them."""
     if not (model.use_student and model.use_bank):
         return None
     fusion = model.fusion
     default = fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)
     grid = sorted({round(float(a), 6) for a in (*candidates, default)})
     defects = synthetic_defects(calib_images, seed)
-    good, good_source = good_cues or cue_batches(model, calib_images, spec, device, batch_size)
-    defect_cues, masks, origin = _defect_cues(model, defects, spec, device, batch_size)
+    good = good_cues
+    if good is None:
+        good, _ = cue_batches(model, calib_images, spec, device, batch_size)
+    defect_cues, masks = _defect_cues(model, defects, spec, device, batch_size)
     if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
         return None  # defects too small to survive the resize: keep the configured mix
-    groups = (good_source, origin)
+    groups = (np.arange(len(calib_images)), np.array([src for *_, src in defects]))
     chosen, rows = rank_mixes(model, good, defect_cues, masks, grid, groups)
     return MixSelection(chosen, rows, len(calib_images), len(defects), SELECTION_DEFECTS)
 
@@ -338,9 +359,9 @@ def synthetic_objective(
     The same seed and images give the same defects for every model, so the objectives of candidate bank
     designs are paired and their fold differences give standard errors (the one-standard-error rule)."""
     defects = synthetic_defects(fit_images, seed)
-    good, good_source = cue_batches(model, fit_images, spec, device, batch_size)
-    bad, masks, origin = _defect_cues(model, defects, spec, device, batch_size)
-    groups = (good_source, origin)
+    good, _ = cue_batches(model, fit_images, spec, device, batch_size)
+    bad, masks = _defect_cues(model, defects, spec, device, batch_size)
+    groups = (np.arange(len(fit_images)), np.array([src for *_, src in defects]))
     a = model.fusion.cos_weight / (model.fusion.cos_weight + model.fusion.bank_weight)
     folds: list[list[float]] = []
     _, rows = rank_mixes(model, good, bad, masks, [a], groups, fold_values=folds)

@@ -312,8 +312,8 @@ def calibrate_model(
     fit_idx, thr_idx = split_roles(len(calib_images), cfg.calibration.threshold_fraction, cfg.seed)
     fit_images = [calib_images[i] for i in fit_idx]
     thr_images = [calib_images[i] for i in thr_idx]
-    good_cues, good_source = cue_batches(model, fit_images, spec, device, cfg.train.batch_size)
-    _set_cue_statistics(model, good_cues)
+    good_cues, _ = cue_batches(model, fit_images, spec, device, cfg.train.batch_size)
+    _set_cue_statistics(model, good_cues.chunks)
     selection = None
     if cfg.fusion.select == "synthetic":
         selection = select_cue_mix(
@@ -324,7 +324,7 @@ def calibrate_model(
             cfg.fusion.candidates,
             cfg.seed,
             cfg.train.batch_size,
-            (good_cues, good_source),
+            good_cues,
         )
     del good_cues
     if selection is not None:
