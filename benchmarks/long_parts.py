@@ -140,7 +140,7 @@ def run_candidate(
         "fit_s": doc["timing_s"]["total"],
         "mix": doc.get("fusion_selection", {}) and doc["fusion_selection"].get("cos_weight"),
         **{k: res[k] for k in ("image_auroc", "pixel_auroc", "aupro", "false_reject_rate", "escape_rate")},
-        "per_defect": {k: v for k, v in res.items() if k.startswith("image_auroc_")},
+        "per_defect": res.get("per_defect_image_auroc", {}),
         "seconds_per_image": res["seconds_per_image"],
     }
 
