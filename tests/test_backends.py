@@ -99,12 +99,18 @@ def test_ort_matches_the_torch_reference(
         assert ref.name == "torch" and ref.threshold == ort_backend.threshold
         want = ref.infer(images)
     got = ort_backend.infer(images)
-    ranges = np.ptp(want.anomaly_map.reshape(len(images), -1), axis=1)
-    map_err = np.abs(got.anomaly_map - want.anomaly_map).reshape(len(images), -1).max(axis=1) / ranges
+    _assert_parity(got, want, ref.threshold)
+    assert got.geometries == want.geometries
+
+
+def _assert_parity(got: Scores, want: Scores, threshold: float) -> None:
+    """Maps within the export's relative tolerance of their range, scores within theirs, same verdicts."""
+    n = len(want)
+    ranges = np.ptp(want.anomaly_map.reshape(n, -1), axis=1)
+    map_err = np.abs(got.anomaly_map - want.anomaly_map).reshape(n, -1).max(axis=1) / ranges
     assert map_err.max() < MAP_RTOL
     np.testing.assert_allclose(got.score, want.score, rtol=SCORE_RTOL, atol=0)
-    np.testing.assert_array_equal(got.failed(ort_backend.threshold), want.failed(ref.threshold))
-    assert got.geometries == want.geometries
+    np.testing.assert_array_equal(got.failed(threshold), want.failed(threshold))
 
 
 @pytest.mark.parametrize(
@@ -223,9 +229,5 @@ def test_tiled_bundle_scores_the_same_on_every_backend(
     assert got.anomaly_map.shape == (len(images), 64, 512)
     with TorchBackend.from_bundle(tiled_bundle.path) as ref:
         want = ref.infer(images)
-    ranges = np.ptp(want.anomaly_map.reshape(len(images), -1), axis=1)
-    map_err = np.abs(got.anomaly_map - want.anomaly_map).reshape(len(images), -1).max(axis=1) / ranges
-    assert map_err.max() < MAP_RTOL
-    np.testing.assert_allclose(got.score, want.score, rtol=SCORE_RTOL, atol=0)
-    np.testing.assert_array_equal(got.failed(ref.threshold), want.failed(ref.threshold))
+    _assert_parity(got, want, ref.threshold)
     assert got.score[0] == pytest.approx(tile_scores.max(), rel=1e-6)

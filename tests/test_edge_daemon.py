@@ -61,22 +61,29 @@ def bundle(tmp_path: Path) -> Path:
     return make_tiny_bundle(tmp_path / "bundle").path
 
 
-def test_every_part_is_published_in_order_with_the_right_verdict(tmp_path: Path, bundle: Path) -> None:
-    labels = write_parts(tmp_path / "parts", 30)
-    doc = line_config(tmp_path, [_camera("cam1", bundle, tmp_path / "parts")])
+def _replay(tmp_path: Path, doc: dict[str, Any], n: int) -> tuple[list[Message], dict[str, Any]]:
+    """Run the daemon on ``doc`` until ``n`` results are in, read ``status``, stop it with SIGTERM (it
+    must exit 0); returns the results and the status."""
     doc["publish"]["wait_for_subscribers"] = 1
-    doc["evidence"] = {"dir": str(tmp_path / "evidence")}
     cfg = write_config(tmp_path, doc)
     sub = Subscriber(doc["publish"]["address"])
     try:
         with daemon_process(cfg) as proc:
-            results = _collect(sub, 30)
+            results = _collect(sub, n)
             status = wait_ready(doc["control"]["address"])
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
             assert proc.returncode == 0, out
     finally:
         sub.close()
+    return results, status
+
+
+def test_every_part_is_published_in_order_with_the_right_verdict(tmp_path: Path, bundle: Path) -> None:
+    labels = write_parts(tmp_path / "parts", 30)
+    doc = line_config(tmp_path, [_camera("cam1", bundle, tmp_path / "parts")])
+    doc["evidence"] = {"dir": str(tmp_path / "evidence")}
+    results, status = _replay(tmp_path, doc, 30)
     assert [m.header["seq"] for m in results] == list(range(1, 31))
     assert [m.header["acquisition_id"] for m in results] == [f"{i:04d}.png" for i in range(30)]
     verdicts = [m.header["verdict"] for m in results]
@@ -103,18 +110,7 @@ def test_a_tiled_bundle_inspects_long_parts_at_native_resolution(tmp_path: Path)
     tiled = make_tiny_bundle(tmp_path / "tiled", height=64, width=128, tiles=(64, 384, 32)).path
     labels = write_parts(tmp_path / "parts", 12, height=64, width=384)
     doc = line_config(tmp_path, [_camera("strip", tiled, tmp_path / "parts")])
-    doc["publish"]["wait_for_subscribers"] = 1
-    cfg = write_config(tmp_path, doc)
-    sub = Subscriber(doc["publish"]["address"])
-    try:
-        with daemon_process(cfg) as proc:
-            results = _collect(sub, 12)
-            status = wait_ready(doc["control"]["address"])
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=30)
-            assert proc.returncode == 0, out
-    finally:
-        sub.close()
+    results, status = _replay(tmp_path, doc, 12)
     assert [m.header["verdict"] for m in results] == ["FAIL" if d else "PASS" for d in labels]
     facts = status["cameras"]["strip"]["model"]
     assert facts["input"] == [64, 128] and facts["frame"] == [64, 384] and facts["tiles"] == 4
