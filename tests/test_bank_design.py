@@ -16,6 +16,7 @@ from trainer.models.masf.samb import (
     GreedyCoresetSampler,
     JointEmbedder,
     KNNScorer,
+    PatchEmbedder,
     RandomSampler,
     bank_capacity,
 )
@@ -48,6 +49,28 @@ def test_joint_embedding_aggregates_each_scale_without_counting_padding() -> Non
     assert out[0, 1, 1, 0] == pytest.approx(float(fine[0, 0, :3, :3].mean()))
     # the 2x2 coarse map: every 3x3 window covers it all -> 6 everywhere, and upsampling keeps 6
     torch.testing.assert_close(out[0, :, :, 1], torch.full((4, 4), 6.0))
+
+
+def test_aggregation_counting_the_zero_padding_as_anomalib_does() -> None:
+    """bank.aggregate_pad: zero: the 3x3 window divides by 9 at the border too (AvgPool2d's default):
+    on a map of ones a corner becomes 4/9, an edge 6/9, the inside stays 1; both embedders, and the model
+    built from the config passes it on."""
+    ones = torch.ones(1, 1, 4, 4)
+    joint = JointEmbedder([1, 1], aggregate=3, count_pad=True)([ones, torch.ones(1, 1, 2, 2)])
+    want = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]], dtype=torch.float32) / 9
+    torch.testing.assert_close(joint[0, :, :, 0], want)
+    single = PatchEmbedder(1, aggregate=3, spectral=False, normalize=False, count_pad=True)(ones)
+    torch.testing.assert_close(single[0, :, :, 0], want)
+    excluded = PatchEmbedder(1, aggregate=3, spectral=False, normalize=False)(ones)
+    torch.testing.assert_close(excluded[0, :, :, 0], torch.ones(4, 4))
+    from trainer.models.masf import create_masf
+
+    cfg = load_config(REPO / "configs" / "train" / "patchcore_repro.yaml")
+    assert cfg.bank.aggregate_pad == "zero"
+    model = create_masf(cfg, (64, 64))
+    assert all(e.count_pad for e in model.embedders)
+    default = create_masf(tiny_config(), (64, 64))
+    assert not any(e.count_pad for e in default.embedders)
 
 
 def test_joint_embedding_channels_shapes_and_prototype_options() -> None:

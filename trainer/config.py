@@ -151,6 +151,9 @@ class BankSection:
     spectral: bool = _f(True)
     normalize: bool = _f(True)
     aggregate: int = _f(3, lambda x: x > 0 and x % 2 == 1, "a positive odd int")
+    # The aggregation window at the map border: "exclude" averages the cells inside the map only; "zero"
+    # counts the zero padding (anomalib's AvgPool2d default; border prototypes shrink towards zero).
+    aggregate_pad: str = _f("exclude", *_oneof("exclude", "zero"))
     k: int = _f(3, lambda x: isinstance(x, int) and 0 < x < 3840, "an int in [1, 3840)")
     coreset_ratio: float = _f(0.1, _unit, "in (0, 1]")
     # Most prototypes per bank: an int, or "auto": as many as fit in max_mb (all banks together).

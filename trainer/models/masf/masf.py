@@ -93,13 +93,21 @@ class MASF(nn.Module):
                             bc.spectral,
                             bc.normalize,
                             seed=cfg.seed,
+                            count_pad=bc.aggregate_pad == "zero",
                         )
                     ]
                 )
                 self.banks = nn.ModuleList([MemoryBank(sum(channels[i] for i in self.bank_layers))])
             else:
                 self.embedders = nn.ModuleList(
-                    PatchEmbedder(channels[i], bc.aggregate, bc.spectral, bc.normalize, seed=cfg.seed + i)
+                    PatchEmbedder(
+                        channels[i],
+                        bc.aggregate,
+                        bc.spectral,
+                        bc.normalize,
+                        seed=cfg.seed + i,
+                        count_pad=bc.aggregate_pad == "zero",
+                    )
                     for i in self.bank_layers
                 )
                 self.banks = nn.ModuleList(MemoryBank(channels[i]) for i in self.bank_layers)

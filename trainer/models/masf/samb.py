@@ -55,6 +55,9 @@ class PatchEmbedder(nn.Module):
         normalize: L2-normalise the prototype.
         seed: seed of the fixed MLP weights.
         spectral_mode: ``"fft"`` or ``"gemm"`` for ``|rfft|`` (see ``spectral.set_spectral_mode``).
+        count_pad: the averaging window counts the zero padding at the map border (anomalib's
+            ``AvgPool2d`` default: border prototypes shrink towards zero) instead of averaging only the
+            cells inside the map.
     """
 
     w1: torch.Tensor
@@ -68,11 +71,13 @@ class PatchEmbedder(nn.Module):
         normalize: bool = True,
         seed: int = 0,
         spectral_mode: str = "fft",
+        count_pad: bool = False,
     ) -> None:
         super().__init__()
         if aggregate < 1 or aggregate % 2 == 0:
             raise ValueError(f"bank.aggregate must be a positive odd int, got {aggregate}")
         self.aggregate = aggregate
+        self.count_pad = count_pad
         self.spectral = spectral
         self.normalize = normalize
         self.channels = channels
@@ -98,7 +103,7 @@ class PatchEmbedder(nn.Module):
         p = feats.float()
         if self.aggregate > 1:
             p = F.avg_pool2d(
-                p, self.aggregate, stride=1, padding=self.aggregate // 2, count_include_pad=False
+                p, self.aggregate, stride=1, padding=self.aggregate // 2, count_include_pad=self.count_pad
             )
         p = p.permute(0, 2, 3, 1)
         if self.spectral:
@@ -111,14 +116,14 @@ class PatchEmbedder(nn.Module):
 class JointEmbedder(nn.Module):
     """Several teacher scales -> one prototype per position of the finest chosen scale (PatchCore).
 
-    Each scale is averaged over ``aggregate x aggregate`` (stride 1, padding not counted), the coarser
+    Each scale is averaged over ``aggregate x aggregate`` (stride 1, padding counted or not), the coarser
     ones are upsampled bilinearly (``align_corners=False``) to the finest one's grid, and the channels are
     concatenated in ``layers`` order. The spectral descriptor and the L2 normalisation are applied to the
     concatenated vector when enabled (a :class:`PatchEmbedder` with ``aggregate=1`` does both).
 
     Args:
         channels: channels of each chosen scale, in order.
-        aggregate, spectral, normalize, seed, spectral_mode: as :class:`PatchEmbedder`.
+        aggregate, spectral, normalize, seed, spectral_mode, count_pad: as :class:`PatchEmbedder`.
     """
 
     def __init__(
@@ -129,11 +134,13 @@ class JointEmbedder(nn.Module):
         normalize: bool = False,
         seed: int = 0,
         spectral_mode: str = "fft",
+        count_pad: bool = False,
     ) -> None:
         super().__init__()
         if aggregate < 1 or aggregate % 2 == 0:
             raise ValueError(f"bank.aggregate must be a positive odd int, got {aggregate}")
         self.aggregate = aggregate
+        self.count_pad = count_pad
         self.channels = sum(channels)
         self.spectral = spectral
         self.head = PatchEmbedder(self.channels, 1, spectral, normalize, seed, spectral_mode)
@@ -154,7 +161,7 @@ class JointEmbedder(nn.Module):
             p = f.float()
             if self.aggregate > 1:
                 r = self.aggregate // 2
-                p = F.avg_pool2d(p, self.aggregate, stride=1, padding=r, count_include_pad=False)
+                p = F.avg_pool2d(p, self.aggregate, stride=1, padding=r, count_include_pad=self.count_pad)
             if (p.shape[-2], p.shape[-1]) != size:
                 p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
             parts.append(p)
