@@ -55,12 +55,32 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "cand_repro": ({}, "", False),
     "cand_joint_letterbox": ({"data.input_size": "auto", "data.resize": "letterbox"}, "", False),
     "cand_joint_spectral": ({"bank.spectral": True, "bank.normalize": True}, "", False),
+    # Issue 11, round 2 (fixed before any of its test runs): the border padding of the aggregation, found to
+    # be the difference to anomalib, on the two round-1 winners (A: bottle, D: magnetic tile).
+    "cand_r2_A": ({"student.enabled": False, "fusion.select": "none"}, "", False),
+    "cand_r2_A_zero": (
+        {"student.enabled": False, "fusion.select": "none", "bank.aggregate_pad": "zero"},
+        "",
+        False,
+    ),
+    "cand_r2_D": (
+        {"bank.spectral": True, "bank.normalize": True, "bank.aggregate_pad": "exclude"},
+        "",
+        False,
+    ),
+    "cand_r2_D_zero": (
+        {"bank.spectral": True, "bank.normalize": True, "bank.aggregate_pad": "zero"},
+        "",
+        False,
+    ),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
     "cand_repro": REPRO,
     "cand_joint_letterbox": REPRO,
     "cand_joint_spectral": REPRO,
+    "cand_r2_D": REPRO,
+    "cand_r2_D_zero": REPRO,
 }
 LABELS = {
     "full": "full MASF",
@@ -74,6 +94,10 @@ LABELS = {
     "cand_repro": "B: PatchCore reproduction (joint 1+2, plain, k=1, 1 %, stretch 256)",
     "cand_joint_letterbox": "C: B with letterbox, per-part size",
     "cand_joint_spectral": "D: B with the spectral-anchored, normalised prototype",
+    "cand_r2_A": "A (round 2 re-evaluation): per-scale banks, padding not counted",
+    "cand_r2_A_zero": "A0: A with the zero padding counted",
+    "cand_r2_D": "D (round 2 re-evaluation): joint spectral bank, padding not counted",
+    "cand_r2_D_zero": "D0: D with the zero padding counted",
 }
 METRICS = (
     "image_auroc",
