@@ -269,3 +269,56 @@ def wait_ready(control: str, timeout: float = 30.0) -> dict[str, Any]:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)
+
+
+# ---------------------------------------------------------------------------------------------- systemd units
+
+ANALYZE = Path("/usr/bin/systemd-analyze")
+INSTALLED_EXEC = "/usr/local/bin/masf-edge"
+
+
+def unit_directives(text: str) -> list[tuple[str, str, str]]:
+    """(section, key, value) of every assignment of a unit file, in order (comments, blank lines skipped)."""
+    out, section = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.append((section, key.strip(), value.strip()))
+    return out
+
+
+def unit_values(unit: Path, key: str, section: str = "Service") -> list[str]:
+    """Every value of ``key`` in ``section`` of the unit file, in order."""
+    return [v for s, k, v in unit_directives(unit.read_text()) if s == section and k == key]
+
+
+def local_unit_copy(unit: Path, tmp_path: Path) -> Path:
+    """The unit in tmp_path with ExecStart pointing at an executable that exists here (User= kept)."""
+    exe = Path(sys.executable).parent / "masf-edge"
+    if not os.access(exe, os.X_OK):
+        exe = Path(sys.executable)
+    text = unit.read_text()
+    assert text.count(f"ExecStart={INSTALLED_EXEC} ") == 1
+    out = tmp_path / unit.name
+    out.write_text(text.replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={exe} "))
+    return out
+
+
+def analyze_verify(unit: Path) -> tuple[int, list[str]]:
+    """``systemd-analyze verify`` of ``unit``: exit status and the output lines that mention the unit (its
+    name or its folder)."""
+    proc = subprocess.run(
+        [str(ANALYZE), "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
+    )
+    stem = unit.name.split("@")[0]
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if stem in ln or str(unit.parent) in ln]
+    return proc.returncode, lines

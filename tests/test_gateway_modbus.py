@@ -22,10 +22,13 @@ from typing import Any
 
 import pytest
 from edge_support import (
+    ANALYZE,
     REPO,
+    analyze_verify,
     daemon_process,
     free_port,
     line_config,
+    local_unit_copy,
     make_tiny_bundle,
     stop_process,
     wait_ready,
@@ -280,15 +283,9 @@ def test_systemd_unit(tmp_path: Path) -> None:
     ):
         assert f"\n{line}\n" in text, line
     assert "BindsTo=" not in text and "PartOf=" not in text  # it must outlive a daemon restart
-    analyze = Path("/usr/bin/systemd-analyze")
-    if not os.access(analyze, os.X_OK):
+    if not os.access(ANALYZE, os.X_OK):
         pytest.skip("systemd-analyze is not installed")
-    exe = Path(sys.executable).parent / "masf-edge"
-    copy = tmp_path / unit.name
-    copy.write_text(text.replace("ExecStart=/usr/local/bin/masf-edge ", f"ExecStart={exe} "))
+    copy = local_unit_copy(unit, tmp_path)
     for name in (copy, tmp_path / "masf-edge-modbus@line1.service"):
-        done = subprocess.run(
-            [str(analyze), "verify", "--man=no", str(name)], capture_output=True, text=True, timeout=60
-        )
-        noise = [ln for ln in (done.stdout + done.stderr).splitlines() if "masf-edge-modbus" in ln]
-        assert done.returncode == 0 and not noise, noise
+        rc, noise = analyze_verify(name)
+        assert rc == 0 and not noise, noise

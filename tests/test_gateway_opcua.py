@@ -26,12 +26,17 @@ from typing import Any
 
 import pytest
 from edge_support import (
+    ANALYZE,
     REPO,
+    analyze_verify,
     daemon_process,
     free_port,
     line_config,
+    local_unit_copy,
     make_tiny_bundle,
     stop_process,
+    unit_directives,
+    unit_values,
     wait_ready,
     write_config,
     write_parts,
@@ -459,22 +464,12 @@ async def _not(coro: Any) -> bool:
 
 
 UNIT = REPO / "systemd" / "masf-edge-opcua@.service"
-ANALYZE = Path("/usr/bin/systemd-analyze")
-
-
-def _directives(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line and not line.startswith(("#", ";", "[")):
-            key, _, value = line.partition("=")
-            out.setdefault(key.strip(), []).append(value.strip())
-    return out
 
 
 def test_systemd_unit(tmp_path: Path) -> None:
-    d = _directives(UNIT.read_text())
-    assert d["ExecStart"] == ["/usr/local/bin/masf-edge gateway opcua --config /etc/masf-edge/%i.yaml"]
+    assert unit_values(UNIT, "ExecStart") == [
+        "/usr/local/bin/masf-edge gateway opcua --config /etc/masf-edge/%i.yaml"
+    ]
     for key, value in {
         "Type": "notify",
         "Restart": "on-failure",
@@ -485,16 +480,12 @@ def test_systemd_unit(tmp_path: Path) -> None:
         "CapabilityBoundingSet": "",
         "PrivateDevices": "true",
     }.items():
-        assert d[key] == [value], key
-    assert "BindsTo" not in d and "PartOf" not in d  # it must outlive a daemon restart
+        assert unit_values(UNIT, key) == [value], key
+    keys = {k for _, k, _ in unit_directives(UNIT.read_text())}
+    assert "BindsTo" not in keys and "PartOf" not in keys  # it must outlive a daemon restart
     if not os.access(ANALYZE, os.X_OK):
         pytest.skip("systemd-analyze is not installed")
-    exe = Path(sys.executable).parent / "masf-edge"
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("ExecStart=/usr/local/bin/masf-edge ", f"ExecStart={exe} "))
+    unit = local_unit_copy(UNIT, tmp_path)
     for name in (unit, tmp_path / "masf-edge-opcua@line1.service"):
-        done = subprocess.run(
-            [str(ANALYZE), "verify", "--man=no", str(name)], capture_output=True, text=True, timeout=60
-        )
-        noise = [ln for ln in (done.stdout + done.stderr).splitlines() if "masf-edge-opcua" in ln]
-        assert done.returncode == 0 and not noise, noise
+        rc, noise = analyze_verify(name)
+        assert rc == 0 and not noise, noise

@@ -33,12 +33,16 @@ import cv2
 import numpy as np
 import pytest
 from edge_support import (
+    ANALYZE,
     REPO,
+    analyze_verify,
     daemon_process,
     free_port,
     line_config,
+    local_unit_copy,
     make_tiny_bundle,
     stop_process,
+    unit_values,
     wait_ready,
     write_config,
     write_parts,
@@ -52,7 +56,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTEFACTS = REPO / "benchmarks" / "results" / "page"
 STATIC = REPO / "edge" / "page" / "static"
 UNIT = REPO / "systemd" / "masf-edge-page@.service"
-ANALYZE = Path("/usr/bin/systemd-analyze")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -844,18 +847,7 @@ def test_heatmap_rendering_and_evidence_index(tmp_path: Path) -> None:
 
 
 def _unit_values(key: str, section: str = "Service") -> list[str]:
-    out, current = [], ""
-    for raw in UNIT.read_text().splitlines():
-        text = raw.strip()
-        if not text or text.startswith(("#", ";")):
-            continue
-        if text.startswith("["):
-            current = text.strip("[]")
-            continue
-        k, _, v = text.partition("=")
-        if current == section and k.strip() == key:
-            out.append(v.strip())
-    return out
+    return unit_values(UNIT, key, section)
 
 
 def test_systemd_unit_of_the_page(tmp_path: Path) -> None:
@@ -869,19 +861,10 @@ def test_systemd_unit_of_the_page(tmp_path: Path) -> None:
         assert not _unit_values(key, "Unit"), key
     if not os.access(ANALYZE, os.X_OK):
         pytest.skip("systemd-analyze is not installed (Debian package: systemd)")
-    exe = Path(sys.executable).parent / "masf-edge"
-    text = UNIT.read_text().replace("ExecStart=/usr/local/bin/masf-edge ", f"ExecStart={exe} ")
-    (tmp_path / UNIT.name).write_text(text)
+    local_unit_copy(UNIT, tmp_path)
     for unit in (tmp_path / UNIT.name, tmp_path / "masf-edge-page@line1.service"):
-        proc = subprocess.run(
-            [str(ANALYZE), "verify", "--man=no", str(unit)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
-        )
-        noise = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "masf-edge-page" in ln]
-        assert proc.returncode == 0 and noise == [], noise
+        rc, noise = analyze_verify(unit)
+        assert rc == 0 and noise == [], noise
     proc = subprocess.run(
         [
             str(ANALYZE),

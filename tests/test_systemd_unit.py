@@ -5,36 +5,19 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from edge_support import ANALYZE, INSTALLED_EXEC, analyze_verify, local_unit_copy, unit_values
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "masf-edge@.service"
-ANALYZE = Path("/usr/bin/systemd-analyze")
-INSTALLED_EXEC = "/usr/local/bin/masf-edge"
 
 # Lines of systemd-analyze output about this unit that are expected. None today; an entry needs a reason.
 EXPECTED_WARNINGS: tuple[str, ...] = ()
 
 
-def _directives(text: str) -> list[tuple[str, str, str]]:
-    """(section, key, value) of every assignment, in order (comments and blank lines skipped)."""
-    out, section = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        out.append((section, key.strip(), value.strip()))
-    return out
-
-
 def _values(key: str, section: str = "Service") -> list[str]:
-    return [v for s, k, v in _directives(UNIT.read_text()) if s == section and k == key]
+    return unit_values(UNIT, key, section)
 
 
 def test_required_directives() -> None:
@@ -91,29 +74,13 @@ def test_every_group_of_lines_is_commented() -> None:
 
 
 def _copy(tmp_path: Path) -> Path:
-    """The unit in tmp_path with ExecStart pointing at an executable that exists here (User= kept)."""
-    exe = Path(sys.executable).parent / "masf-edge"
-    if not os.access(exe, os.X_OK):
-        exe = Path(sys.executable)
-    text = UNIT.read_text()
-    assert text.count(f"ExecStart={INSTALLED_EXEC} ") == 1
-    out = tmp_path / UNIT.name
-    out.write_text(text.replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={exe} "))
-    return out
+    return local_unit_copy(UNIT, tmp_path)
 
 
 def _verify(unit: Path) -> tuple[int, list[str]]:
-    """Exit status and the output lines that mention the unit (its file or its name)."""
-    proc = subprocess.run(
-        [str(ANALYZE), "verify", "--man=no", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
-    )
-    stem = unit.name.split("@")[0]
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if stem in ln or str(unit.parent) in ln]
-    return proc.returncode, [ln for ln in lines if not any(w in ln for w in EXPECTED_WARNINGS)]
+    """:func:`analyze_verify` without the expected warnings."""
+    rc, lines = analyze_verify(unit)
+    return rc, [ln for ln in lines if not any(w in ln for w in EXPECTED_WARNINGS)]
 
 
 needs_analyze = pytest.mark.skipif(
