@@ -593,7 +593,7 @@ def run_benchmark(
     """Run every part of the benchmark (see the module docstring); returns the JSON document."""
     import torch
 
-    from engines.preprocess import preprocess_batch
+    from engines.preprocess import preprocess_batch, valid_masks
     from trainer.runs import load_run
 
     run_dir, out = Path(run_dir), Path(out)
@@ -635,7 +635,7 @@ def run_benchmark(
         n = max(batch_sizes)
         images, source = make_frames(spec, n, images_dir)
         batch, geometries = preprocess_batch(images, spec)
-        valid = np.stack([g.valid_mask() for g in geometries])[:, None].astype(np.uint8)
+        valid = valid_masks(geometries)
         frames = out / "frames.npy"
         np.save(frames, batch)
         result["frames"] = {"source": source, "shape": list(batch.shape)}

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from engines.backends.ort import OrtBackend
     from engines.backends.tensorrt import TensorRTBackend, check_available
     from engines.errors import EngineError
-    from engines.preprocess import preprocess_batch
+    from engines.preprocess import preprocess_batch, valid_masks
     from engines.tensorrt import gpu_info
 
     flavour = None if args.tensorrt == "auto" else args.tensorrt
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, Any] = {"gpu": gpu.to_dict() if gpu else None, "engine": trt.engine_file}
         result.update(_compare(trt.infer(images), ort.infer(images), names, ort.threshold))
         batch, geoms = preprocess_batch(images[: args.max_batch], ort.spec)
-        valid = np.stack([g.valid_mask() for g in geoms])[:, None].astype(np.uint8)
+        valid = valid_masks(geoms)
         _step(f"5. latency ({args.iters} runs per batch size, engine {trt.engine_file})")
         result["latency"] = [
             _latency(trt.runner, batch, valid, size, args.iters) for size in (1, args.max_batch)

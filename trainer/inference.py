@@ -13,7 +13,7 @@ from engines.preprocess import Geometry, PreprocessSpec, merge_outputs, model_in
 from trainer.data import read_image
 from trainer.models.masf import MASFOutput
 
-__all__ = ["Prediction", "frames_to_tensor", "predict_arrays", "predict_files", "to_tensor"]
+__all__ = ["Prediction", "frames_to_tensor", "predict_arrays", "predict_files"]
 
 
 @dataclass
@@ -29,15 +29,6 @@ class Prediction:
 def frames_to_tensor(batch: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 frames ``[N, H, W, 3]`` -> float ``[N, 3, H, W]`` in 0..255 on ``device`` (the model's input)."""
     return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
-
-
-def to_tensor(
-    batch: np.ndarray, geometries: Sequence[Geometry], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 ``[N, H, W, 3]`` -> float ``[N, 3, H, W]`` (0..255) and the valid mask ``[N, 1, H, W]``."""
-    x = frames_to_tensor(batch, device)
-    valid = torch.from_numpy(np.stack([g.valid_mask() for g in geometries])[:, None]).to(device)
-    return x, valid
 
 
 def predict_arrays(
