@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -176,14 +176,7 @@ class PreprocessSpec:
 
     def tile_spec(self) -> PreprocessSpec:
         """The untiled spec of one tile (what the model graph itself takes)."""
-        return PreprocessSpec(
-            height=self.height,
-            width=self.width,
-            resize=self.resize,
-            color=self.color,
-            pad_value=self.pad_value,
-            interpolation=self.interpolation,
-        )
+        return replace(self, tile_frame=None, tile_overlap=0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-serialisable dict with every field (``tiles`` only when tiled)."""

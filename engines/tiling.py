@@ -42,8 +42,7 @@ def axis_origins(length: int, tile: int, overlap: int) -> tuple[int, ...]:
         raise ValueError(f"the tile overlap must be in [0, {tile}), got {overlap}")
     if length == tile:
         return (0,)
-    n = math.ceil((length - overlap) / (tile - overlap))
-    n = max(n, 2)
+    n = math.ceil((length - overlap) / (tile - overlap))  # >= 2: length > tile > overlap
     span = length - tile
     return tuple((2 * i * span + (n - 1)) // (2 * (n - 1)) for i in range(n))
 
