@@ -51,15 +51,20 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "with_ttsa": ({}, "", True),
     # Issue 11: bank-design candidates (bank only, student off), fixed before any test run; the default is
     # chosen among them on synthetic defects in the calibration fit images only (see RESULTS.md).
-    "cand_today": ({"student.enabled": False, "fusion.select": "none"}, "", False),
+    "cand_today": ({"student.enabled": False, "fusion.select": "none", "bank.designs": []}, "", False),
     "cand_repro": ({}, "", False),
     "cand_joint_letterbox": ({"data.input_size": "auto", "data.resize": "letterbox"}, "", False),
     "cand_joint_spectral": ({"bank.spectral": True, "bank.normalize": True}, "", False),
     # Issue 11, round 2 (fixed before any of its test runs): the border padding of the aggregation, found to
     # be the difference to anomalib, on the two round-1 winners (A: bottle, D: magnetic tile).
-    "cand_r2_A": ({"student.enabled": False, "fusion.select": "none"}, "", False),
+    "cand_r2_A": ({"student.enabled": False, "fusion.select": "none", "bank.designs": []}, "", False),
     "cand_r2_A_zero": (
-        {"student.enabled": False, "fusion.select": "none", "bank.aggregate_pad": "zero"},
+        {
+            "student.enabled": False,
+            "fusion.select": "none",
+            "bank.aggregate_pad": "zero",
+            "bank.designs": [],
+        },
         "",
         False,
     ),
@@ -152,6 +157,7 @@ def train(
         "threshold_rule": doc["calibration"]["rule"],
         "bank_sizes": doc.get("bank_sizes", []),
         "bank_seconds": timing["bank"],
+        "bank_selection": doc.get("bank_selection"),
     }
 
 
@@ -205,18 +211,51 @@ def _mix(row: dict[str, Any]) -> str:
     return f"{a:.2f} / {1 - a:.2f}"
 
 
+def _design(row: dict[str, Any]) -> str:
+    selection = row.get("bank_selection")
+    if row["variant"] == "distill_only":
+        return "-"
+    return str(selection["chosen"]) if selection else "as configured"
+
+
+def designs_markdown(rows: list[dict[str, Any]]) -> str:
+    """The per-part bank-design choice of each trained run (calibration fit images only): every design's
+    synthetic objective, its standard error against the best, its kNN cost, and the chosen one in bold."""
+    head = (
+        "| data set | run | design | cue mix (distill / bank) | synthetic image AUROC "
+        "| synthetic pixel AUROC | synthetic AUPRO | synthetic objective | SE vs best | bank size "
+        "| kNN MAC per input |"
+    )
+    lines, seen = [head, "|" + "---|" * 11], set()
+    for r in rows:
+        selection = r.get("bank_selection")
+        key = (r["dataset"], r.get("run_dir"))
+        if not selection or key in seen:
+            continue
+        seen.add(key)
+        for c in selection["candidates"]:
+            mark = "**" if c["name"] == selection["chosen"] else ""
+            lines.append(
+                f"| {r['dataset']} | {Path(str(r.get('run_dir', '?'))).name} | {mark}{c['name']}{mark} "
+                f"| {c['cos_weight']:.2f} / {1 - c['cos_weight']:.2f} | {c['image_auroc']:.4f} "
+                f"| {c['pixel_auroc']:.4f} | {c['aupro']:.4f} | {c['objective']:.4f} | {c['se']:.4f} "
+                f"| {'+'.join(str(b) for b in c['bank_sizes'])} | {c['knn_cost'] / 1e6:.0f} M |"
+            )
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
         "| data set | variant | image AUROC | pixel AUROC | AUPRO@0.3 | image AP | pixel AP | F1-max "
-        "| FRR @thr | escapes @thr | cue mix (distill / bank) | train s | train peak RSS MB "
+        "| FRR @thr | escapes @thr | cue mix (distill / bank) | bank design | train s | train peak RSS MB "
         "| s/image (eval) |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         lines.append(
             f"| {r['dataset']} | {LABELS[r['variant']]} | "
             + " | ".join(f"{r[m]:.4f}" for m in METRICS[:6])
-            + f" | {r['false_reject_rate']:.3f} | {r['escape_rate']:.3f} | {_mix(r)} "
+            + f" | {r['false_reject_rate']:.3f} | {r['escape_rate']:.3f} | {_mix(r)} | {_design(r)} "
             f"| {r['train_seconds']:.0f} | {r['train_peak_rss_mb']:.0f} | {r['seconds_per_image']:.3f} |"
         )
     return "\n".join(lines)
@@ -312,6 +351,9 @@ def main() -> int:
         if any(r["variant"].startswith("cand_") for r in rows):
             print()
             print(candidates_markdown(rows))
+        if any(r.get("bank_selection") for r in rows):
+            print()
+            print(designs_markdown(rows))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
@@ -331,6 +373,7 @@ def main() -> int:
                 "variant": variant,
                 "config": str(config.relative_to(REPO)),
                 "overrides": overrides,
+                "run_dir": str(run_dir),
                 **train(dataset, overrides, run_dir, derive, config),
             }
             res = evaluate(dataset, run_dir, derive, tta)
@@ -357,6 +400,8 @@ def main() -> int:
             print("  " + ", ".join(f"{m} {row[m]:.4f}" for m in METRICS), flush=True)
             rows.append(row)
     table = markdown(rows)
+    if any(r.get("bank_selection") for r in rows):
+        table += "\n\n" + designs_markdown(rows)
     stamp = (
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}), "

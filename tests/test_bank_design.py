@@ -193,7 +193,7 @@ def test_fusion_of_one_joint_bank_map() -> None:
 
 def test_cue_statistics_exclude_letterbox_padding() -> None:
     from trainer.models.masf import create_masf
-    from trainer.train import _set_cue_statistics
+    from trainer.select import set_cue_statistics
 
     model = create_masf(tiny_config(student={"enabled": False}), (64, 64), pretrained=False)
     valid = torch.zeros(1, 1, 64, 64)
@@ -203,7 +203,7 @@ def test_cue_statistics_exclude_letterbox_padding() -> None:
         m = torch.full((1, s, s), 100.0)  # padding cells: far off
         m[..., : s // 2] = torch.arange(s // 2, dtype=torch.float32)  # part cells: 0 .. s/2 - 1
         maps.append(m)
-    _set_cue_statistics(model, [(None, maps, valid)])
+    set_cue_statistics(model, [(None, maps, valid)])
     for l, s in enumerate((16, 8, 4)):
         part = torch.arange(s // 2, dtype=torch.float32).repeat(s)
         assert float(model.fusion.bank_mean[l]) == pytest.approx(float(part.mean()))

@@ -17,7 +17,7 @@ from typing import Any
 from engines.config import build, field_spec, load_yaml, to_dict
 from trainer.errors import ConfigError
 
-__all__ = ["Config", "config_from_dict", "config_to_dict", "load_config"]
+__all__ = ["BankDesign", "Config", "config_from_dict", "config_to_dict", "load_config"]
 
 Check = Callable[[Any], bool]
 
@@ -133,6 +133,47 @@ def _layers(v: Any) -> bool:
     )
 
 
+def _opt(check: Check) -> Check:
+    return lambda x: x is None or check(x)
+
+
+@dataclass(frozen=True)
+class BankDesign:
+    """One candidate bank design for the per-part choice (``bank.designs``): a name and the bank fields it
+    changes; every field left null keeps the ``bank`` section's value."""
+
+    name: str = _f("", bool, "a non-empty name")
+    layers: list[int] | None = field(
+        default=None,
+        metadata={"check": _opt(_layers), "rule": "null or an increasing list of scale indices"},
+    )
+    embedding: str | None = _f(
+        None, _opt(lambda x: x in ("per_scale", "joint")), "null, 'per_scale' or 'joint'"
+    )
+    spectral: bool | None = _f(None)
+    normalize: bool | None = _f(None)
+    aggregate: int | None = _f(None, _opt(lambda x: x > 0 and x % 2 == 1), "null or a positive odd int")
+    aggregate_pad: str | None = _f(
+        None, _opt(lambda x: x in ("exclude", "zero")), "null, 'exclude' or 'zero'"
+    )
+    k: int | None = _f(None, _opt(lambda x: 0 < x < 3840), "null or an int in [1, 3840)")
+    coreset_ratio: float | None = _f(None, _opt(_unit), "null or in (0, 1]")
+    max_size: int | str | None = _f(
+        None, _opt(lambda x: x == "auto" or (isinstance(x, int) and x > 0)), "null, 'auto' or a positive int"
+    )
+    max_mb: float | None = _f(None, _opt(_pos), "null or positive")
+    project_dim: int | None = _f(None, _opt(_nonneg), "null or a non-negative int")
+
+    def changes(self) -> dict[str, Any]:
+        """The bank fields this design sets (its non-null fields, without the name)."""
+        return {k: v for k, v in to_dict(self).items() if k != "name" and v is not None}
+
+
+def _designs(v: list[BankDesign]) -> bool:
+    names = [d.name for d in v]
+    return len(names) != 1 and len(set(names)) == len(names) and all(names)
+
+
 @dataclass(frozen=True)
 class BankSection:
     """Memory-bank design (the MASF README, "Memory bank design", documents every switch)."""
@@ -167,6 +208,13 @@ class BankSection:
     # Queries per scoring step, and prototypes per bank slice (bounded memory: N x chunk x bank_chunk).
     chunk: int = _f(1024, _pos, "a positive int")
     bank_chunk: int = _f(8192, _pos, "a positive int")
+    # Candidate designs chosen per part after training, on synthetic defects in the calibration images, by
+    # the one-standard-error rule, the cheapest kNN winning a tie (trainer/design.py). Each names the bank
+    # fields it changes; empty: the section as it is, no choice.
+    designs: list[BankDesign] = field(
+        default_factory=list,
+        metadata={"check": _designs, "rule": "empty or at least two designs with distinct, non-empty names"},
+    )
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engines.preprocess import PreprocessSpec, model_inputs, preprocess_batch, valid_masks
 from engines.tiling import TileGrid
@@ -53,13 +54,18 @@ __all__ = [
     "CueBatch",
     "CueSet",
     "MixSelection",
+    "SyntheticRanking",
     "cue_batches",
     "cues_of",
+    "mix_grid",
     "model_frames",
     "rank_mixes",
+    "rank_on_synthetic",
     "select_cue_mix",
+    "set_cue_statistics",
     "synthetic_defects",
     "synthetic_objective",
+    "valid_at",
 ]
 
 _PIXEL_STRIDE = 2
@@ -190,6 +196,34 @@ def cue_batches(
     return CueSet(cues_of(model, inputs, valid, device, batch_size), frame_valid, grid), framed
 
 
+def valid_at(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Letterbox mask ``[N, 1, H, W]`` -> bool ``[N, h, w]`` at a cue map's size: a cell is valid when at
+    least half of the frame pixels it covers are real image pixels."""
+    return F.interpolate(valid.float(), size=size, mode="area")[:, 0] >= 0.5
+
+
+def set_cue_statistics(model: MASF, cues: list[CueBatch]) -> None:
+    """Mean/std of each raw cue map over the real-image cells of the given (fit) images -> UGHF buffers.
+    Letterbox padding is excluded: it is not part of the part, and a constant fill would shrink the std."""
+
+    def stats(branch: int) -> list[tuple[float, float]] | None:
+        chunks = [(c[branch], c[2]) for c in cues if c[branch] is not None]
+        if not chunks:
+            return None
+        per_map: list[list[torch.Tensor]] = []
+        for maps, valid in chunks:
+            assert maps is not None
+            for i, m in enumerate(maps):
+                keep = valid_at(valid.to(m.device), (m.shape[-2], m.shape[-1]))
+                if i == len(per_map):
+                    per_map.append([])
+                per_map[i].append(m[keep].flatten().float().cpu())
+        values = [torch.cat(v) for v in per_map]
+        return [(float(v.mean()), float(v.std())) for v in values]
+
+    model.fusion.set_statistics(stats(0), stats(1))
+
+
 def _defect_cues(
     model: MASF,
     defects: list[tuple[np.ndarray, np.ndarray, int]],
@@ -313,6 +347,58 @@ def rank_mixes(
     return best["cos_weight"], rows
 
 
+@dataclass(frozen=True)
+class SyntheticRanking:
+    """:func:`rank_on_synthetic`'s result: the chosen ``cos_weight``, every candidate's row, each
+    candidate's per-fold objectives (same order as ``rows``) and the number of synthetic defects."""
+
+    cos_weight: float
+    rows: list[dict[str, float]]
+    folds: list[list[float]]
+    n_synthetic: int
+
+    def chosen_row(self) -> dict[str, float]:
+        return next(r for r in self.rows if r["cos_weight"] == self.cos_weight)
+
+    def chosen_folds(self) -> list[float]:
+        i = next(i for i, r in enumerate(self.rows) if r["cos_weight"] == self.cos_weight)
+        return self.folds[i]
+
+
+@torch.no_grad()
+def rank_on_synthetic(
+    model: MASF,
+    calib_images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    grid: Sequence[float],
+    seed: int,
+    batch_size: int = 8,
+    good_cues: CueSet | None = None,
+) -> SyntheticRanking | None:
+    """Rank the ``cos_weight`` values of ``grid`` for ``model`` (cue statistics must be set) on graded
+    synthetic defects drawn into ``calib_images`` (:func:`rank_mixes`). ``None`` when the defects are too
+    small to survive the resize. ``good_cues``: :func:`cue_batches` of ``calib_images``, when known."""
+    defects = synthetic_defects(calib_images, seed)
+    good = good_cues
+    if good is None:
+        good, _ = cue_batches(model, calib_images, spec, device, batch_size)
+    defect_cues, masks = _defect_cues(model, defects, spec, device, batch_size)
+    if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
+        return None
+    groups = (np.arange(len(calib_images)), np.array([src for *_, src in defects]))
+    folds: list[list[float]] = []
+    chosen, rows = rank_mixes(model, good, defect_cues, masks, grid, groups, fold_values=folds)
+    return SyntheticRanking(chosen, rows, folds, len(defects))
+
+
+def mix_grid(model: MASF, candidates: Sequence[float]) -> list[float]:
+    """The candidate ``cos_weight`` values of ``model``: ``candidates`` plus its configured mix."""
+    fusion = model.fusion
+    default = fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)
+    return sorted({round(float(a), 6) for a in (*candidates, default)})
+
+
 def select_cue_mix(
     model: MASF,
     calib_images: Sequence[np.ndarray],
@@ -328,19 +414,14 @@ def select_cue_mix(
     ``good_cues``: :func:`cue_batches` of ``calib_images``, when the caller already has them."""
     if not (model.use_student and model.use_bank):
         return None
-    fusion = model.fusion
-    default = fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)
-    grid = sorted({round(float(a), 6) for a in (*candidates, default)})
-    defects = synthetic_defects(calib_images, seed)
-    good = good_cues
-    if good is None:
-        good, _ = cue_batches(model, calib_images, spec, device, batch_size)
-    defect_cues, masks = _defect_cues(model, defects, spec, device, batch_size)
-    if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
+    ranking = rank_on_synthetic(
+        model, calib_images, spec, device, mix_grid(model, candidates), seed, batch_size, good_cues
+    )
+    if ranking is None:
         return None  # defects too small to survive the resize: keep the configured mix
-    groups = (np.arange(len(calib_images)), np.array([src for *_, src in defects]))
-    chosen, rows = rank_mixes(model, good, defect_cues, masks, grid, groups)
-    return MixSelection(chosen, rows, len(calib_images), len(defects), SELECTION_DEFECTS)
+    return MixSelection(
+        ranking.cos_weight, ranking.rows, len(calib_images), ranking.n_synthetic, SELECTION_DEFECTS
+    )
 
 
 @torch.no_grad()

@@ -34,18 +34,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import trainer
 from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size, resolve_tiling
 from trainer.calibrate import Calibration, calibrate, split_roles
 from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
+from trainer.design import DesignChoice, design_config, select_bank_design, with_design
 from trainer.errors import RunError
 from trainer.inference import frames_to_tensor, predict_arrays
 from trainer.models.masf import MASF, apply_tta, create_masf
 from trainer.runs import RunInfo, save_run
-from trainer.select import CueBatch, MixSelection, cue_batches, select_cue_mix
+from trainer.select import MixSelection, cue_batches, select_cue_mix, set_cue_statistics
 
 __all__ = [
     "calibrate_model",
@@ -251,34 +251,6 @@ def _build_banks(
     return sizes
 
 
-def _valid_at(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Letterbox mask ``[N, 1, H, W]`` -> bool ``[N, h, w]`` at a cue map's size: a cell is valid when at
-    least half of the frame pixels it covers are real image pixels."""
-    return F.interpolate(valid.float(), size=size, mode="area")[:, 0] >= 0.5
-
-
-def _set_cue_statistics(model: MASF, cues: list[CueBatch]) -> None:
-    """Mean/std of each raw cue map over the real-image cells of the given (fit) images -> UGHF buffers.
-    Letterbox padding is excluded: it is not part of the part, and a constant fill would shrink the std."""
-
-    def stats(branch: int) -> list[tuple[float, float]] | None:
-        chunks = [(c[branch], c[2]) for c in cues if c[branch] is not None]
-        if not chunks:
-            return None
-        per_map: list[list[torch.Tensor]] = []
-        for maps, valid in chunks:
-            assert maps is not None
-            for i, m in enumerate(maps):
-                keep = _valid_at(valid.to(m.device), (m.shape[-2], m.shape[-1]))
-                if i == len(per_map):
-                    per_map.append([])
-                per_map[i].append(m[keep].flatten().float().cpu())
-        values = [torch.cat(v) for v in per_map]
-        return [(float(v.mean()), float(v.std())) for v in values]
-
-    model.fusion.set_statistics(stats(0), stats(1))
-
-
 @dataclass(frozen=True)
 class Calibrated:
     """What :func:`calibrate_model` decided: the config with the chosen cue mix, a calibration per
@@ -299,34 +271,49 @@ class Calibrated:
         }
 
 
+def calibration_roles(cfg: Config, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the calibration images that fit (cue statistics, selections) and that set only the
+    threshold (disjoint, :func:`~trainer.calibrate.split_roles`)."""
+    return split_roles(n, cfg.calibration.threshold_fraction, cfg.seed)
+
+
 def calibrate_model(
-    model: MASF, cfg: Config, calib_images: Sequence[np.ndarray], spec: PreprocessSpec, device: torch.device
+    model: MASF,
+    cfg: Config,
+    calib_images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    fitted: MixSelection | bool | None = None,
 ) -> Calibrated:
     """Cue statistics and the cue mix (``fusion.select``) on the fit images, then a threshold for each
-    inference path on the threshold images (disjoint, :func:`~trainer.calibrate.split_roles`).
+    inference path on the threshold images (disjoint, :func:`calibration_roles`).
 
     Both paths are calibrated so that an evaluation or a deployment with or without TTSA always uses the
     threshold of the path it runs (a TTSA score is on another scale than a plain one). The chosen mix is
     applied to ``model`` and written into the returned config, so a saved run reloads with it.
+    ``fitted``: the fit-image steps were already done on ``model`` (the bank-design selection does them;
+    ``cfg`` holds the chosen mix): their mix selection, or ``True`` when none was run; only the
+    thresholds are set here.
     """
-    fit_idx, thr_idx = split_roles(len(calib_images), cfg.calibration.threshold_fraction, cfg.seed)
+    fit_idx, thr_idx = calibration_roles(cfg, len(calib_images))
     fit_images = [calib_images[i] for i in fit_idx]
     thr_images = [calib_images[i] for i in thr_idx]
-    good_cues, _ = cue_batches(model, fit_images, spec, device, cfg.train.batch_size)
-    _set_cue_statistics(model, good_cues.chunks)
-    selection = None
-    if cfg.fusion.select == "synthetic":
-        selection = select_cue_mix(
-            model,
-            fit_images,
-            spec,
-            device,
-            cfg.fusion.candidates,
-            cfg.seed,
-            cfg.train.batch_size,
-            good_cues,
-        )
-    del good_cues
+    selection = fitted if isinstance(fitted, MixSelection) else None
+    if fitted is None or fitted is False:
+        good_cues, _ = cue_batches(model, fit_images, spec, device, cfg.train.batch_size)
+        set_cue_statistics(model, good_cues.chunks)
+        if cfg.fusion.select == "synthetic":
+            selection = select_cue_mix(
+                model,
+                fit_images,
+                spec,
+                device,
+                cfg.fusion.candidates,
+                cfg.seed,
+                cfg.train.batch_size,
+                good_cues,
+            )
+        del good_cues
     if selection is not None:
         a = selection.cos_weight
         model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
@@ -419,12 +406,28 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     t_student = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    bank_sizes = _build_banks(model, feats, cfg, device, progress) if model.use_bank else []
+    design: DesignChoice | None = None
+    fitted: MixSelection | bool | None = None
+    if model.use_bank and cfg.bank.designs:
+        fit_idx, _ = calibration_roles(cfg, len(calib_images))
+
+        def build(m: MASF, c: Config, feats: list[torch.Tensor] = feats) -> list[int]:
+            return _build_banks(m, feats, c, device, progress)
+
+        design = select_bank_design(model, cfg, [calib_images[i] for i in fit_idx], spec, device, build)
+        if design is None:  # synthetic defects too small to tell the designs apart: keep the first one
+            cfg = design_config(cfg, cfg.bank.designs[0])
+            model = with_design(model, cfg)
+        else:
+            model, cfg, fitted = design.model, design.config, design.mix or True
+    bank_sizes = [len(b) for b in model.bank_list()] if fitted else []
+    if model.use_bank and not fitted:
+        bank_sizes = _build_banks(model, feats, cfg, device, progress)
     t_bank = time.perf_counter() - t0
     del feats
 
     t0 = time.perf_counter()
-    done = calibrate_model(model, cfg, calib_images, spec, device)
+    done = calibrate_model(model, cfg, calib_images, spec, device, fitted)
     cfg = done.config
     calibration = done.by_path["tta" if cfg.tta.enabled else "plain"]
     t_calib = time.perf_counter() - t0
@@ -448,6 +451,7 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
         },
         "tta_applied": cfg.tta.enabled,
         **done.meta(),
+        "bank_selection": design.to_dict() if design else None,
         "bank_sizes": bank_sizes,
         "scale_weights": [float(v) for v in model.fusion.scale_weights().detach().cpu()],
         "train_log": history,

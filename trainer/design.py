@@ -1,0 +1,187 @@
+"""Choose the memory-bank design of a trained model for its part, without test images.
+
+Which bank design finds defects best depends on the part (measured, ``benchmarks/RESULTS.md``, issue 11,
+on synthetic defects in the calibration images): on bottle three per-scale banks with the spectral-anchored
+prototype beat PatchCore's joint embedding; on magnetic tile (a grainy grayscale texture) the joint
+embedding of scales 1 + 2 wins by about 7 standard errors. No single design wins on both, so
+``bank.designs`` lists candidate designs and, after the student is trained:
+
+1. every design gets its own bank(s) from the same training patches (the teacher and the trained student
+   are shared, so only the bank branch differs);
+2. on the calibration *fit* images (never the threshold images) each design gets its cue statistics,
+   its cue mix (``fusion.select``, :mod:`trainer.select`) and the selection's objective, image AUROC +
+   pixel AUROC + AUPRO, on graded synthetic defects: the same defects in the same images for every design
+   (same seed), so the designs' per-fold objectives are paired;
+3. one-standard-error rule: among the designs within one standard error of the best (the standard error
+   of the paired per-fold differences), the one with the cheapest nearest-neighbour search wins
+   (multiply-adds per model input: query patches x prototypes x channels, summed over banks), then the
+   higher objective, then the earlier in the list.
+
+The run keeps the chosen design only: its config holds that design's bank fields and no ``designs`` list,
+so it reloads, exports and recalibrates as a single design. Every design's numbers are stored in the run
+(``bank_selection``). Synthetic defects are not real ones: the rule prefers what separates *some* visible
+anomalies from this part's normal variation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.preprocess import PreprocessSpec
+from trainer.config import BankDesign, Config, config_from_dict, config_to_dict
+from trainer.models.masf import MASF
+from trainer.select import (
+    SELECTION_DEFECTS,
+    MixSelection,
+    cue_batches,
+    mix_grid,
+    rank_on_synthetic,
+    set_cue_statistics,
+)
+
+__all__ = ["DesignChoice", "choose_design", "design_config", "knn_cost", "select_bank_design", "with_design"]
+
+_logger = logging.getLogger(__name__)
+
+BankBuilder = Callable[[MASF, Config], list[int]]
+
+
+def design_config(cfg: Config, design: BankDesign, source: str = "bank.designs") -> Config:
+    """``cfg`` with ``design``'s bank fields and no design list, validated as a whole."""
+    bank = replace(cfg.bank, **design.changes(), designs=[])
+    return config_from_dict(config_to_dict(replace(cfg, bank=bank)), f"{source}[{design.name}]")
+
+
+def knn_cost(model: MASF) -> int:
+    """Nearest-neighbour multiply-adds per model input: query patches x prototypes x channels, summed over
+    the model's banks (a joint bank queries at the finest chosen scale)."""
+    scales = [min(model.bank_layers)] if model.joint else model.bank_layers
+    total = 0
+    for scale, bank in zip(scales, model.bank_list(), strict=True):
+        h, w = model.map_sizes[scale]
+        total += h * w * int(bank.bank.shape[0]) * int(bank.bank.shape[1])
+    return total
+
+
+def with_design(trained: MASF, cfg: Config) -> MASF:
+    """A model with the bank design of ``cfg`` (empty banks) that shares ``trained``'s teacher and student
+    modules and copies its learned scale weights."""
+    model = MASF(trained.teacher, cfg, trained.input_size)
+    if trained.use_student:
+        model.sdms, model.students = trained.sdms, trained.students
+    with torch.no_grad():
+        model.fusion.log_var.copy_(trained.fusion.log_var.detach().cpu())
+    device = next(trained.parameters()).device
+    return model.to(device).eval()
+
+
+def choose_design(rows: list[dict[str, Any]], folds: np.ndarray) -> int:
+    """The one-standard-error rule over designs: ``rows`` (``objective``, ``knn_cost``), ``folds``
+    ``[design, fold]`` paired per-fold objectives. Among the designs within one standard error of the
+    best, the cheapest kNN, then the higher objective, then the earlier. Fills ``se`` / ``within_1se``."""
+    best = max(range(len(rows)), key=lambda i: (rows[i]["objective"], -i))
+    k = folds.shape[1]
+    for row, values in zip(rows, folds, strict=True):
+        diff = folds[best] - values
+        row["se"] = float(diff.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0
+        row["within_1se"] = bool(rows[best]["objective"] - row["objective"] <= row["se"])
+    fine = [i for i, r in enumerate(rows) if r["within_1se"]]
+    return min(fine, key=lambda i: (rows[i]["knn_cost"], -rows[i]["objective"], i))
+
+
+@dataclass(frozen=True)
+class DesignChoice:
+    """What :func:`select_bank_design` decided: the chosen model (banks filled, cue statistics set, its
+    cue mix applied), its config (the design's bank fields, no design list), the cue-mix selection of the
+    chosen design (``None``: one cue, nothing mixed) and every design's row."""
+
+    model: MASF
+    config: Config
+    name: str
+    mix: MixSelection | None
+    candidates: list[dict[str, Any]]
+    n_good: int
+    n_synthetic: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": "graded synthetic defects in calibration images; image AUROC + pixel AUROC + AUPRO; "
+            "1-SE, then the cheapest kNN",
+            "chosen": self.name,
+            "n_good": self.n_good,
+            "n_synthetic": self.n_synthetic,
+            "candidates": self.candidates,
+        }
+
+
+@torch.no_grad()
+def select_bank_design(
+    trained: MASF,
+    cfg: Config,
+    fit_images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    build_banks: BankBuilder,
+) -> DesignChoice | None:
+    """Build every design of ``cfg.bank.designs`` on top of ``trained`` (``build_banks(model, config)``
+    fills a model's banks from the training patches), score each on synthetic defects in ``fit_images``
+    and keep the winner (module docstring). ``None`` when the synthetic defects do not survive the
+    resize (the caller keeps the first design)."""
+    rows: list[dict[str, Any]] = []
+    folds: list[list[float]] = []
+    built: list[tuple[MASF, Config, MixSelection | None]] = []
+    n_synthetic = 0
+    bs = cfg.train.batch_size
+    for design in cfg.bank.designs:
+        dcfg = design_config(cfg, design)
+        model = with_design(trained, dcfg)
+        sizes = build_banks(model, dcfg)
+        good, _ = cue_batches(model, fit_images, spec, device, bs)
+        set_cue_statistics(model, good.chunks)
+        mixing = model.use_student and dcfg.fusion.select == "synthetic"
+        grid = mix_grid(model, dcfg.fusion.candidates) if mixing else mix_grid(model, [])
+        ranking = rank_on_synthetic(model, fit_images, spec, device, grid, cfg.seed, bs, good)
+        del good
+        if ranking is None:
+            return None
+        n_synthetic = ranking.n_synthetic
+        a = ranking.cos_weight
+        model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
+        dcfg = replace(dcfg, fusion=replace(dcfg.fusion, cos_weight=a, bank_weight=1.0 - a))
+        mix = None
+        if mixing:
+            mix = MixSelection(a, ranking.rows, len(fit_images), ranking.n_synthetic, SELECTION_DEFECTS)
+        row = ranking.chosen_row()
+        rows.append(
+            {
+                "name": design.name,
+                "changes": design.changes(),
+                "cos_weight": a,
+                **{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro", "objective")},
+                "bank_sizes": sizes,
+                "knn_cost": knn_cost(model),
+            }
+        )
+        folds.append(ranking.chosen_folds())
+        built.append((model, dcfg, mix))
+        _logger.info(
+            "bank design %s: objective %.4f (cue mix %.2f / %.2f), bank sizes %s",
+            design.name,
+            row["objective"],
+            a,
+            1 - a,
+            sizes,
+        )
+    i = choose_design(rows, np.asarray(folds))
+    for r, f in zip(rows, folds, strict=True):
+        r["folds"] = f
+    model, dcfg, mix = built[i]
+    del built
+    _logger.info("bank design %s chosen on synthetic defects (%d designs)", rows[i]["name"], len(rows))
+    return DesignChoice(model, dcfg, rows[i]["name"], mix, rows, len(fit_images), n_synthetic)
