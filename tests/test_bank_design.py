@@ -269,3 +269,22 @@ def test_per_scale_bank_on_a_subset_of_scales_with_the_student(synth_data: Path,
     x = torch.randint(0, 256, (1, 3, 64, 64)).float()
     out = model(x)
     assert out.anomaly_map.shape == (1, 1, 64, 64) and torch.isfinite(out.pred_score).all()
+
+
+def test_joint_spectral_bank_with_the_student_exports_with_parity(synth_data: Path, tmp_path: Path) -> None:
+    """What ``masf_lite0.yaml``'s ``joint`` design deploys next to the student: a mixed cue (distillation
+    per scale + one joint spectral bank map at scale 1), fused separately, through export and ORT parity."""
+    from trainer.export.from_run import export_run
+    from trainer.train import fit
+
+    torch.set_num_threads(2)
+    bank = {"layers": [1, 2], "embedding": "joint", "k": 1, "coreset_ratio": 0.1, "max_size": "auto"}
+    cfg = tiny_config(bank=bank, fusion={"select": "none", "cos_weight": 0.25, "bank_weight": 0.75})
+    fit(cfg, synth_data, tmp_path / "run", progress=False)
+    bundle = export_run(tmp_path / "run", tmp_path / "bundle", threads=1)
+    parity = bundle.manifest["export"]["parity"]
+    assert parity["passed"] is True and parity["verdict_mismatches"] == 0
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(bundle.onnx_path)).graph.node}
+    assert "ArgMin" in ops and "TopK" not in ops  # one joint bank searched with k = 1
