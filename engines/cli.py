@@ -178,6 +178,11 @@ def _export(args: argparse.Namespace) -> int:
         f"bundle written to {bundle.path}: {_summary(m)}, model.onnx {size_mb:.1f} MB; parity on "
         f"{parity['images']}: map {parity['map_max_rel_err']:.1e}, score {parity['score_max_rel_err']:.1e} "
         f"(relative), {parity['verdict_mismatches']} verdict mismatches"
+        + (
+            f" ({parity['verdicts_at_threshold']} image(s) within the score tolerance of the threshold)"
+            if parity.get("verdicts_at_threshold")
+            else ""
+        )
     )
     return 0
 

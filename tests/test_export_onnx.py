@@ -137,6 +137,31 @@ def test_parity_batch_1_and_n_with_a_letterboxed_image(exported: ExportedBundle,
     assert float(masked[0]) == pytest.approx(float(amap[0, 0][geom.valid_mask()].max()), rel=1e-6)
 
 
+def test_a_score_at_the_threshold_within_tolerance_is_not_a_verdict_mismatch(
+    exported: ExportedBundle, synth_data: Path
+) -> None:
+    """A threshold floored just above the highest calibration score (1e-6 of the spread) leaves that
+    image's verdict to numerical noise: it is counted apart, while a clear verdict must still agree."""
+    model, info = load_run(exported.run)
+    images = [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))[:4]]
+    bundle = Bundle.open(exported.path)
+    ref = check_parity(model, bundle.onnx_path, images, info.preprocess, 0.0, batch_sizes=(1,))
+    scores = np.sort(
+        np.asarray(
+            [
+                model(torch.from_numpy(f[None]).permute(0, 3, 1, 2).float()).pred_score.item()
+                for f in [preprocess(im, info.preprocess)[0] for im in images]
+            ]
+        )
+    )
+    assert ref["verdicts_at_threshold"] == 0 and ref["verdict_mismatches"] == 0
+    at = check_parity(model, bundle.onnx_path, images, info.preprocess, float(scores[-1]), batch_sizes=(1,))
+    assert at["verdicts_at_threshold"] == 1 and at["passed"], at
+    between = float(scores[-2] + scores[-1]) / 2
+    clear = check_parity(model, bundle.onnx_path, images, info.preprocess, between, batch_sizes=(1,))
+    assert clear["verdicts_at_threshold"] == 0 and clear["verdict_mismatches"] == 0 and clear["passed"]
+
+
 def test_export_rejects_unknown_spectral_mode(trained_run: Path, tmp_path: Path) -> None:
     model, info = load_run(trained_run)
     with pytest.raises(ExportError, match=r"spectral mode must be one of"):
