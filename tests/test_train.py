@@ -17,7 +17,7 @@ from trainer.data.synthetic import make_dataset
 from trainer.errors import DataError
 from trainer.inference import predict_arrays
 from trainer.runs import load_run
-from trainer.train import fit, lr_at
+from trainer.train import fit, lr_at, student_schedule
 
 
 def test_fit_writes_a_complete_run(trained_run: Path) -> None:
@@ -138,6 +138,29 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert 45 <= peak <= 52  # end of the 5-epoch warm-up
     assert all(x >= y - 1e-12 for x, y in zip(lrs[peak:], lrs[peak + 1 :], strict=False))  # then decays
     assert lr_at(20.0, 2e-4, 5, 15, 1e-6) == pytest.approx(2e-4)  # warm restart after T0
+
+
+def test_max_steps_caps_the_student_and_shrinks_the_schedule() -> None:
+    assert student_schedule(15, 24, 0) == (15, 1.0)  # no cap
+    assert student_schedule(15, 24, 400) == (15, 1.0)  # 360 planned steps: under the cap, unchanged
+    epochs, shrink = student_schedule(15, 77, 400)  # 1,155 planned: 400 steps in 6 epochs (the 6th partial)
+    assert epochs == 6 and shrink == pytest.approx(400 / 1155)
+    # the shrunk schedule ends where the full one does: warm-up 5 and period 15 epochs, scaled
+    end_full = lr_at(15 - 1 / 77, 2e-4, 5, 15, 1e-6)
+    end_capped = lr_at((400 - 1) / 77, 2e-4, 5 * shrink, 15 * shrink, 1e-6)
+    assert end_capped == pytest.approx(end_full, rel=0.05)
+
+
+def test_fit_stops_the_student_at_max_steps(synth_data: Path, tmp_path: Path) -> None:
+    # 15 training images, batch 4: 4 steps an epoch; 3 epochs planned (12 steps), capped at 6
+    info = fit(
+        tiny_config(train={"epochs": 3, "max_steps": 6}, bank={"enabled": False}),
+        synth_data,
+        tmp_path,
+        progress=False,
+    )
+    log = info.meta["train_log"]
+    assert [e["steps"] for e in log] == [4, 2]
 
 
 def test_too_few_training_images_is_a_clear_error(tmp_path: Path) -> None:

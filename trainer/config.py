@@ -254,6 +254,9 @@ class ScoreSection:
 @dataclass(frozen=True)
 class TrainSection:
     epochs: int = _f(15, _nonneg, "a non-negative int")
+    # Most optimiser steps (0: no cap). A large training set reaches them in fewer epochs; the warm-up and
+    # the cosine period then shrink in proportion, so the schedule still runs its whole course.
+    max_steps: int = _f(0, _nonneg, "a non-negative int (0: no cap)")
     batch_size: int = _f(8, _pos, "a positive int")
     lr: float = _f(2e-4, _pos, "positive")
     weight_decay: float = _f(1e-5, _nonneg, "non-negative")

@@ -77,6 +77,16 @@ def lr_at(epoch: float, base_lr: float, warmup: float, t0: float, eta_min: float
     return eta_min + (base_lr - eta_min) * 0.5 * (1.0 + math.cos(math.pi * t / t0))
 
 
+def student_schedule(epochs: int, steps_per_epoch: int, max_steps: int) -> tuple[int, float]:
+    """``(epochs to run, schedule shrink factor)`` under ``train.max_steps`` (0: no cap): the epochs that
+    hold ``min(epochs * steps_per_epoch, max_steps)`` steps (the last one possibly partial), and the factor
+    by which the warm-up and the cosine period shrink so the schedule ends where it would without a cap."""
+    planned = epochs * steps_per_epoch
+    if not max_steps or max_steps >= planned:
+        return epochs, 1.0
+    return math.ceil(max_steps / steps_per_epoch), max_steps / planned
+
+
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or mode == "off":
         return None
@@ -145,6 +155,9 @@ def _train_student(
     tc = cfg.train
     n = feats[0].shape[0]
     steps = max(1, math.ceil(n / tc.batch_size))
+    epochs, shrink = student_schedule(tc.epochs, steps, tc.max_steps)
+    warmup, t0 = tc.warmup_epochs * shrink, tc.t0 * shrink
+    total = min(epochs * steps, tc.max_steps) if tc.max_steps else epochs * steps
     fusion_params = [p for p in model.fusion.parameters() if p.requires_grad]
     fusion_ids = {id(p) for p in fusion_params}
     params = [p for p in model.trainable_parameters() if id(p) not in fusion_ids]
@@ -157,13 +170,15 @@ def _train_student(
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
     model.train()
-    bar = tqdm(total=tc.epochs * steps, desc="train", disable=not progress, mininterval=1.0)
-    for epoch in range(tc.epochs):
+    bar = tqdm(total=total, desc="train", disable=not progress, mininterval=1.0)
+    done = 0
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         sums = torch.zeros(len(feats))
-        for i in range(steps):
+        run = min(steps, total - done)
+        for i in range(run):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
-            lr = lr_at(epoch + i / steps, tc.lr, tc.warmup_epochs, tc.t0, tc.eta_min)
+            lr = lr_at(epoch + i / steps, tc.lr, warmup, t0, tc.eta_min)
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             batch = [f[idx].to(device).float() for f in feats]
@@ -182,9 +197,11 @@ def _train_student(
             sums += losses.detach().float().cpu()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
             bar.update(1)
+        done += run
         record = {
             "epoch": epoch + 1,
-            "loss_per_scale": [round(float(v), 6) for v in sums / steps],
+            "steps": run,
+            "loss_per_scale": [round(float(v), 6) for v in sums / run],
             "scale_weights": [round(float(v), 6) for v in model.fusion.scale_weights().detach().cpu()],
         }
         history.append(record)
