@@ -79,6 +79,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
         False,
     ),
 }
+# Issue 11, round 5 (fixed before its run): turn each image to the frame's orientation (data.orient: auto).
+VARIANTS["orient_auto"] = ({"data.orient": "auto"}, "", False)
+VARIANTS["orient_auto_bank_only"] = ({"data.orient": "auto"}, "bank_only", False)
+VARIANTS["orient_auto_distill_only"] = ({"data.orient": "auto"}, "distill_only", False)
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
     "cand_repro": REPRO,
@@ -103,6 +107,9 @@ LABELS = {
     "cand_r2_A_zero": "A0: A with the zero padding counted",
     "cand_r2_D": "D (round 2 re-evaluation): joint spectral bank, padding not counted",
     "cand_r2_D_zero": "D0: D with the zero padding counted",
+    "orient_auto": "full MASF, images turned to the frame's orientation",
+    "orient_auto_bank_only": "bank only, images turned to the frame's orientation",
+    "orient_auto_distill_only": "distillation only, images turned to the frame's orientation",
 }
 METRICS = (
     "image_auroc",
@@ -207,13 +214,13 @@ def _mix(row: dict[str, Any]) -> str:
     if a is None:
         if row["variant"].startswith("cand_"):
             return "0 / 1"
-        return {"bank_only": "0 / 1", "distill_only": "1 / 0"}.get(row["variant"], "?")
+        return {"bank_only": "0 / 1", "distill_only": "1 / 0"}.get(VARIANTS[row["variant"]][1], "?")
     return f"{a:.2f} / {1 - a:.2f}"
 
 
 def _design(row: dict[str, Any]) -> str:
     selection = row.get("bank_selection")
-    if row["variant"] == "distill_only":
+    if VARIANTS[row["variant"]][1] == "distill_only":
         return "-"
     return str(selection["chosen"]) if selection else "as configured"
 

@@ -7,7 +7,8 @@ pixels times the scale factors), ``peak`` (the highest map value in it). They ar
 first, and at most ``max_regions`` are kept.
 
 The heatmap travels as uint8: the map cropped to the placed image (model resolution, so it costs the
-same whatever the camera's resolution) and scaled linearly from ``lo`` (0) to ``hi`` (255); a reader maps
+same whatever the camera's resolution; turned back to the camera's orientation when the bundle turned
+the image to fit its frame) and scaled linearly from ``lo`` (0) to ``hi`` (255); a reader maps
 it back with ``value = lo + v / 255 * (hi - lo)`` and resizes it to the frame's size.
 """
 
@@ -36,9 +37,12 @@ class Region:
 
 
 def crop_map(anomaly_map: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """The placed-image part of a model-frame map (a view, ``(geometry.height, geometry.width)``)."""
+    """The placed-image part of a model-frame map, in the camera frame's orientation (a view:
+    ``(geometry.height, geometry.width)``, or ``(width, height)`` turned back when the image was turned to
+    fit the frame, ``Geometry.turned``)."""
     g = geometry
-    return anomaly_map[g.top : g.top + g.height, g.left : g.left + g.width]
+    crop = anomaly_map[g.top : g.top + g.height, g.left : g.left + g.width]
+    return np.rot90(crop, k=-1) if g.turned else crop
 
 
 def find_regions(
@@ -65,8 +69,8 @@ def find_regions(
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     peaks = np.full(n, -np.inf, dtype=np.float64)
     np.maximum.at(peaks, labels.ravel().astype(np.intp), crop.ravel().astype(np.float64))
-    sx = geometry.orig_width / geometry.width  # camera pixels per model pixel
-    sy = geometry.orig_height / geometry.height
+    sx = geometry.orig_width / crop.shape[1]  # camera pixels per model pixel
+    sy = geometry.orig_height / crop.shape[0]
     regions = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])

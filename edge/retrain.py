@@ -55,6 +55,7 @@ __all__ = ["JobState", "TrainJob", "TrainSettings", "check_images"]
 log = logging.getLogger(__name__)
 
 _EPOCH = re.compile(r"epoch (\d+): (\{.*\})")
+_PLAN = re.compile(r"student: (\d+) epochs")  # the epochs the trainer will run (train.max_steps may cap them)
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,11 @@ class TrainJob:
         t0 = time.monotonic()
 
         def progress(line: str) -> None:
+            nonlocal epochs
+            if plan := _PLAN.search(line):
+                epochs = int(plan.group(1))
+                self._set(epochs=epochs)
+                return
             m = _EPOCH.search(line)
             if not m:
                 return

@@ -46,6 +46,7 @@ __all__ = [
     "COLORS",
     "INTERPOLATIONS",
     "MULTIPLE",
+    "ORIENTS",
     "RESIZE_MODES",
     "Geometry",
     "PreprocessSpec",
@@ -55,6 +56,7 @@ __all__ = [
     "preprocess_batch",
     "resolve_input_size",
     "resolve_tiling",
+    "turns",
     "valid_masks",
 ]
 
@@ -63,8 +65,9 @@ MULTIPLE = 32
 RESIZE_MODES = ("letterbox", "stretch")
 COLORS = ("rgb", "gray")
 INTERPOLATIONS = ("area", "linear")
+ORIENTS = ("keep", "auto")
 
-_FIELDS = ("height", "width", "resize", "color", "pad_value", "interpolation", "tiles")
+_FIELDS = ("height", "width", "resize", "color", "pad_value", "interpolation", "orient", "tiles")
 _TILE_FIELDS = ("frame_height", "frame_width", "overlap")
 _REQUIRED = ("height", "width", "resize", "color")
 
@@ -116,6 +119,11 @@ class PreprocessSpec:
         tile_frame: ``(frame_height, frame_width)`` of a tiled spec (multiples of 32, each at least the
             tile's), or None: not tiled.
         tile_overlap: Minimum overlap of neighbouring tiles in pixels (``0 <= overlap < tile side``).
+        orient: ``"keep"`` (every image placed as it is) or ``"auto"``: an image whose orientation
+            (portrait / landscape) differs from the frame's is turned a quarter turn counter-clockwise
+            first, so that a part photographed either way fills the frame instead of being letterboxed to
+            a fraction of it (square images and square frames are never turned). Maps and boxes are
+            turned back (:class:`Geometry`).
     """
 
     height: int
@@ -126,6 +134,7 @@ class PreprocessSpec:
     interpolation: str = "area"
     tile_frame: tuple[int, int] | None = None
     tile_overlap: int = 0
+    orient: str = "keep"
 
     def __post_init__(self) -> None:
         # Validate (and normalise numpy integers to int) so that an invalid spec can never exist.
@@ -135,6 +144,7 @@ class PreprocessSpec:
         _check_choice("color", self.color, COLORS)
         object.__setattr__(self, "pad_value", _check_pad(self.pad_value))
         _check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        _check_choice("orient", self.orient, ORIENTS)
         if self.tile_frame is not None:
             if len(self.tile_frame) != 2:
                 raise ValueError(f"preprocess.tiles frame must be (height, width), got {self.tile_frame!r}")
@@ -179,7 +189,8 @@ class PreprocessSpec:
         return replace(self, tile_frame=None, tile_overlap=0)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-serialisable dict with every field (``tiles`` only when tiled)."""
+        """Plain JSON/YAML-serialisable dict with every field (``tiles`` only when tiled, ``orient`` only
+        when not ``keep``, so specs and bundles without them read as before)."""
         out: dict[str, Any] = {
             "height": self.height,
             "width": self.width,
@@ -188,6 +199,8 @@ class PreprocessSpec:
             "pad_value": self.pad_value,
             "interpolation": self.interpolation,
         }
+        if self.orient != "keep":
+            out["orient"] = self.orient
         if self.tile_frame is not None:
             out["tiles"] = {
                 "frame_height": self.tile_frame[0],
@@ -240,6 +253,7 @@ class PreprocessSpec:
             color=_check_choice("color", d["color"], COLORS),
             pad_value=_check_pad(d.get("pad_value", 114)),
             interpolation=_check_choice("interpolation", d.get("interpolation", "area"), INTERPOLATIONS),
+            orient=_check_choice("orient", d.get("orient", "keep"), ORIENTS),
             tile_frame=frame,
             tile_overlap=overlap,
         )
@@ -387,6 +401,9 @@ class Geometry:
         left: First model-frame column of the placed image.
         height: Placed height in model-frame pixels.
         width: Placed width in model-frame pixels.
+        turned: The image was turned a quarter turn counter-clockwise before it was placed
+            (``orient: auto``); ``scale_y`` / ``scale_x`` then refer to the turned image's axes, and
+            :meth:`to_original` / :meth:`to_model` turn back / forth.
     """
 
     orig_height: int
@@ -399,6 +416,7 @@ class Geometry:
     left: int
     height: int
     width: int
+    turned: bool = False
 
     @property
     def orig_size(self) -> tuple[int, int]:
@@ -410,7 +428,7 @@ class Geometry:
         """Placed region ``(top, left, height, width)`` in the model frame."""
         return (self.top, self.left, self.height, self.width)
 
-    def to_dict(self) -> dict[str, int | float]:
+    def to_dict(self) -> dict[str, int | float | bool]:
         """Plain dict of all fields (for logs and results)."""
         return {
             "orig_height": self.orig_height,
@@ -423,6 +441,7 @@ class Geometry:
             "left": self.left,
             "height": self.height,
             "width": self.width,
+            "turned": self.turned,
         }
 
     def valid_mask(self) -> np.ndarray:
@@ -455,9 +474,12 @@ class Geometry:
             )
         crop = arr[self.top : self.top + self.height, self.left : self.left + self.width]
         crop = np.ascontiguousarray(crop, dtype=np.float32)
-        if crop.shape == (self.orig_height, self.orig_width):
-            return crop.copy() if np.shares_memory(crop, arr) else crop
-        return cv2.resize(crop, (self.orig_width, self.orig_height), interpolation=cv2.INTER_LINEAR)
+        h, w = (self.orig_width, self.orig_height) if self.turned else (self.orig_height, self.orig_width)
+        if crop.shape == (h, w):
+            out = crop.copy() if np.shares_memory(crop, arr) else crop
+        else:
+            out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(np.rot90(out, k=-1)) if self.turned else out
 
     def to_model(self, mask: np.ndarray) -> np.ndarray:
         """Bring an original-frame binary mask (e.g. ground truth) into the model frame.
@@ -475,7 +497,8 @@ class Geometry:
         arr = np.asarray(mask)
         if arr.shape != (self.orig_height, self.orig_width):
             raise ValueError(f"expected a ({self.orig_height}, {self.orig_width}) mask, got {arr.shape}")
-        src: np.ndarray = np.ascontiguousarray(arr != 0, dtype=np.uint8)
+        src: np.ndarray = np.ascontiguousarray(np.rot90(arr) if self.turned else arr, dtype=np.uint8)
+        src = np.ascontiguousarray(src != 0, dtype=np.uint8)
         if src.shape != (self.height, self.width):
             src = cv2.resize(src, (self.width, self.height), interpolation=cv2.INTER_NEAREST_EXACT)
         out = np.zeros((self.frame_height, self.frame_width), dtype=bool)
@@ -527,9 +550,20 @@ def _placement(h: int, w: int, spec: PreprocessSpec) -> tuple[int, int, int, int
     return ((H - ph) // 2, (W - pw) // 2, ph, pw)
 
 
+def turns(h: int, w: int, spec: PreprocessSpec) -> bool:
+    """Whether an ``(h, w)`` image is turned before it is placed (``spec.orient == "auto"`` and its
+    orientation differs from the frame's; square images and square frames never turn)."""
+    fh, fw = spec.frame_size
+    return spec.orient == "auto" and fh != fw and h != w and (h > w) != (fh > fw)
+
+
 def _preprocess_into(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -> Geometry:
     """Preprocess ``image`` into the preallocated uint8 ``(H, W, 3)`` array ``out``."""
     img = _to_color(_check_image(image), spec.color)
+    oh, ow = img.shape[:2]
+    turned = turns(oh, ow, spec)
+    if turned:
+        img = np.rot90(img)
     h, w = img.shape[:2]
     top, left, ph, pw = _placement(h, w, spec)
     if (ph, pw) != (h, w):
@@ -542,8 +576,8 @@ def _preprocess_into(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -
     # A 2-D (gray) image broadcasts into all 3 channels: this is the replication step.
     region[...] = img[:, :, None] if img.ndim == 2 else img
     return Geometry(
-        orig_height=h,
-        orig_width=w,
+        orig_height=oh,
+        orig_width=ow,
         frame_height=spec.frame_size[0],
         frame_width=spec.frame_size[1],
         scale_y=ph / h,
@@ -552,6 +586,7 @@ def _preprocess_into(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -
         left=left,
         height=ph,
         width=pw,
+        turned=turned,
     )
 
 

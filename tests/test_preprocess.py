@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import cv2
@@ -20,6 +21,7 @@ from engines.preprocess import (
     preprocess_batch,
     resolve_input_size,
     resolve_tiling,
+    turns,
 )
 from engines.tiling import TileGrid
 
@@ -125,6 +127,53 @@ def test_geometry_to_dict() -> None:
     _, geo = preprocess(np.zeros((100, 400), np.uint8), LETTERBOX)
     d = geo.to_dict()
     assert Geometry(**d) == geo  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- orientation (orient: auto)
+
+PORTRAIT_AUTO = PreprocessSpec(96, 64, "letterbox", "rgb", orient="auto")
+
+
+def test_orient_auto_turns_an_image_of_the_other_orientation_to_fill_the_frame() -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)  # landscape into a portrait frame
+    frame, geo = preprocess(img, PORTRAIT_AUTO)
+    assert geo.turned and geo.region == (0, 0, 96, 64) and geo.orig_size == (64, 96)
+    np.testing.assert_array_equal(frame, np.rot90(img))  # a quarter turn counter-clockwise, no resize
+    _, kept = preprocess(img, replace(PORTRAIT_AUTO, orient="keep"))
+    assert not kept.turned and kept.height * kept.width < 0.5 * 96 * 64  # letterboxed to 43x64
+    # maps come back in the image's own orientation, exactly (same size: no resampling)
+    back = geo.to_original(frame[..., 0].astype(np.float32))
+    np.testing.assert_array_equal(back, img[..., 0].astype(np.float32))
+    mask = np.zeros((64, 96), bool)
+    mask[5, 80] = True  # (r, c) lands at (w - 1 - c, r) after the turn
+    framed = geo.to_model(mask)
+    assert framed.sum() == 1 and framed[96 - 1 - 80, 5]
+    assert Geometry(**geo.to_dict()) == geo  # type: ignore[arg-type]
+
+
+def test_orient_auto_turns_only_when_the_orientations_differ() -> None:
+    assert turns(64, 96, PORTRAIT_AUTO) and not turns(96, 64, PORTRAIT_AUTO)
+    assert not turns(80, 80, PORTRAIT_AUTO)  # a square image has no orientation
+    square = PreprocessSpec(64, 64, "letterbox", "rgb", orient="auto")
+    assert not turns(64, 96, square)  # nor has a square frame
+    assert not turns(64, 96, replace(PORTRAIT_AUTO, orient="keep"))
+    # resized and turned: the map still comes back at the image's size and orientation
+    img = np.zeros((100, 300), np.uint8)
+    img[:, :150] = 200  # left half bright
+    frame, geo = preprocess(img, PORTRAIT_AUTO)
+    assert geo.turned and frame.shape == (96, 64, 3)
+    back = geo.to_original(frame[..., 0].astype(np.float32))
+    assert back.shape == (100, 300)
+    assert back[:, :140].mean() > 190 and back[:, 160:].mean() < 10
+
+
+def test_orient_travels_in_the_spec_only_when_set() -> None:
+    assert "orient" not in replace(PORTRAIT_AUTO, orient="keep").to_dict()
+    d = PORTRAIT_AUTO.to_dict()
+    assert d["orient"] == "auto" and PreprocessSpec.from_dict(d) == PORTRAIT_AUTO
+    with pytest.raises(ValueError, match="orient"):
+        PreprocessSpec.from_dict({**d, "orient": "sideways"})
 
 
 # --------------------------------------------------------------------------- stretch / interpolation

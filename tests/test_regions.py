@@ -25,6 +25,18 @@ def test_regions_are_in_camera_frame_coordinates_through_the_letterbox() -> None
     assert regions[1].bbox[2] >= 1 and regions[1].bbox[3] >= 1
 
 
+def test_regions_and_heatmap_of_a_turned_image_are_in_the_camera_orientation() -> None:
+    spec = PreprocessSpec(96, 64, "letterbox", "rgb", orient="auto")
+    _, geom = preprocess(np.zeros((64, 96, 3), np.uint8), spec)  # landscape, turned into the frame
+    assert geom.turned
+    amap = np.zeros((96, 64), dtype=np.float32)
+    amap[10:20, 20:30] = 4.0  # frame (r, c) shows camera pixel (row c, column 95 - r)
+    regions = find_regions(amap, geom, pixel_threshold=1.0)
+    assert len(regions) == 1 and regions[0].bbox == (76, 20, 10, 10) and regions[0].area == 100
+    heat = heatmap_u8(amap, geom, 0.0, 4.0)
+    assert heat.shape == (64, 96) and heat[20:30, 76:86].min() == 255 and heat.sum() == 255 * 100
+
+
 def test_no_regions_below_the_threshold_or_for_nan_threshold() -> None:
     spec = PreprocessSpec(32, 32, "stretch", "rgb")
     _, geom = preprocess(np.zeros((32, 32, 3), np.uint8), spec)

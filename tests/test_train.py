@@ -130,6 +130,20 @@ def test_tiling_auto_tiles_long_parts_only(tiling: str, size: tuple[int, int], t
         assert spec.frame_size[0] >= size[0] - 16 and spec.frame_size[1] >= size[1] - 16
 
 
+def test_orient_auto_sizes_the_frame_for_the_turned_images() -> None:
+    from engines.preprocess import turns
+    from trainer.train import resolve_preprocess, upright
+
+    sizes = [(300, 200), (300, 200), (200, 300), (200, 300), (250, 250)]  # median h / w exactly 1
+    images = [np.zeros(hw, np.uint8) for hw in sizes]
+    keep = resolve_preprocess(tiny_config(data={"input_size": "auto"}), images)
+    assert keep.size == (256, 256) and keep.orient == "keep"  # mixed orientations: a square frame
+    auto = resolve_preprocess(tiny_config(data={"input_size": "auto", "orient": "auto"}), images)
+    assert auto.orient == "auto" and auto.height > auto.width  # every image upright: a 3:2 frame
+    assert upright(sizes) == [(300, 200)] * 4 + [(250, 250)]
+    assert [turns(h, w, auto) for h, w in sizes] == [False, False, True, True, False]
+
+
 def test_lr_schedule_warmup_then_cosine() -> None:
     lrs = [lr_at(e, 2e-4, 5, 15, 1e-6) for e in np.linspace(0, 15, 151)]
     assert lrs[0] < 1e-6 + 2e-4 * 0.01

@@ -69,6 +69,10 @@ class DataSection:
     base_size: int = _f(256, lambda x: x > 0 and x % 32 == 0, "a positive multiple of 32")
     resize: str = _f("letterbox", *_oneof("letterbox", "stretch"))
     color: str = _f("auto", *_oneof("auto", "rgb", "gray"))
+    # "auto": an image whose orientation (portrait / landscape) differs from the frame's is turned a quarter
+    # turn before it is placed (the frame follows the images' majority orientation), so a part photographed
+    # either way fills the frame instead of a letterboxed fraction of it; "keep": placed as it is.
+    orient: str = _f("keep", *_oneof("keep", "auto"))
     # Held out of train/good for calibration; half of them set the threshold only (calibration section).
     calib_fraction: float = _f(0.2, lambda x: 0 < x <= 0.5, "in (0, 0.5]")
     min_calib: int = _f(5, _pos, "a positive int")

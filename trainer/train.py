@@ -117,16 +117,33 @@ def resolve_preprocess(cfg: Config, images: Sequence[np.ndarray]) -> PreprocessS
     if color == "auto":
         color = "gray" if all(is_grayscale(im) for im in images) else "rgb"
     d = cfg.data
+    if d.orient == "auto":  # the frame is sized for the images as they will be placed: turned alike
+        sizes = upright(sizes)
     if wants_tiling(cfg, sizes):
         frame, (h, w), overlap, _ = resolve_tiling(
             sizes, d.tile_size, d.tile_scale, d.tile_overlap, d.max_tiles
         )
         return PreprocessSpec(
-            height=h, width=w, resize=d.resize, color=color, tile_frame=frame, tile_overlap=overlap
+            height=h,
+            width=w,
+            resize=d.resize,
+            color=color,
+            tile_frame=frame,
+            tile_overlap=overlap,
+            orient=d.orient,
         )
     size = d.input_size if d.input_size == "auto" else tuple(d.input_size)
     h, w = resolve_input_size(size, sizes, base=d.base_size)  # type: ignore[arg-type]
-    return PreprocessSpec(height=h, width=w, resize=d.resize, color=color)
+    return PreprocessSpec(height=h, width=w, resize=d.resize, color=color, orient=d.orient)
+
+
+def upright(sizes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(h, w)`` sizes turned to the majority orientation (portrait when the median ``h / w`` is at
+    least 1, else landscape): the sizes ``orient: auto`` places into a frame of that orientation."""
+    if not sizes:
+        return []
+    portrait = float(np.median([h / w for h, w in sizes])) >= 1.0
+    return [(h, w) if (h >= w) == portrait or h == w else (w, h) for h, w in sizes]
 
 
 @torch.no_grad()
@@ -158,6 +175,7 @@ def _train_student(
     epochs, shrink = student_schedule(tc.epochs, steps, tc.max_steps)
     warmup, t0 = tc.warmup_epochs * shrink, tc.t0 * shrink
     total = min(epochs * steps, tc.max_steps) if tc.max_steps else epochs * steps
+    _logger.info("student: %d epochs, %d steps", epochs, total)
     fusion_params = [p for p in model.fusion.parameters() if p.requires_grad]
     fusion_ids = {id(p) for p in fusion_params}
     params = [p for p in model.trainable_parameters() if id(p) not in fusion_ids]
