@@ -114,14 +114,17 @@ def make_tiny_bundle(
     part: str = "widget",
     delay_iters: int = 0,
     tiles: tuple[int, int, int] | None = None,
+    orient: str = "keep",
     **model: Any,
 ) -> Bundle:
     """Write the tiny bundle to ``out`` (letterbox RGB preprocessing, ``threshold`` calibrated).
     ``tiles``: ``(frame_height, frame_width, overlap)`` of a tiled bundle whose tiles are ``height`` x
-    ``width``."""
+    ``width``. ``orient``: the bundle's ``preprocess.orient``."""
     frame = None if tiles is None else (tiles[0], tiles[1])
     overlap = 0 if tiles is None else tiles[2]
-    spec = PreprocessSpec(height, width, "letterbox", "rgb", tile_frame=frame, tile_overlap=overlap)
+    spec = PreprocessSpec(
+        height, width, "letterbox", "rgb", tile_frame=frame, tile_overlap=overlap, orient=orient
+    )
     calib = {
         "threshold": threshold,
         "rule": "test",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from edge_support import (
     daemon_process,
@@ -123,6 +124,35 @@ def test_a_tiled_bundle_inspects_long_parts_at_native_resolution(tmp_path: Path)
         assert 0 <= x < 384 and 0 <= y < 64 and 5 <= w <= 30 and 5 <= hh <= 30
         heat = m.heatmap_image()
         assert heat is not None and heat.shape[:2] == (64, 384)
+
+
+def spot_centre(seed: int, height: int, width: int) -> tuple[int, int]:
+    """Where ``part_image(True, seed, height, width)`` draws its spot: ``(x, y)``."""
+    rng = np.random.default_rng(seed)
+    rng.normal(0, 4, (height, width, 3))
+    cy, cx = int(rng.integers(15, height - 15)), int(rng.integers(15, width - 15))
+    return cx, cy
+
+
+def test_a_bundle_that_turns_images_reports_in_the_camera_orientation(tmp_path: Path) -> None:
+    """Landscape 64x96 parts through a portrait 96x64 bundle with ``preprocess.orient: auto``: each part
+    is turned to fill the frame, and every defect's region and heatmap come back in the camera's pixels."""
+    turned = make_tiny_bundle(tmp_path / "turned", height=96, width=64, orient="auto").path
+    labels = write_parts(tmp_path / "parts", 9, height=64, width=96)
+    doc = line_config(tmp_path, [_camera("cam", turned, tmp_path / "parts")])
+    results, _ = _replay(tmp_path, doc, 9)
+    assert [m.header["verdict"] for m in results] == ["FAIL" if d else "PASS" for d in labels]
+    assert sum(labels) >= 3
+    for i, m in enumerate(results):
+        if not labels[i]:
+            continue
+        cx, cy = spot_centre(i, 64, 96)
+        x, y, w, h = m.header["regions"][0]["bbox"]
+        assert x <= cx < x + w and y <= cy < y + h, (m.header["regions"][0], (cx, cy))
+        assert w <= 30 and h <= 30
+        heat = m.heatmap_image()
+        assert heat is not None and heat.shape[:2] == (64, 96)
+        assert np.unravel_index(int(np.argmax(heat)), heat.shape)[1] in range(cx - 8, cx + 9)
 
 
 def test_control_socket_last_status_threshold_trigger_and_bad_requests(tmp_path: Path, bundle: Path) -> None:
