@@ -144,6 +144,43 @@ def test_orient_auto_sizes_the_frame_for_the_turned_images() -> None:
     assert [turns(h, w, auto) for h, w in sizes] == [False, False, True, True, False]
 
 
+def test_parts_photographed_either_way_fit_and_evaluate_with_orient_auto(tmp_path: Path) -> None:
+    """Half of the images (and their masks) turned to portrait: with ``orient: auto`` every image is
+    placed upright in one landscape frame, and maps come back at each test image's own size."""
+    import cv2
+
+    from trainer.evaluate.runner import evaluate_model
+
+    root = make_dataset(tmp_path / "data", n_train=14, n_test_good=4, n_test_defect=2, height=64, width=96)
+    for i, path in enumerate(
+        sorted((root / "train").rglob("*.png")) + sorted((root / "test").rglob("*.png"))
+    ):
+        if i % 2:
+            continue
+        cv2.imwrite(str(path), cv2.rotate(cv2.imread(str(path)), cv2.ROTATE_90_CLOCKWISE))
+        mask = root / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+        if mask.is_file():
+            m = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+            cv2.imwrite(str(mask), cv2.rotate(m, cv2.ROTATE_90_CLOCKWISE))
+    data = {"input_size": "auto", "base_size": 96, "orient": "auto"}
+    cfg = tiny_config(data=data, student={"enabled": False})
+    info = fit(cfg, root, tmp_path / "run", progress=False)
+    spec = info.preprocess
+    assert spec.orient == "auto" and spec.height != spec.width  # one frame, of the majority orientation
+    model, loaded = load_run(tmp_path / "run")
+    assert loaded.preprocess == spec
+    tests = [read_image(p) for p in sorted((root / "test" / "good").glob("*.png"))]
+    assert {im.shape[:2] for im in tests} == {(64, 96), (96, 64)}
+    preds = predict_arrays(model, tests, spec, torch.device("cpu"))
+    for im, pred in zip(tests, preds, strict=True):
+        assert pred.geometry.turned == ((im.shape[0] > im.shape[1]) != (spec.height > spec.width))
+        assert pred.geometry.to_original(pred.anomaly_map).shape == im.shape[:2]
+        g = pred.geometry  # upright or turned, each image's long side lies along the frame's
+        assert g.height * g.width >= 0.7 * spec.height * spec.width
+    res = evaluate_model(model, loaded, root, progress=False)
+    assert res["n_test_images"] == len(list((root / "test").rglob("*.png"))) and 0 <= res["pixel_auroc"] <= 1
+
+
 def test_lr_schedule_warmup_then_cosine() -> None:
     lrs = [lr_at(e, 2e-4, 5, 15, 1e-6) for e in np.linspace(0, 15, 151)]
     assert lrs[0] < 1e-6 + 2e-4 * 0.01
