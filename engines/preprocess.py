@@ -497,8 +497,8 @@ class Geometry:
         arr = np.asarray(mask)
         if arr.shape != (self.orig_height, self.orig_width):
             raise ValueError(f"expected a ({self.orig_height}, {self.orig_width}) mask, got {arr.shape}")
-        src: np.ndarray = np.ascontiguousarray(np.rot90(arr) if self.turned else arr, dtype=np.uint8)
-        src = np.ascontiguousarray(src != 0, dtype=np.uint8)
+        nonzero = arr != 0
+        src: np.ndarray = np.ascontiguousarray(np.rot90(nonzero) if self.turned else nonzero, dtype=np.uint8)
         if src.shape != (self.height, self.width):
             src = cv2.resize(src, (self.width, self.height), interpolation=cv2.INTER_NEAREST_EXACT)
         out = np.zeros((self.frame_height, self.frame_width), dtype=bool)

@@ -149,6 +149,7 @@ def test_orient_auto_turns_an_image_of_the_other_orientation_to_fill_the_frame()
     mask[5, 80] = True  # (r, c) lands at (w - 1 - c, r) after the turn
     framed = geo.to_model(mask)
     assert framed.sum() == 1 and framed[96 - 1 - 80, 5]
+    np.testing.assert_array_equal(geo.to_model(mask * 0.5), framed)  # non-zero, not >= 1, is True
     assert Geometry(**geo.to_dict()) == geo  # type: ignore[arg-type]
 
 
