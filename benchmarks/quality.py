@@ -78,11 +78,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
         "",
         False,
     ),
+    # Issue 11, round 5 (fixed before its run): turn each image to the frame's orientation (data.orient).
+    "orient_auto": ({"data.orient": "auto"}, "", False),
+    "orient_auto_bank_only": ({"data.orient": "auto"}, "bank_only", False),
+    "orient_auto_distill_only": ({"data.orient": "auto"}, "distill_only", False),
 }
-# Issue 11, round 5 (fixed before its run): turn each image to the frame's orientation (data.orient: auto).
-VARIANTS["orient_auto"] = ({"data.orient": "auto"}, "", False)
-VARIANTS["orient_auto_bank_only"] = ({"data.orient": "auto"}, "bank_only", False)
-VARIANTS["orient_auto_distill_only"] = ({"data.orient": "auto"}, "distill_only", False)
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
     "cand_repro": REPRO,

@@ -192,10 +192,10 @@ def test_lr_schedule_warmup_then_cosine() -> None:
 
 
 def test_max_steps_caps_the_student_and_shrinks_the_schedule() -> None:
-    assert student_schedule(15, 24, 0) == (15, 1.0)  # no cap
-    assert student_schedule(15, 24, 400) == (15, 1.0)  # 360 planned steps: under the cap, unchanged
-    epochs, shrink = student_schedule(15, 77, 400)  # 1,155 planned: 400 steps in 6 epochs (the 6th partial)
-    assert epochs == 6 and shrink == pytest.approx(400 / 1155)
+    assert student_schedule(15, 24, 0) == (15, 360, 1.0)  # no cap
+    assert student_schedule(15, 24, 400) == (15, 360, 1.0)  # 360 planned steps: under the cap, unchanged
+    epochs, total, shrink = student_schedule(15, 77, 400)  # 1,155 planned: 400 in 6 epochs (the 6th partial)
+    assert epochs == 6 and total == 400 and shrink == pytest.approx(400 / 1155)
     # the shrunk schedule ends where the full one does: warm-up 5 and period 15 epochs, scaled
     end_full = lr_at(15 - 1 / 77, 2e-4, 5, 15, 1e-6)
     end_capped = lr_at((400 - 1) / 77, 2e-4, 5 * shrink, 15 * shrink, 1e-6)

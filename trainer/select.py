@@ -439,14 +439,11 @@ def synthetic_objective(
 
     The same seed and images give the same defects for every model, so the objectives of candidate bank
     designs are paired and their fold differences give standard errors (the one-standard-error rule)."""
-    defects = synthetic_defects(fit_images, seed)
-    good, _ = cue_batches(model, fit_images, spec, device, batch_size)
-    bad, masks = _defect_cues(model, defects, spec, device, batch_size)
-    groups = (np.arange(len(fit_images)), np.array([src for *_, src in defects]))
-    a = model.fusion.cos_weight / (model.fusion.cos_weight + model.fusion.bank_weight)
-    folds: list[list[float]] = []
-    _, rows = rank_mixes(model, good, bad, masks, [a], groups, fold_values=folds)
+    ranking = rank_on_synthetic(model, fit_images, spec, device, mix_grid(model, []), seed, batch_size)
+    if ranking is None:
+        raise ValueError("no synthetic defect survives the resize: there is no objective to compute")
+    row = ranking.chosen_row()
     return {
-        **{k: rows[0][k] for k in ("image_auroc", "pixel_auroc", "aupro", "objective")},
-        "folds": folds[0],
+        **{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro", "objective")},
+        "folds": ranking.chosen_folds(),
     }

@@ -77,14 +77,15 @@ def lr_at(epoch: float, base_lr: float, warmup: float, t0: float, eta_min: float
     return eta_min + (base_lr - eta_min) * 0.5 * (1.0 + math.cos(math.pi * t / t0))
 
 
-def student_schedule(epochs: int, steps_per_epoch: int, max_steps: int) -> tuple[int, float]:
-    """``(epochs to run, schedule shrink factor)`` under ``train.max_steps`` (0: no cap): the epochs that
-    hold ``min(epochs * steps_per_epoch, max_steps)`` steps (the last one possibly partial), and the factor
-    by which the warm-up and the cosine period shrink so the schedule ends where it would without a cap."""
+def student_schedule(epochs: int, steps_per_epoch: int, max_steps: int) -> tuple[int, int, float]:
+    """``(epochs to run, steps to run, schedule shrink factor)`` under ``train.max_steps`` (0: no cap): the
+    steps are ``min(epochs * steps_per_epoch, max_steps)``, the epochs those that hold them (the last one
+    possibly partial), and the factor by which the warm-up and the cosine period shrink so the schedule
+    ends where it would without a cap."""
     planned = epochs * steps_per_epoch
     if not max_steps or max_steps >= planned:
-        return epochs, 1.0
-    return math.ceil(max_steps / steps_per_epoch), max_steps / planned
+        return epochs, planned, 1.0
+    return math.ceil(max_steps / steps_per_epoch), max_steps, max_steps / planned
 
 
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -172,9 +173,8 @@ def _train_student(
     tc = cfg.train
     n = feats[0].shape[0]
     steps = max(1, math.ceil(n / tc.batch_size))
-    epochs, shrink = student_schedule(tc.epochs, steps, tc.max_steps)
+    epochs, total, shrink = student_schedule(tc.epochs, steps, tc.max_steps)
     warmup, t0 = tc.warmup_epochs * shrink, tc.t0 * shrink
-    total = min(epochs * steps, tc.max_steps) if tc.max_steps else epochs * steps
     _logger.info("student: %d epochs, %d steps", epochs, total)
     fusion_params = [p for p in model.fusion.parameters() if p.requires_grad]
     fusion_ids = {id(p) for p in fusion_params}
@@ -318,7 +318,8 @@ def calibrate_model(
     calib_images: Sequence[np.ndarray],
     spec: PreprocessSpec,
     device: torch.device,
-    fitted: MixSelection | bool | None = None,
+    fitted: bool = False,
+    selection: MixSelection | None = None,
 ) -> Calibrated:
     """Cue statistics and the cue mix (``fusion.select``) on the fit images, then a threshold for each
     inference path on the threshold images (disjoint, :func:`calibration_roles`).
@@ -327,14 +328,13 @@ def calibrate_model(
     threshold of the path it runs (a TTSA score is on another scale than a plain one). The chosen mix is
     applied to ``model`` and written into the returned config, so a saved run reloads with it.
     ``fitted``: the fit-image steps were already done on ``model`` (the bank-design selection does them;
-    ``cfg`` holds the chosen mix): their mix selection, or ``True`` when none was run; only the
-    thresholds are set here.
+    ``cfg`` holds the chosen mix, ``selection`` their cue-mix selection if one ran): only the thresholds
+    are set here.
     """
     fit_idx, thr_idx = calibration_roles(cfg, len(calib_images))
     fit_images = [calib_images[i] for i in fit_idx]
     thr_images = [calib_images[i] for i in thr_idx]
-    selection = fitted if isinstance(fitted, MixSelection) else None
-    if fitted is None or fitted is False:
+    if not fitted:
         good_cues, _ = cue_batches(model, fit_images, spec, device, cfg.train.batch_size)
         set_cue_statistics(model, good_cues.chunks)
         if cfg.fusion.select == "synthetic":
@@ -442,7 +442,6 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
 
     t0 = time.perf_counter()
     design: DesignChoice | None = None
-    fitted: MixSelection | bool | None = None
     if model.use_bank and cfg.bank.designs:
         fit_idx, _ = calibration_roles(cfg, len(calib_images))
 
@@ -454,15 +453,17 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
             cfg = design_config(cfg, cfg.bank.designs[0])
             model = with_design(model, cfg)
         else:
-            model, cfg, fitted = design.model, design.config, design.mix or True
-    bank_sizes = [len(b) for b in model.bank_list()] if fitted else []
-    if model.use_bank and not fitted:
-        bank_sizes = _build_banks(model, feats, cfg, device, progress)
+            model, cfg = design.model, design.config
+    if design is not None:  # its banks are built
+        bank_sizes = [len(b) for b in model.bank_list()]
+    else:
+        bank_sizes = _build_banks(model, feats, cfg, device, progress) if model.use_bank else []
     t_bank = time.perf_counter() - t0
     del feats
 
     t0 = time.perf_counter()
-    done = calibrate_model(model, cfg, calib_images, spec, device, fitted)
+    fitted, mix = (True, design.mix) if design is not None else (False, None)
+    done = calibrate_model(model, cfg, calib_images, spec, device, fitted=fitted, selection=mix)
     cfg = done.config
     calibration = done.by_path["tta" if cfg.tta.enabled else "plain"]
     t_calib = time.perf_counter() - t0
