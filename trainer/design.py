@@ -43,6 +43,7 @@ from trainer.select import (
     mix_grid,
     rank_on_synthetic,
     set_cue_statistics,
+    within_one_se,
 )
 
 __all__ = ["DesignChoice", "choose_design", "design_config", "knn_cost", "select_bank_design", "with_design"]
@@ -61,9 +62,8 @@ def design_config(cfg: Config, design: BankDesign, source: str = "bank.designs")
 def knn_cost(model: MASF) -> int:
     """Nearest-neighbour multiply-adds per model input: query patches x prototypes x channels, summed over
     the model's banks (a joint bank queries at the finest chosen scale)."""
-    scales = [min(model.bank_layers)] if model.joint else model.bank_layers
     total = 0
-    for scale, bank in zip(scales, model.bank_list(), strict=True):
+    for scale, bank in zip(model.fusion.bank_scales, model.bank_list(), strict=True):
         h, w = model.map_sizes[scale]
         total += h * w * int(bank.bank.shape[0]) * int(bank.bank.shape[1])
     return total
@@ -85,13 +85,7 @@ def choose_design(rows: list[dict[str, Any]], folds: np.ndarray) -> int:
     """The one-standard-error rule over designs: ``rows`` (``objective``, ``knn_cost``), ``folds``
     ``[design, fold]`` paired per-fold objectives. Among the designs within one standard error of the
     best, the cheapest kNN, then the higher objective, then the earlier. Fills ``se`` / ``within_1se``."""
-    best = max(range(len(rows)), key=lambda i: (rows[i]["objective"], -i))
-    k = folds.shape[1]
-    for row, values in zip(rows, folds, strict=True):
-        diff = folds[best] - values
-        row["se"] = float(diff.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0
-        row["within_1se"] = bool(rows[best]["objective"] - row["objective"] <= row["se"])
-    fine = [i for i, r in enumerate(rows) if r["within_1se"]]
+    fine = within_one_se(rows, folds)
     return min(fine, key=lambda i: (rows[i]["knn_cost"], -rows[i]["objective"], i))
 
 

@@ -66,6 +66,7 @@ __all__ = [
     "synthetic_defects",
     "synthetic_objective",
     "valid_at",
+    "within_one_se",
 ]
 
 _PIXEL_STRIDE = 2
@@ -261,17 +262,24 @@ def _objective(
     }
 
 
-def _choose(rows: list[dict[str, float]], folds: np.ndarray) -> dict[str, float]:
-    """The one-standard-error rule: among the candidates whose objective is within one standard error
-    (over ``folds``, ``[candidate, fold]``) of the best, the one with the fewest cues (a single cue skips
-    a branch at inference), then the best objective, then the smaller distillation weight."""
+def within_one_se(rows: Sequence[dict[str, Any]], folds: np.ndarray) -> list[int]:
+    """The candidates (indices) whose ``objective`` is within one standard error of the best's, the
+    standard error being that of the paired per-fold differences (``folds``, ``[candidate, fold]``) to the
+    best. Fills each row's ``se`` and ``within_1se`` (1.0 / 0.0)."""
     best = max(range(len(rows)), key=lambda i: rows[i]["objective"])
     k = folds.shape[1]
     for i, row in enumerate(rows):
         diff = folds[best] - folds[i]
         row["se"] = float(diff.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0
         row["within_1se"] = float(rows[best]["objective"] - row["objective"] <= row["se"])
-    fine = [r for r in rows if r["within_1se"]]
+    return [i for i, r in enumerate(rows) if r["within_1se"]]
+
+
+def _choose(rows: list[dict[str, float]], folds: np.ndarray) -> dict[str, float]:
+    """The one-standard-error rule: among the candidates whose objective is within one standard error
+    (over ``folds``, ``[candidate, fold]``) of the best, the one with the fewest cues (a single cue skips
+    a branch at inference), then the best objective, then the smaller distillation weight."""
+    fine = [rows[i] for i in within_one_se(rows, folds)]
     return min(fine, key=lambda r: (0 < r["cos_weight"] < 1, -r["objective"], r["cos_weight"]))
 
 
