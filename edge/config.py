@@ -164,6 +164,9 @@ class EvidenceSection:
     dir: str | None = _f(None)
     max_mb: float = _f(500.0, _pos, "positive (MB)")
     max_age_days: float = _f(30.0, _pos, "positive (days)")
+    # Nothing is written while the evidence file system has less than this free (the daemon is degraded,
+    # evidence_low_disk, until space is back).
+    min_free_mb: float = _f(1000.0, _nonneg, "non-negative (MB)")
     verdicts: list[str] = field(
         default_factory=lambda: ["FAIL", "UNKNOWN"],
         metadata={

@@ -152,7 +152,10 @@ class Daemon:
         self.publisher = Publisher(self.context, cfg.publish.address, cfg.publish.sndhwm, curve=curve).start()
         if cfg.evidence.dir:
             self.evidence = EvidenceStore(
-                Path(cfg.evidence.dir), int(cfg.evidence.max_mb * 1e6), cfg.evidence.max_age_days * 86400
+                Path(cfg.evidence.dir),
+                int(cfg.evidence.max_mb * 1e6),
+                cfg.evidence.max_age_days * 86400,
+                min_free_bytes=int(cfg.evidence.min_free_mb * 1e6),
             )
         for cam in cfg.cameras:
             key = model_key(cam)

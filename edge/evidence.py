@@ -12,9 +12,10 @@ renamed, and the header is written last: an item whose header exists is complete
 :meth:`EvidenceStore.submit` never blocks the pipeline: items go to a bounded queue (by count and by
 image bytes) that one writer thread empties; a full queue drops the item and counts it. After each write
 and once a minute the oldest items (by mtime, whole items) are deleted until the store is within
-``max_bytes`` and nothing is older than ``max_age_s``. The store never fills the disk: below a free-space
-floor (the larger of 100 MB and 5 % of the file system) it stops writing, names the state in
-:attr:`EvidenceStore.degraded` and resumes when space is back.
+``max_bytes`` and nothing is older than ``max_age_s``. The store never fills the disk: while the file
+system holding it has less than ``min_free_bytes`` free (a fixed amount, default 1 GB, the same on a 32 GB
+module and a 2 TB disk) it stops writing, names the state in :attr:`EvidenceStore.degraded` and resumes
+when space is back.
 """
 
 from __future__ import annotations
@@ -110,9 +111,8 @@ class EvidenceStore:
         max_age_s: items older than this (by mtime) are deleted.
         queue_size: items waiting for the writer; beyond it :meth:`submit` drops.
         max_queue_bytes: image bytes waiting for the writer; beyond it :meth:`submit` drops.
-        min_free_bytes: free-space floor in bytes of the file system holding ``root`` ...
-        min_free_fraction: ... or this fraction of its size, whichever is larger; below the floor nothing
-            is written. Both are read on every check and may be changed while running.
+        min_free_bytes: free-space floor in bytes of the file system holding ``root``; below it nothing is
+            written. Read on every check; may be changed while running.
         maintenance_s: while idle, age pruning and the free-space check run this often.
         rescan_s: the folder is re-read this often (items deleted or copied in by hand).
 
@@ -127,8 +127,7 @@ class EvidenceStore:
         max_age_s: float,
         queue_size: int = 64,
         max_queue_bytes: int = 256_000_000,
-        min_free_bytes: int = 100_000_000,
-        min_free_fraction: float = 0.05,
+        min_free_bytes: int = 1_000_000_000,
         maintenance_s: float = _MAINTENANCE_S,
         rescan_s: float = _RESCAN_S,
     ) -> None:
@@ -136,7 +135,6 @@ class EvidenceStore:
         self.max_bytes = int(max_bytes)
         self.max_age_s = float(max_age_s)
         self.min_free_bytes = int(min_free_bytes)
-        self.min_free_fraction = float(min_free_fraction)
         self._queue_size = max(1, int(queue_size))
         self._max_queue_bytes = int(max_queue_bytes)
         self._maintenance_s = float(maintenance_s)
@@ -467,12 +465,12 @@ class EvidenceStore:
             )
             return False
         free = st.f_bavail * st.f_frsize
-        floor = max(self.min_free_bytes, self.min_free_fraction * st.f_blocks * st.f_frsize)
+        floor = self.min_free_bytes
         if free < floor:
             self._set_degraded(
                 "evidence_low_disk",
                 f"evidence store paused: {_mb(free)} free on the file system of {self.root}, below the "
-                f"floor of {_mb(floor)}; free disk space or lower evidence.max_mb",
+                f"floor of {_mb(floor)}; free disk space or lower evidence.min_free_mb",
             )
             return False
         self._clear_degraded("evidence_low_disk")

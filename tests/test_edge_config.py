@@ -59,6 +59,10 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
             {"cameras": [_cam()], "security": {"require_signed_bundles": True}},
             "require_signed_bundles needs security.trusted_keys",
         ),
+        (
+            {"cameras": [_cam()], "evidence": {"dir": "ev", "min_free_mb": -1}},
+            "evidence.min_free_mb must be non-negative (MB)",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(doc: dict, message: str) -> None:

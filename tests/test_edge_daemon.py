@@ -105,6 +105,18 @@ def test_every_part_is_published_in_order_with_the_right_verdict(tmp_path: Path,
     assert len(stored) == 10  # every FAIL kept as evidence, no PASS
 
 
+def test_a_full_disk_pauses_evidence_but_no_result(tmp_path: Path, bundle: Path) -> None:
+    """Below the evidence free-space floor (here: more than any disk has) every part is still published
+    and counted; nothing is stored and the daemon names the state."""
+    labels = write_parts(tmp_path / "parts", 12)
+    doc = line_config(tmp_path, [_camera("cam1", bundle, tmp_path / "parts")])
+    doc["evidence"] = {"dir": str(tmp_path / "evidence"), "min_free_mb": 1e12}
+    results, status = _replay(tmp_path, doc, 12)
+    assert [m.header["verdict"] for m in results] == ["FAIL" if d else "PASS" for d in labels]
+    assert sum(labels) >= 2 and not list((tmp_path / "evidence").rglob("*.png"))
+    assert "evidence_low_disk" in status["degraded"], status["degraded"]
+
+
 def test_a_tiled_bundle_inspects_long_parts_at_native_resolution(tmp_path: Path) -> None:
     """A 64x384 part seen as four 64x128 tiles: every verdict right, the defect's region where the spot
     is, in the part's own pixels, and the heatmap the size of the part."""

@@ -261,7 +261,7 @@ def test_low_disk_pauses_writing_and_resumes(tmp_path: Path) -> None:
         assert "below the floor" in (store.degraded or "") and "\n" not in (store.degraded or "")
         assert store.usage()["written"] == 0 and not list(tmp_path.rglob("*.png"))
 
-        store.min_free_bytes, store.min_free_fraction = 0, 0.0  # space is back
+        store.min_free_bytes = 0  # space is back
         assert store.submit(_header(2), _frame(), None)
         _wait(lambda: store.usage()["written"] == 1)
         assert store.degraded is None and store.degraded_state is None
