@@ -232,3 +232,31 @@ def test_tiled_selection_scores_stitched_frames_like_the_deployed_model(
     px = pixel_metrics(maps, truth)
     assert rows[0]["pixel_auroc"] == pytest.approx(px["pixel_auroc"], abs=1e-6)
     assert rows[0]["aupro"] == pytest.approx(px["aupro"], abs=1e-6)
+
+
+@pytest.mark.parametrize("which", ["plain", "tiled"])
+def test_shared_inputs_rank_exactly_like_cues_computed_directly(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """The bank designs share one :class:`SyntheticProbe` (teacher features and distillation cues computed
+    once); ranking with it must give every candidate's objective and folds exactly as computing every
+    cue for the model directly does, on an untiled and on a tiled part."""
+    from trainer.select import SharedInputs, mix_grid, rank_on_synthetic, synthetic_probe
+
+    run = request.getfixturevalue("trained_run" if which == "plain" else "tiled_run")
+    data = request.getfixturevalue("synth_data" if which == "plain" else "strip_data")
+    model, info = load_run(run)
+    assert model.use_student and model.use_bank
+    images = [read_image(p) for p in sorted((data / "train" / "good").glob("*.png"))[:4]]
+    device = torch.device("cpu")
+    grid = mix_grid(model, [0.0, 0.5, 1.0])
+    direct = rank_on_synthetic(model, images, info.preprocess, device, grid, seed=3)
+    probe = synthetic_probe(model, images, info.preprocess, device, seed=3)
+    assert direct is not None and probe is not None
+    shared = rank_on_synthetic(model, images, info.preprocess, device, grid, seed=3, probe=probe)
+    assert shared is not None
+    assert shared.n_synthetic == direct.n_synthetic == len(probe.sources) >= MIN_SYNTHETIC
+    assert shared.rows == direct.rows and shared.folds == direct.folds
+    assert shared.cos_weight == direct.cos_weight
+    assert isinstance(probe.good, SharedInputs) and probe.good.masks is None
+    assert all(cos is not None for _, cos, _ in probe.good.batches)  # the distillation cue is kept

@@ -7,7 +7,8 @@ embedding of scales 1 + 2 wins by about 7 standard errors. No single design wins
 ``bank.designs`` lists candidate designs and, after the student is trained:
 
 1. every design gets its own bank(s) from the same training patches (the teacher and the trained student
-   are shared, so only the bank branch differs);
+   are shared, so only the bank branch differs; the teacher features and distillation cues of the fit
+   images and their synthetic defects are computed once, :class:`~trainer.select.SharedInputs`);
 2. on the calibration *fit* images (never the threshold images) each design gets its cue statistics,
    its cue mix (``fusion.select``, :mod:`trainer.select`) and the selection's objective, image AUROC +
    pixel AUROC + AUPRO, on graded synthetic defects: the same defects in the same images for every design
@@ -39,10 +40,10 @@ from trainer.models.masf import MASF
 from trainer.select import (
     SELECTION_DEFECTS,
     MixSelection,
-    cue_batches,
     mix_grid,
     rank_on_synthetic,
     set_cue_statistics,
+    synthetic_probe,
     within_one_se,
 )
 
@@ -130,21 +131,23 @@ def select_bank_design(
     rows: list[dict[str, Any]] = []
     folds: list[list[float]] = []
     built: list[tuple[MASF, Config, MixSelection | None]] = []
-    n_synthetic = 0
     bs = cfg.train.batch_size
+    # the teacher features and distillation cues of the fit images and their synthetic defects, once
+    probe = synthetic_probe(trained, fit_images, spec, device, cfg.seed, bs)
+    if probe is None:
+        return None
+    n_synthetic = len(probe.sources)
     for design in cfg.bank.designs:
         dcfg = design_config(cfg, design)
         model = with_design(trained, dcfg)
         sizes = build_banks(model, dcfg)
-        good, _ = cue_batches(model, fit_images, spec, device, bs)
+        good = probe.good.cues(model)
         set_cue_statistics(model, good.chunks)
         mixing = model.use_student and dcfg.fusion.select == "synthetic"
         grid = mix_grid(model, dcfg.fusion.candidates) if mixing else mix_grid(model, [])
-        ranking = rank_on_synthetic(model, fit_images, spec, device, grid, cfg.seed, bs, good)
+        ranking = rank_on_synthetic(model, fit_images, spec, device, grid, cfg.seed, bs, good, probe)
         del good
-        if ranking is None:
-            return None
-        n_synthetic = ranking.n_synthetic
+        assert ranking is not None
         a = ranking.cos_weight
         model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
         dcfg = replace(dcfg, fusion=replace(dcfg.fusion, cos_weight=a, bank_weight=1.0 - a))

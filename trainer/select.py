@@ -54,6 +54,8 @@ __all__ = [
     "CueBatch",
     "CueSet",
     "MixSelection",
+    "SharedInputs",
+    "SyntheticProbe",
     "SyntheticRanking",
     "cue_batches",
     "cues_of",
@@ -65,6 +67,7 @@ __all__ = [
     "set_cue_statistics",
     "synthetic_defects",
     "synthetic_objective",
+    "synthetic_probe",
     "valid_at",
     "within_one_se",
 ]
@@ -76,6 +79,7 @@ STRENGTHS = (0.25, 1.0)
 SCALES = (0.5, 3.0)
 MIN_SYNTHETIC = 160
 FOLDS = 5  # folds of the calibration images for the candidates' standard errors
+_SHARED_FP16_BYTES = 2 << 30  # SharedInputs keeps teacher features in FP16 above 2 GiB
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,94 @@ def cue_batches(
     inputs, valid, frame_valid, framed = model_frames(images, spec, masks)
     grid = spec.grid if spec.tiled else None
     return CueSet(cues_of(model, inputs, valid, device, batch_size), frame_valid, grid), framed
+
+
+@dataclass(frozen=True)
+class SharedInputs:
+    """A set of images as the model sees them, with their teacher features and distillation cues computed
+    once: models that share the teacher and the trained student and differ only in their bank (the bank
+    designs of ``trainer/design.py``) then compute only their bank cues (:meth:`cues`).
+
+    ``batches``: per batch of model inputs ``(teacher features per scale, distillation cue per scale or
+    None, input valid mask)``, on the CPU (FP16 features above 2 GiB); ``frame_valid`` / ``grid`` /
+    ``masks`` as :func:`cue_batches` gives them."""
+
+    batches: list[tuple[list[torch.Tensor], list[torch.Tensor] | None, torch.Tensor]]
+    frame_valid: np.ndarray
+    grid: TileGrid | None
+    masks: np.ndarray | None
+
+    @classmethod
+    @torch.no_grad()
+    def compute(
+        cls,
+        model: MASF,
+        images: Sequence[np.ndarray],
+        spec: PreprocessSpec,
+        device: torch.device,
+        batch_size: int,
+        masks: Sequence[np.ndarray] | None = None,
+    ) -> SharedInputs:
+        inputs, valid, frame_valid, framed = model_frames(images, spec, masks)
+        raw: list[tuple[list[torch.Tensor], list[torch.Tensor] | None, torch.Tensor]] = []
+        for start in range(0, inputs.shape[0], batch_size):
+            feats = model.collect(frames_to_tensor(inputs[start : start + batch_size], device))
+            cos = model.cos_maps(feats) if model.use_student else None
+            v = torch.from_numpy(valid[start : start + batch_size])
+            raw.append(([f.cpu() for f in feats], None if cos is None else [c.cpu() for c in cos], v))
+        nbytes = sum(f.numel() * 4 for feats, _, _ in raw for f in feats)
+        if nbytes > _SHARED_FP16_BYTES:
+            raw = [([f.half() for f in feats], cos, v) for feats, cos, v in raw]
+        return cls(raw, frame_valid, spec.grid if spec.tiled else None, framed)
+
+    @torch.no_grad()
+    def cues(self, model: MASF) -> CueSet:
+        """The :class:`CueSet` of these images under ``model`` (its teacher and student must be the ones
+        the features and distillation cues were computed with; its bank cues are computed now)."""
+        device = next(model.parameters()).device
+        chunks: list[CueBatch] = []
+        for feats, cos, v in self.batches:
+            bank = model.bank_maps([f.to(device).float() for f in feats]) if model.use_bank else None
+            chunks.append((None if cos is None else [c.to(device) for c in cos], bank, v.to(device)))
+        return CueSet(chunks, self.frame_valid, self.grid)
+
+
+@dataclass(frozen=True)
+class SyntheticProbe:
+    """The calibration fit images and their graded synthetic defects (:func:`synthetic_defects`), as
+    :class:`SharedInputs`, with each defect's source image (for the paired folds)."""
+
+    good: SharedInputs
+    defective: SharedInputs
+    sources: np.ndarray
+
+    @property
+    def masks(self) -> np.ndarray:
+        assert self.defective.masks is not None
+        return self.defective.masks
+
+
+@torch.no_grad()
+def synthetic_probe(
+    model: MASF,
+    fit_images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    seed: int,
+    batch_size: int = 8,
+) -> SyntheticProbe | None:
+    """:class:`SyntheticProbe` of ``fit_images`` under ``model``'s teacher and student, the defects drawn
+    with ``seed`` exactly as :func:`rank_on_synthetic` draws them. ``None`` when no defect survives the
+    resize."""
+    defects = synthetic_defects(fit_images, seed)
+    bad = SharedInputs.compute(
+        model, [d[0] for d in defects], spec, device, batch_size, [d[1] for d in defects]
+    )
+    assert bad.masks is not None
+    if not bad.masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
+        return None
+    good = SharedInputs.compute(model, fit_images, spec, device, batch_size)
+    return SyntheticProbe(good, bad, np.array([src for *_, src in defects]))
 
 
 def valid_at(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -383,21 +475,33 @@ def rank_on_synthetic(
     seed: int,
     batch_size: int = 8,
     good_cues: CueSet | None = None,
+    probe: SyntheticProbe | None = None,
 ) -> SyntheticRanking | None:
     """Rank the ``cos_weight`` values of ``grid`` for ``model`` (cue statistics must be set) on graded
     synthetic defects drawn into ``calib_images`` (:func:`rank_mixes`). ``None`` when the defects are too
-    small to survive the resize. ``good_cues``: :func:`cue_batches` of ``calib_images``, when known."""
-    defects = synthetic_defects(calib_images, seed)
-    good = good_cues
-    if good is None:
-        good, _ = cue_batches(model, calib_images, spec, device, batch_size)
-    defect_cues, masks = _defect_cues(model, defects, spec, device, batch_size)
-    if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
-        return None
-    groups = (np.arange(len(calib_images)), np.array([src for *_, src in defects]))
+    small to survive the resize. ``good_cues``: :func:`cue_batches` of ``calib_images``, when known.
+    ``probe``: :func:`synthetic_probe` of ``calib_images`` with this ``seed`` under the model's teacher
+    and student, when known (only the bank cues are computed then; the result is the same)."""
+    if probe is not None:
+        good = good_cues if good_cues is not None else probe.good.cues(model)
+        groups = (np.arange(len(calib_images)), probe.sources)
+        defect_cues, masks = probe.defective.cues(model), probe.masks
+        n_defects = len(probe.sources)
+    else:
+        defects = synthetic_defects(calib_images, seed)
+        good = (
+            good_cues
+            if good_cues is not None
+            else cue_batches(model, calib_images, spec, device, batch_size)[0]
+        )
+        defect_cues, masks = _defect_cues(model, defects, spec, device, batch_size)
+        if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
+            return None
+        groups = (np.arange(len(calib_images)), np.array([src for *_, src in defects]))
+        n_defects = len(defects)
     folds: list[list[float]] = []
     chosen, rows = rank_mixes(model, good, defect_cues, masks, grid, groups, fold_values=folds)
-    return SyntheticRanking(chosen, rows, folds, len(defects))
+    return SyntheticRanking(chosen, rows, folds, n_defects)
 
 
 def mix_grid(model: MASF, candidates: Sequence[float]) -> list[float]:
