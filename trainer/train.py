@@ -48,6 +48,7 @@ from trainer.runs import RunInfo, save_run
 from trainer.select import MixSelection, cue_batches, select_cue_mix, set_cue_statistics
 
 __all__ = [
+    "bank_patches",
     "calibrate_model",
     "calibration_for",
     "fit",
@@ -240,39 +241,46 @@ def bank_limits(cfg: Config, dims: Sequence[int]) -> list[int]:
 
 
 @torch.no_grad()
+def bank_patches(model: MASF, feats: list[torch.Tensor], j: int, device: torch.device) -> torch.Tensor:
+    """Every training patch's prototype for bank ``j`` of ``model`` (``[N * patches, C]``, embedded 16
+    images at a time), stored once: FP16 above 2 GiB, like the teacher features."""
+    emb = model.embedders[j]
+    dim = model.bank_list()[j].bank.shape[1]
+    n = feats[0].shape[0]
+
+    def embed(i: int) -> torch.Tensor:
+        if model.joint:
+            out = emb([feats[layer][i : i + 16].to(device).float() for layer in model.bank_layers])
+        else:
+            out = emb(feats[model.bank_layers[j]][i : i + 16].to(device).float())
+        return out.reshape(-1, dim).cpu()
+
+    first = embed(0)
+    per_image = first.shape[0] // min(16, n)
+    total = per_image * n
+    dtype = torch.float16 if total * dim * 4 > _FEATURE_FP16_BYTES else torch.float32
+    protos = torch.empty(total, dim, dtype=dtype)
+    protos[: first.shape[0]] = first.to(dtype)
+    for i in range(16, n, 16):
+        e = embed(i)
+        protos[i * per_image : i * per_image + e.shape[0]] = e.to(dtype)
+    return protos
+
+
+@torch.no_grad()
 def _build_banks(
     model: MASF, feats: list[torch.Tensor], cfg: Config, device: torch.device, progress: bool
 ) -> list[int]:
-    """Embed every training patch (in image chunks), coreset-subsample, fill each bank.
-
-    The embeddings are stored once (FP16 above 2 GiB, like the teacher features); the coreset works on
-    their chunked random projection (:class:`GreedyCoresetSampler`)."""
+    """Embed every training patch (:func:`bank_patches`), coreset-subsample, fill each bank (the coreset
+    works on their chunked random projection, :class:`GreedyCoresetSampler`)."""
     from trainer.models.masf.samb import GreedyCoresetSampler, RandomSampler
 
-    n = feats[0].shape[0]
     banks = model.bank_list()
     limits = bank_limits(cfg, [b.bank.shape[1] for b in banks])
     sizes = []
-    for j, (emb, bank) in enumerate(zip(model.embedders, banks, strict=True)):
-        dim = bank.bank.shape[1]
-
-        def embed(i: int, j: int = j, emb: torch.nn.Module = emb, dim: int = dim) -> torch.Tensor:
-            if model.joint:
-                out = emb([feats[layer][i : i + 16].to(device).float() for layer in model.bank_layers])
-            else:
-                out = emb(feats[model.bank_layers[j]][i : i + 16].to(device).float())
-            return out.reshape(-1, dim).cpu()
-
-        first = embed(0)
-        per_image = first.shape[0] // min(16, n)
-        total = per_image * n
-        dtype = torch.float16 if total * dim * 4 > _FEATURE_FP16_BYTES else torch.float32
-        protos = torch.empty(total, dim, dtype=dtype)
-        protos[: first.shape[0]] = first.to(dtype)
-        for i in range(16, n, 16):
-            e = embed(i)
-            protos[i * per_image : i * per_image + e.shape[0]] = e.to(dtype)
-        size = min(limits[j], max(1, round(cfg.bank.coreset_ratio * total)))
+    for j, bank in enumerate(banks):
+        protos = bank_patches(model, feats, j, device)
+        size = min(limits[j], max(1, round(cfg.bank.coreset_ratio * protos.shape[0])))
         sampler: RandomSampler
         if cfg.bank.sampler == "greedy":
             sampler = GreedyCoresetSampler(size, seed=cfg.seed + j, project_dim=cfg.bank.project_dim or None)

@@ -188,6 +188,13 @@ class RandomSampler:
         return torch.randperm(features.shape[0], generator=gen)[: self.size]
 
 
+# The pruned coreset step gathers the points it measures; below this many (projected) channels a dense pass
+# over every point costs less than the gather (measured on bottle's banks: 24 channels, 2.6x slower with
+# the pruning; 128 channels, 2.5x faster), and so it does when more than this share of the points is near.
+PRUNE_MIN_DIMS = 64
+PRUNE_MAX_SHARE = 0.5
+
+
 class GreedyCoresetSampler(RandomSampler):
     """Greedy k-center coreset: each step adds the point farthest from the current selection.
 
@@ -195,8 +202,18 @@ class GreedyCoresetSampler(RandomSampler):
     random subset, which leaves rare normal patterns uncovered. ``project_dim`` (for wide features)
     selects on a seeded Gaussian random projection, as PatchCore does; the returned indices refer to the
     input. Memory: the projection is computed ``chunk`` rows at a time into one ``[N, project_dim]``
-    float32 buffer (the input may be FP16), plus three ``[N]`` vectors; no other ``N``-sized temporary is
-    made per step. Cost: ``size`` fused passes (``addmv``) over ``N x project_dim``.
+    float32 buffer (the input may be FP16), plus four ``[N]`` vectors and the ``[size, project_dim]``
+    selected points.
+
+    Speed: the plain algorithm reads all ``N x project_dim`` values at every step (memory-bound: on a
+    2-core CPU about 33 ms a step for 690k patches, 200 s for a 1 % coreset). Each point here remembers
+    its nearest selected point (its cluster) and each cluster an upper bound of its points' distances
+    (its radius). By the triangle inequality, a new point ``c`` cannot come closer to any point of a
+    cluster ``j`` whose centre lies at least twice its radius from ``c``, so only the clusters nearer
+    than that are re-measured; as the selection grows the clusters shrink and most steps touch a small
+    part of the data. The selection is the plain algorithm's (up to float rounding: the pruning keeps a
+    margin of ``1e-4`` of the data's scale). Narrow features (fewer than :data:`PRUNE_MIN_DIMS` channels)
+    and steps where most points are near take the dense pass.
     """
 
     def __init__(self, size: int, seed: int = 0, project_dim: int | None = 128, chunk: int = 65536) -> None:
@@ -205,6 +222,9 @@ class GreedyCoresetSampler(RandomSampler):
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.project_dim = project_dim
         self.chunk = chunk
+        self.measured = (
+            1.0  # after run(): the share of point distances measured (1.0: every point, every step)
+        )
 
     def project(self, features: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """``[N, D]`` -> ``[N, d]`` float32 (``d = project_dim`` when ``D > project_dim``), chunked."""
@@ -225,10 +245,17 @@ class GreedyCoresetSampler(RandomSampler):
         gen = torch.Generator().manual_seed(self.seed)
         x = self.project(features, gen)
         sq = (x * x).sum(1)
+        prune = x.shape[1] >= PRUNE_MIN_DIMS
+        margin = 1e-4 * float(sq.max().sqrt()) if n else 0.0
         selected = torch.empty(k, dtype=torch.long)
-        current = int(torch.randint(n, (1,), generator=gen))
-        min_dist = torch.full((n,), float("inf"))
+        centres = torch.empty(k, x.shape[1]) if prune else torch.empty(0)
+        radius = torch.zeros(k)  # per cluster: an upper bound of its points' distance to its centre
+        counts = torch.zeros(k, dtype=torch.long)  # per cluster: its points
+        cluster = torch.zeros(n if prune else 0, dtype=torch.long)  # per point: its nearest selected point
+        min_dist = torch.full((n,), float("inf"))  # per point: squared distance to it
         dist = torch.empty(n)
+        current = int(torch.randint(n, (1,), generator=gen))
+        measured = 0
         steps = range(k)
         if progress:
             from tqdm import tqdm
@@ -237,11 +264,56 @@ class GreedyCoresetSampler(RandomSampler):
         for i in steps:
             selected[i] = current
             c = x[current]
-            torch.addmv(sq, x, c, alpha=-2.0, out=dist)  # |x|^2 - 2 x.c  (|c|^2 is the same for all)
-            dist += c @ c
-            torch.minimum(min_dist, dist, out=min_dist)
+            near = None
+            if prune and i > 0:
+                centres[i] = c
+                gap = (centres[:i] - c).square().sum(1).sqrt()
+                near = torch.cat([gap < 2.0 * radius[:i] + margin, torch.ones(1, dtype=torch.bool)])
+                if int(counts[: i + 1][near].sum()) > n * PRUNE_MAX_SHARE:
+                    near = None  # most points are near: one dense pass is cheaper than gathering them
+            elif prune:
+                centres[i] = c
+            if near is None:  # every point measured
+                torch.addmv(sq, x, c, alpha=-2.0, out=dist)  # |x|^2 - 2 x.c  (|c|^2 is the same for all)
+                dist += c @ c
+                measured += n
+                if not prune:
+                    torch.minimum(min_dist, dist, out=min_dist)
+                else:
+                    moved = (dist < min_dist).nonzero().squeeze(1)
+                    self._move(moved, dist[moved], i, min_dist, cluster, counts)
+                    # the other clusters only lost points: their radii stay upper bounds
+                    radius[i] = min_dist[moved].clamp_min(0).max().sqrt() if moved.numel() else 0.0
+            else:  # only the points of the near clusters can come closer (triangle inequality)
+                idx = near[cluster].nonzero().squeeze(1)
+                measured += idx.numel()
+                d = torch.addmv(sq[idx], x[idx], c, alpha=-2.0)
+                d += c @ c
+                closer = d < min_dist[idx]
+                self._move(idx[closer], d[closer], i, min_dist, cluster, counts)
+                # every point of the near clusters was measured: their radii, exactly
+                fresh = torch.zeros(i + 1)
+                fresh.scatter_reduce_(0, cluster[idx], min_dist[idx].clamp_min(0).sqrt(), "amax")
+                radius[: i + 1] = torch.where(near, fresh, radius[: i + 1])
             current = int(torch.argmax(min_dist))
+        self.measured = measured / max(1, k * n)
         return selected
+
+    @staticmethod
+    def _move(
+        points: torch.Tensor,
+        dist: torch.Tensor,
+        i: int,
+        min_dist: torch.Tensor,
+        cluster: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> None:
+        """``points`` (indices) are now nearest to selected point ``i``, at squared distances ``dist``."""
+        if i > 0:
+            counts.index_add_(0, cluster[points], torch.full_like(points, -1))
+        counts[i] = points.numel()
+        min_dist[points] = dist
+        cluster[points] = i
 
 
 class MemoryBank(nn.Module):
