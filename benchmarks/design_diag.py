@@ -1,0 +1,89 @@
+"""Calibration-only diagnostic: the bank-design selection's objective for more candidate designs.
+
+Loads a trained run (its teacher and trained student), rebuilds its training patches and runs the
+product's bank-design selection (``trainer.design.select_bank_design``: synthetic defects in the run's
+calibration *fit* images, one standard error over paired folds, the cheapest kNN) over the candidate
+designs below. No test image is read. Prints every design's row and writes them as JSON.
+
+    .venv/bin/python benchmarks/design_diag.py --run RUN --data DATA_ROOT [--out designs.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+JOINT: dict[str, Any] = {
+    "layers": [1, 2],
+    "embedding": "joint",
+    "k": 1,
+    "coreset_ratio": 0.01,
+    "max_size": "auto",
+    "max_mb": 64,
+}
+# The two designs of masf_lite0.yaml, then the joint bank with PatchCore's own prototype (plain, the
+# aggregation counting the zero padding), and with each half of the paper's prototype alone.
+CANDIDATES: list[dict[str, Any]] = [
+    {"name": "per_scale"},
+    {"name": "joint", **JOINT},
+    {"name": "joint_plain_zero", "spectral": False, "normalize": False, "aggregate_pad": "zero", **JOINT},
+    {"name": "joint_spectral_unnorm", "normalize": False, **JOINT},
+    {"name": "joint_plain_norm", "spectral": False, **JOINT},
+]
+
+
+def main() -> None:
+    from engines.preprocess import preprocess_batch
+    from trainer.config import BankDesign, load_config
+    from trainer.data import read_image
+    from trainer.design import select_bank_design
+    from trainer.inference import frames_to_tensor
+    from trainer.runs import load_run
+    from trainer.train import _build_banks
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True, help="the run's data set root (MVTec layout)")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "train" / "masf_lite0.yaml")
+    ap.add_argument("--out", type=Path, default=Path("designs.json"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(2)
+    model, info = load_run(args.run)
+    base = load_config(args.config)
+    cfg = replace(base, bank=replace(base.bank, designs=[BankDesign(**d) for d in CANDIDATES]))
+    split, spec, device = info.meta["data"]["split"], info.preprocess, torch.device("cpu")
+    batch, _ = preprocess_batch([read_image(args.data / p) for p in split["train"]], spec)
+    with torch.no_grad():
+        chunks = [model.collect(frames_to_tensor(batch[i : i + 16])) for i in range(0, len(batch), 16)]
+    feats = [torch.cat(scale) for scale in zip(*chunks, strict=True)]
+    del chunks, batch
+    calib = split["calib"]
+    fit = [read_image(args.data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
+    t0 = time.perf_counter()
+    choice = select_bank_design(
+        model, cfg, fit, spec, device, lambda m, c: _build_banks(m, feats, c, device, False)
+    )
+    if choice is None:
+        raise SystemExit("no synthetic defect survives the resize: nothing to compare")
+    out = {**choice.to_dict(), "seconds": round(time.perf_counter() - t0, 1), "run": str(args.run)}
+    args.out.write_text(json.dumps(out, indent=1))
+    for r in choice.candidates:
+        cells = [r["name"], f"{r['cos_weight']:.2f}"]
+        cells += [f"{r[k]:.4f}" for k in ("image_auroc", "pixel_auroc", "aupro", "objective", "se")]
+        print(
+            "| " + " | ".join(cells) + f" | {int(r['within_1se'])} | {r['bank_sizes']} | {r['knn_cost']:,} |"
+        )
+    print("chosen:", choice.name)
+
+
+if __name__ == "__main__":
+    main()
