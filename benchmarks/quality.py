@@ -82,6 +82,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "orient_auto": ({"data.orient": "auto"}, "", False),
     "orient_auto_bank_only": ({"data.orient": "auto"}, "bank_only", False),
     "orient_auto_distill_only": ({"data.orient": "auto"}, "distill_only", False),
+    # The on-device retraining profile as it ships (configs/train/masf_lite0_fast.yaml).
+    "fast": ({}, "", False),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
@@ -90,6 +92,7 @@ VARIANT_CONFIG = {
     "cand_joint_spectral": REPRO,
     "cand_r2_D": REPRO,
     "cand_r2_D_zero": REPRO,
+    "fast": REPO / "configs" / "train" / "masf_lite0_fast.yaml",
 }
 LABELS = {
     "full": "full MASF",
@@ -110,6 +113,7 @@ LABELS = {
     "orient_auto": "full MASF, images turned to the frame's orientation",
     "orient_auto_bank_only": "bank only, images turned to the frame's orientation",
     "orient_auto_distill_only": "distillation only, images turned to the frame's orientation",
+    "fast": "on-device profile (masf_lite0_fast.yaml: 160 px area, 5 epochs, design and mix chosen per part)",
 }
 METRICS = (
     "image_auroc",
