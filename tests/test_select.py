@@ -260,3 +260,27 @@ def test_shared_inputs_rank_exactly_like_cues_computed_directly(
     assert shared.cos_weight == direct.cos_weight
     assert isinstance(probe.good, SharedInputs) and probe.good.masks is None
     assert all(cos is not None for _, cos, _ in probe.good.batches)  # the distillation cue is kept
+
+
+def test_shared_inputs_keep_fp16_features_above_the_memory_limit(
+    trained_run: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above ``_SHARED_FP16_BYTES`` the shared teacher features are stored in FP16 from the start (the
+    FP32 set is never held); the ranking then agrees with the FP32 one up to FP16 rounding."""
+    import trainer.select as select
+
+    model, info = load_run(trained_run)
+    images = [read_image(p) for p in sorted((synth_data / "train" / "good").glob("*.png"))[:4]]
+    device = torch.device("cpu")
+    grid = select.mix_grid(model, [0.0, 0.5, 1.0])
+    full = select.synthetic_probe(model, images, info.preprocess, device, seed=3)
+    monkeypatch.setattr(select, "_SHARED_FP16_BYTES", 0)
+    half = select.synthetic_probe(model, images, info.preprocess, device, seed=3)
+    assert full is not None and half is not None
+    assert all(f.dtype == torch.float32 for feats, _, _ in full.good.batches for f in feats)
+    assert all(f.dtype == torch.float16 for feats, _, _ in half.good.batches for f in feats)
+    a = select.rank_on_synthetic(model, images, info.preprocess, device, grid, seed=3, probe=full)
+    b = select.rank_on_synthetic(model, images, info.preprocess, device, grid, seed=3, probe=half)
+    assert a is not None and b is not None
+    for ra, rb in zip(a.rows, b.rows, strict=True):
+        assert rb["objective"] == pytest.approx(ra["objective"], abs=0.02)

@@ -228,15 +228,17 @@ class SharedInputs:
         masks: Sequence[np.ndarray] | None = None,
     ) -> SharedInputs:
         inputs, valid, frame_valid, framed = model_frames(images, spec, masks)
+        per_input = sum(
+            c * h * w for c, (h, w) in zip(model.teacher.cfg.channels, model.map_sizes, strict=True)
+        )
+        dtype = torch.float16 if inputs.shape[0] * per_input * 4 > _SHARED_FP16_BYTES else torch.float32
         raw: list[tuple[list[torch.Tensor], list[torch.Tensor] | None, torch.Tensor]] = []
         for start in range(0, inputs.shape[0], batch_size):
             feats = model.collect(frames_to_tensor(inputs[start : start + batch_size], device))
             cos = model.cos_maps(feats) if model.use_student else None
             v = torch.from_numpy(valid[start : start + batch_size])
-            raw.append(([f.cpu() for f in feats], None if cos is None else [c.cpu() for c in cos], v))
-        nbytes = sum(f.numel() * 4 for feats, _, _ in raw for f in feats)
-        if nbytes > _SHARED_FP16_BYTES:
-            raw = [([f.half() for f in feats], cos, v) for feats, cos, v in raw]
+            kept = [f.to("cpu", dtype) for f in feats]
+            raw.append((kept, None if cos is None else [c.cpu() for c in cos], v))
         return cls(raw, frame_valid, spec.grid if spec.tiled else None, framed)
 
     @torch.no_grad()
