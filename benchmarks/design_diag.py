@@ -6,11 +6,16 @@ calibration *fit* images, one standard error over paired folds, the cheapest kNN
 designs below. No test image is read. Prints every design's row and writes them as JSON.
 
     .venv/bin/python benchmarks/design_diag.py --run RUN --data DATA_ROOT [--out designs.json]
+        [--designs NAME ...] [--kinds KIND ...]
+
+``--kinds`` replaces the selection's synthetic defect kinds (``trainer.data.synthetic.SELECTION_DEFECTS``)
+for this run only, e.g. to add the low-contrast ``SURFACE_DEFECTS``; the product is not changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -41,9 +46,11 @@ CANDIDATES: list[dict[str, Any]] = [
 
 
 def main() -> None:
+    import trainer.select
     from engines.preprocess import preprocess_batch
     from trainer.config import BankDesign, load_config
     from trainer.data import read_image
+    from trainer.data.synthetic import SELECTION_DEFECTS, SURFACE_DEFECTS
     from trainer.design import select_bank_design
     from trainer.inference import frames_to_tensor
     from trainer.runs import load_run
@@ -54,12 +61,20 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="the run's data set root (MVTec layout)")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "train" / "masf_lite0.yaml")
     ap.add_argument("--out", type=Path, default=Path("designs.json"))
+    ap.add_argument("--designs", nargs="+", default=[d["name"] for d in CANDIDATES])
+    kinds = (*SELECTION_DEFECTS, *SURFACE_DEFECTS)
+    ap.add_argument("--kinds", nargs="+", default=list(SELECTION_DEFECTS), choices=kinds)
     args = ap.parse_args()
+    if tuple(args.kinds) != SELECTION_DEFECTS:
+        trainer.select.synthetic_defects = functools.partial(  # type: ignore[assignment]
+            trainer.select.synthetic_defects, kinds=tuple(args.kinds)
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     model, info = load_run(args.run)
     base = load_config(args.config)
-    cfg = replace(base, bank=replace(base.bank, designs=[BankDesign(**d) for d in CANDIDATES]))
+    designs = [BankDesign(**d) for d in CANDIDATES if d["name"] in args.designs]
+    cfg = replace(base, bank=replace(base.bank, designs=designs))
     split, spec, device = info.meta["data"]["split"], info.preprocess, torch.device("cpu")
     batch, _ = preprocess_batch([read_image(args.data / p) for p in split["train"]], spec)
     with torch.no_grad():
@@ -74,7 +89,12 @@ def main() -> None:
     )
     if choice is None:
         raise SystemExit("no synthetic defect survives the resize: nothing to compare")
-    out = {**choice.to_dict(), "seconds": round(time.perf_counter() - t0, 1), "run": str(args.run)}
+    out = {
+        **choice.to_dict(),
+        "kinds": args.kinds,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "run": str(args.run),
+    }
     args.out.write_text(json.dumps(out, indent=1))
     for r in choice.candidates:
         cells = [r["name"], f"{r['cos_weight']:.2f}"]

@@ -18,11 +18,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["DEFECT_TYPES", "SELECTION_DEFECTS", "add_defect", "make_dataset", "render_part"]
+__all__ = [
+    "DEFECT_TYPES",
+    "SELECTION_DEFECTS",
+    "SURFACE_DEFECTS",
+    "add_defect",
+    "make_dataset",
+    "render_part",
+]
 
 DEFECT_TYPES = ("scratch", "spot", "crack")
 # The kinds drawn into calibration images to choose the cue mix (``trainer/select.py``).
 SELECTION_DEFECTS = ("scratch", "spot", "crack", "patch")
+# Low-contrast surface defects with soft edges: a stain (the surface darker or brighter by 15-30 %, like oil,
+# liquid or discolouration) and a smear (the surface's own texture blurred away, like a worn or polished
+# area). Not among the selection's kinds (yet): measured as a diagnostic (benchmarks/design_diag.py).
+SURFACE_DEFECTS = ("stain", "smear")
 _MAX_HALF = 0.3  # largest half-axis of a spot or patch, as a fraction of the image's shorter side
 
 
@@ -146,8 +157,26 @@ def add_defect(
             arr = np.clip(np.array(pts), 0, [w - 1, h - 1]).astype(np.int32)
             cv2.polylines(layer, [arr], False, 1.0, 1)
             cv2.polylines(mask, [arr], False, 255, 2)
+    elif kind in SURFACE_DEFECTS:
+        center = (int(rng.uniform(0.2, 0.8) * w), int(rng.uniform(0.2, 0.8) * h))
+        axes = tuple(
+            max(2, int(min(h, w) * min(_MAX_HALF, rng.uniform(0.06, 0.14) * scale))) for _ in range(2)
+        )
+        core = np.zeros((h, w), np.float32)
+        cv2.ellipse(core, center, axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
+        soft = cv2.GaussianBlur(core, (0, 0), max(1.0, min(axes) / 3))
+        layer = (soft / max(float(soft.max()), 1e-6)).astype(np.float32)  # soft edges, opaque middle
+        mask = (layer > 0.5).astype(np.uint8) * 255
+        gain = float(rng.choice([rng.uniform(0.7, 0.85), rng.uniform(1.15, 1.3)]))
+        sigma = max(3.0, min(axes) / 2)
+        if kind == "stain":
+            paint = img.astype(np.float64) * gain
+        else:
+            paint = cv2.GaussianBlur(img.astype(np.float32), (0, 0), sigma).astype(np.float64)
     else:
-        raise ValueError(f"unknown defect type {kind!r}; expected one of {SELECTION_DEFECTS}")
+        raise ValueError(
+            f"unknown defect type {kind!r}; expected one of {SELECTION_DEFECTS + SURFACE_DEFECTS}"
+        )
     canvas = _blend(img.astype(np.float64), layer, np.asarray(paint, np.float64), strength)
     return np.clip(canvas, 0, 255).astype(np.uint8), mask
 
