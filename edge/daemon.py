@@ -113,6 +113,7 @@ class Daemon:
         self._rates: dict[str, _Rate] = {}
         self._counts: dict[str, collections.Counter[str]] = {}
         self._heartbeat_due = 0.0
+        self._heartbeat_sent: dict[str, str] = {}  # each camera's state in the last heartbeat
         self._degraded: dict[str, str] = {}
         self._reload_lock = threading.Lock()
         self.stuck_threads: list[str] = []
@@ -293,10 +294,14 @@ class Daemon:
             return "paused"
         return cam.state if cam.state in protocol.HEARTBEAT_STATES else "down"
 
+    def _heartbeat_states(self) -> dict[str, str]:
+        return {name: self._heartbeat_state(cam) for name, cam in self.pipeline.cameras.items()}
+
     def heartbeat(self) -> None:
         """One heartbeat message per camera."""
         assert self.publisher is not None
         now = time.monotonic()
+        self._heartbeat_sent = self._heartbeat_states()
         for name, cam in self.pipeline.cameras.items():
             model = self.pipeline.group(name).model
             with self._lock:
@@ -349,7 +354,9 @@ class Daemon:
                 f"inference has not returned for more than {self.cfg.pipeline.infer_timeout_s:g} s"
             )
         now = time.monotonic()
-        if now >= self._heartbeat_due:
+        # every heartbeat_s, and at once when a camera's state changes (a reader sees "running" or "down"
+        # within a tick, not up to a period later)
+        if now >= self._heartbeat_due or self._heartbeat_states() != self._heartbeat_sent:
             self._heartbeat_due = now + self.cfg.publish.heartbeat_s
             self.heartbeat()
             self._update_degraded()

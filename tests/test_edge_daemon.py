@@ -71,7 +71,16 @@ def _replay(tmp_path: Path, doc: dict[str, Any], n: int) -> tuple[list[Message],
     try:
         with daemon_process(cfg) as proc:
             results = _collect(sub, n)
-            status = wait_ready(doc["control"]["address"])
+            try:
+                status = wait_ready(doc["control"]["address"])
+            except TimeoutError as err:  # say what the daemon did
+                alive = proc.poll() is None
+                proc.send_signal(signal.SIGTERM)
+                out, _ = proc.communicate(timeout=30)
+                raise AssertionError(
+                    f"{err}; {len(results)} of {n} results; the daemon was {'running' if alive else 'gone'} "
+                    f"(exit code {proc.returncode}); its output:\n{out[-3000:]}"
+                ) from err
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
             assert proc.returncode == 0, out
@@ -115,6 +124,34 @@ def test_a_full_disk_pauses_evidence_but_no_result(tmp_path: Path, bundle: Path)
     assert [m.header["verdict"] for m in results] == ["FAIL" if d else "PASS" for d in labels]
     assert sum(labels) >= 2 and not list((tmp_path / "evidence").rglob("*.png"))
     assert "evidence_low_disk" in status["degraded"], status["degraded"]
+
+
+def test_a_state_change_is_announced_at_once_not_a_heartbeat_period_later(
+    tmp_path: Path, bundle: Path
+) -> None:
+    """With a one-minute heartbeat period, pausing and resuming a camera still reach a subscriber as
+    heartbeats within a few seconds (each camera's state change triggers one)."""
+    write_parts(tmp_path / "parts", 4)
+    cam = _camera("cam1", bundle, tmp_path / "parts", source={"loop": True, "fps": 2.0})
+    doc = line_config(tmp_path, [cam])
+    doc["publish"].update({"heartbeat_s": 60.0, "wait_for_subscribers": 1})
+    sub = Subscriber(doc["publish"]["address"])
+    ctl = ControlClient(doc["control"]["address"])
+    try:
+        with daemon_process(write_config(tmp_path, doc)):
+            wait_ready(doc["control"]["address"])
+            (first,) = _collect(sub, 1, timeout=15, kind="heartbeat")  # the start's own
+            assert first.header["state"] == "running", first.header.get("detail")
+            t0 = time.monotonic()
+            assert ctl.request("pause", camera="cam1")["paused"] == ["cam1"]
+            (paused,) = _collect(sub, 1, timeout=10, kind="heartbeat")
+            assert paused.header["state"] == "paused" and time.monotonic() - t0 < 10
+            ctl.request("resume")
+            (resumed,) = _collect(sub, 1, timeout=10, kind="heartbeat")
+            assert resumed.header["state"] == "running" and time.monotonic() - t0 < 20
+    finally:
+        ctl.close()
+        sub.close()
 
 
 def test_a_tiled_bundle_inspects_long_parts_at_native_resolution(tmp_path: Path) -> None:

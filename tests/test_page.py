@@ -505,6 +505,9 @@ def test_page_survives_daemon_restarts(tmp_path: Path) -> None:
                     return s["daemon"]["reachable"] and r is not None and r["started"] == header["started"]
 
                 _wait(shows, 10, "the page following the (restarted) daemon")
+                # the camera's state comes from the daemon's status, polled every second: the result may
+                # be shown before the first poll after the restart
+                _wait(lambda: _state(ln.base)["cameras"][0]["state"] == "running", 10, "the camera running")
                 cam = _state(ln.base)["cameras"][0]
                 assert cam["result"]["seq"] == 1 and cam["state"] == "running" and cam["evidence"] is None
             _wait(lambda: not _state(ln.base)["daemon"]["reachable"], 10, "the page seeing the daemon gone")
