@@ -52,10 +52,9 @@ def bench_dataset(name: str, root: Path, config: Path) -> list[dict[str, Any]]:
     from trainer.config import load_config
     from trainer.data import read_image, scan_train, split_train_calib
     from trainer.design import design_config
-    from trainer.inference import frames_to_tensor
     from trainer.models.masf import create_masf
     from trainer.models.masf.samb import GreedyCoresetSampler
-    from trainer.train import bank_limits, bank_patches, resolve_preprocess
+    from trainer.train import bank_limits, bank_patches, resolve_preprocess, teacher_features
 
     base = load_config(config)
     split = split_train_calib(
@@ -69,9 +68,7 @@ def bench_dataset(name: str, root: Path, config: Path) -> list[dict[str, Any]]:
         spec = resolve_preprocess(cfg, train + calib)
         batch, _ = preprocess_batch(train, spec)
         model = create_masf(cfg, spec.size).eval()
-        chunks = [model.collect(frames_to_tensor(batch[i : i + 16])) for i in range(0, len(batch), 16)]
-        feats = [torch.cat(scale) for scale in zip(*chunks, strict=True)]
-        del chunks
+        feats = teacher_features(model, batch, torch.device("cpu"), 16, False)
         limits = bank_limits(cfg, [b.bank.shape[1] for b in model.bank_list()])
         for j in range(len(model.bank_list())):
             protos = bank_patches(model, feats, j, torch.device("cpu"))

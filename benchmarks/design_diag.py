@@ -52,9 +52,8 @@ def main() -> None:
     from trainer.data import read_image
     from trainer.data.synthetic import SELECTION_DEFECTS, SURFACE_DEFECTS
     from trainer.design import select_bank_design
-    from trainer.inference import frames_to_tensor
     from trainer.runs import load_run
-    from trainer.train import _build_banks
+    from trainer.train import _build_banks, teacher_features
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True)
@@ -77,10 +76,8 @@ def main() -> None:
     cfg = replace(base, bank=replace(base.bank, designs=designs))
     split, spec, device = info.meta["data"]["split"], info.preprocess, torch.device("cpu")
     batch, _ = preprocess_batch([read_image(args.data / p) for p in split["train"]], spec)
-    with torch.no_grad():
-        chunks = [model.collect(frames_to_tensor(batch[i : i + 16])) for i in range(0, len(batch), 16)]
-    feats = [torch.cat(scale) for scale in zip(*chunks, strict=True)]
-    del chunks, batch
+    feats = teacher_features(model, batch, device, 16, False)
+    del batch
     calib = split["calib"]
     fit = [read_image(args.data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
     t0 = time.perf_counter()

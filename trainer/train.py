@@ -56,6 +56,7 @@ __all__ = [
     "recalibrate",
     "resolve_device",
     "resolve_preprocess",
+    "teacher_features",
     "wants_tiling",
 ]
 
@@ -149,9 +150,11 @@ def upright(sizes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def _teacher_features(
+def teacher_features(
     model: MASF, batch: np.ndarray, device: torch.device, batch_size: int, progress: bool
 ) -> list[torch.Tensor]:
+    """Teacher features of uint8 frames ``[N, H, W, 3]``, ``batch_size`` at a time, kept on the CPU: one
+    ``[N, C, h, w]`` tensor per scale (FP16 above 2 GiB)."""
     from tqdm import tqdm
 
     n = batch.shape[0]
@@ -439,7 +442,7 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
 
     model = create_masf(cfg, spec.size).to(device).eval()
     t0 = time.perf_counter()
-    feats = _teacher_features(model, train_batch, device, 16, progress)
+    feats = teacher_features(model, train_batch, device, 16, progress)
     t_features = time.perf_counter() - t0
 
     history: list[dict[str, Any]] = []

@@ -265,14 +265,13 @@ class GreedyCoresetSampler(RandomSampler):
             selected[i] = current
             c = x[current]
             near = None
-            if prune and i > 0:
+            if prune:
                 centres[i] = c
+            if prune and i > 0:
                 gap = (centres[:i] - c).square().sum(1).sqrt()
                 near = torch.cat([gap < 2.0 * radius[:i] + margin, torch.ones(1, dtype=torch.bool)])
                 if int(counts[: i + 1][near].sum()) > n * PRUNE_MAX_SHARE:
                     near = None  # most points are near: one dense pass is cheaper than gathering them
-            elif prune:
-                centres[i] = c
             if near is None:  # every point measured
                 torch.addmv(sq, x, c, alpha=-2.0, out=dist)  # |x|^2 - 2 x.c  (|c|^2 is the same for all)
                 dist += c @ c
