@@ -6,7 +6,12 @@ calibration *fit* images, one standard error over paired folds, the cheapest kNN
 designs below. No test image is read. Prints every design's row and writes them as JSON.
 
     .venv/bin/python benchmarks/design_diag.py --run RUN --data DATA_ROOT [--out designs.json]
-        [--designs NAME ...] [--kinds KIND ...]
+        [--designs NAME ...] [--kinds KIND ...] [--base-size N] [--bank-only]
+
+``--base-size`` places the images into the frame ``data.base_size: N`` would give (the training
+patches and the synthetic defects alike; the defects are drawn in the images' own pixels, so the folds
+of two runs at different sizes are paired); ``--bank-only`` scores the bank cue alone (the run's
+student was trained at the run's own size, so its cue means nothing at another size).
 
 ``--kinds`` replaces the selection's synthetic defect kinds (``trainer.data.synthetic.SELECTION_DEFECTS``)
 for this run only, e.g. to add the low-contrast ``SURFACE_DEFECTS``; the product is not changed.
@@ -53,7 +58,7 @@ def main() -> None:
     from trainer.data.synthetic import SELECTION_DEFECTS, SURFACE_DEFECTS
     from trainer.design import select_bank_design
     from trainer.runs import load_run
-    from trainer.train import _build_banks, teacher_features
+    from trainer.train import _build_banks, resolve_preprocess, teacher_features
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True)
@@ -63,6 +68,8 @@ def main() -> None:
     ap.add_argument("--designs", nargs="+", default=[d["name"] for d in CANDIDATES])
     kinds = (*SELECTION_DEFECTS, *SURFACE_DEFECTS)
     ap.add_argument("--kinds", nargs="+", default=list(SELECTION_DEFECTS), choices=kinds)
+    ap.add_argument("--base-size", type=int, default=None, help="data.base_size for the frame")
+    ap.add_argument("--bank-only", action="store_true", help="score the bank cue alone")
     args = ap.parse_args()
     if tuple(args.kinds) != SELECTION_DEFECTS:
         trainer.select.synthetic_defects = functools.partial(  # type: ignore[assignment]
@@ -75,7 +82,16 @@ def main() -> None:
     designs = [BankDesign(**d) for d in CANDIDATES if d["name"] in args.designs]
     cfg = replace(base, bank=replace(base.bank, designs=designs))
     split, spec, device = info.meta["data"]["split"], info.preprocess, torch.device("cpu")
-    batch, _ = preprocess_batch([read_image(args.data / p) for p in split["train"]], spec)
+    train_images = [read_image(args.data / p) for p in split["train"]]
+    if args.base_size is not None:
+        cfg = replace(cfg, data=replace(cfg.data, base_size=args.base_size))
+        spec = resolve_preprocess(cfg, train_images)
+    if args.bank_only:
+        model.fusion.cos_weight, model.fusion.bank_weight = 0.0, 1.0
+        cfg = replace(cfg, fusion=replace(cfg.fusion, cos_weight=0.0, bank_weight=1.0, candidates=[0.0]))
+    logging.info("frame %dx%d, %s", spec.height, spec.width, "bank only" if args.bank_only else "mixed")
+    batch, _ = preprocess_batch(train_images, spec)
+    del train_images
     feats = teacher_features(model, batch, device, 16, False)
     del batch
     calib = split["calib"]
@@ -91,6 +107,8 @@ def main() -> None:
         "kinds": args.kinds,
         "seconds": round(time.perf_counter() - t0, 1),
         "run": str(args.run),
+        "frame": [spec.height, spec.width],
+        "bank_only": args.bank_only,
     }
     args.out.write_text(json.dumps(out, indent=1))
     for r in choice.candidates:

@@ -238,26 +238,44 @@ def test_tiled_selection_scores_stitched_frames_like_the_deployed_model(
 def test_shared_inputs_rank_exactly_like_cues_computed_directly(
     which: str, request: pytest.FixtureRequest
 ) -> None:
-    """The bank designs share one :class:`SyntheticProbe` (teacher features and distillation cues computed
-    once); ranking with it must give every candidate's objective and folds exactly as computing every
-    cue for the model directly does, on an untiled and on a tiled part."""
-    from trainer.select import SharedInputs, mix_grid, rank_on_synthetic, synthetic_probe
+    """The selection ranks on a :class:`SyntheticProbe` (teacher features and distillation cues computed
+    once, shared by the bank designs): every candidate's objective and folds must be exactly those of
+    every cue computed for the model directly (:func:`cue_batches` of the good images and of the same
+    synthetic defects), on an untiled and on a tiled part."""
+    from trainer.select import (
+        FOLDS,
+        SharedInputs,
+        cue_batches,
+        mix_grid,
+        rank_on_synthetic,
+        synthetic_defects,
+        synthetic_probe,
+    )
 
     run = request.getfixturevalue("trained_run" if which == "plain" else "tiled_run")
     data = request.getfixturevalue("synth_data" if which == "plain" else "strip_data")
     model, info = load_run(run)
     assert model.use_student and model.use_bank
     images = [read_image(p) for p in sorted((data / "train" / "good").glob("*.png"))[:4]]
-    device = torch.device("cpu")
+    device, spec = torch.device("cpu"), info.preprocess
     grid = mix_grid(model, [0.0, 0.5, 1.0])
-    direct = rank_on_synthetic(model, images, info.preprocess, device, grid, seed=3)
-    probe = synthetic_probe(model, images, info.preprocess, device, seed=3)
-    assert direct is not None and probe is not None
-    shared = rank_on_synthetic(model, images, info.preprocess, device, grid, seed=3, probe=probe)
-    assert shared is not None
-    assert shared.n_synthetic == direct.n_synthetic == len(probe.sources) >= MIN_SYNTHETIC
-    assert shared.rows == direct.rows and shared.folds == direct.folds
-    assert shared.cos_weight == direct.cos_weight
+    defects = synthetic_defects(images, seed=3)
+    good, _ = cue_batches(model, images, spec, device, 8)
+    bad, masks = cue_batches(model, [d[0] for d in defects], spec, device, 8, [d[1] for d in defects])
+    assert masks is not None
+    groups = (np.arange(len(images)), np.array([src for *_, src in defects]))
+    folds: list[list[float]] = []
+    chosen, rows = rank_mixes(model, good, bad, masks, grid, groups, fold_values=folds)
+    assert len(folds) == len(grid) and all(len(f) == min(FOLDS, len(images)) for f in folds)
+
+    probe = synthetic_probe(model, images, spec, device, seed=3)
+    assert probe is not None
+    shared = rank_on_synthetic(model, images, spec, device, grid, seed=3, probe=probe)
+    alone = rank_on_synthetic(model, images, spec, device, grid, seed=3)  # makes its own probe
+    assert shared is not None and alone is not None
+    assert shared.n_synthetic == alone.n_synthetic == len(defects) == len(probe.sources) >= MIN_SYNTHETIC
+    assert shared.rows == alone.rows == rows and shared.folds == alone.folds == folds
+    assert shared.cos_weight == alone.cos_weight == chosen
     assert isinstance(probe.good, SharedInputs) and probe.good.masks is None
     assert all(cos is not None for _, cos, _ in probe.good.batches)  # the distillation cue is kept
 
@@ -265,7 +283,7 @@ def test_shared_inputs_rank_exactly_like_cues_computed_directly(
 def test_shared_inputs_keep_fp16_features_above_the_memory_limit(
     trained_run: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Above ``_SHARED_FP16_BYTES`` the shared teacher features are stored in FP16 from the start (the
+    """Above ``FEATURE_FP16_BYTES`` the shared teacher features are stored in FP16 from the start (the
     FP32 set is never held); the ranking then agrees with the FP32 one up to FP16 rounding."""
     import trainer.select as select
 
@@ -274,7 +292,7 @@ def test_shared_inputs_keep_fp16_features_above_the_memory_limit(
     device = torch.device("cpu")
     grid = select.mix_grid(model, [0.0, 0.5, 1.0])
     full = select.synthetic_probe(model, images, info.preprocess, device, seed=3)
-    monkeypatch.setattr(select, "_SHARED_FP16_BYTES", 0)
+    monkeypatch.setattr(select, "FEATURE_FP16_BYTES", 0)
     half = select.synthetic_probe(model, images, info.preprocess, device, seed=3)
     assert full is not None and half is not None
     assert all(f.dtype == torch.float32 for feats, _, _ in full.good.batches for f in feats)

@@ -26,6 +26,11 @@ class Prediction:
     geometry: Geometry
 
 
+# Cached teacher features (the training patches, the selection's shared inputs) are held in FP16 above
+# this many bytes of FP32, decided before any is computed, so the FP32 set is never held.
+FEATURE_FP16_BYTES = 2 << 30
+
+
 def frames_to_tensor(batch: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 frames ``[N, H, W, 3]`` -> float ``[N, 3, H, W]`` in 0..255 on ``device`` (the model's input)."""
     return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()

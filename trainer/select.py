@@ -47,7 +47,7 @@ from engines.preprocess import PreprocessSpec, model_inputs, preprocess_batch, v
 from engines.tiling import TileGrid
 from trainer.data.synthetic import SELECTION_DEFECTS, add_defect
 from trainer.evaluate.metrics import pixel_metrics, roc_auc
-from trainer.inference import frames_to_tensor
+from trainer.inference import FEATURE_FP16_BYTES, frames_to_tensor
 from trainer.models.masf import MASF
 
 __all__ = [
@@ -79,7 +79,6 @@ STRENGTHS = (0.25, 1.0)
 SCALES = (0.5, 3.0)
 MIN_SYNTHETIC = 160
 FOLDS = 5  # folds of the calibration images for the candidates' standard errors
-_SHARED_FP16_BYTES = 2 << 30  # SharedInputs keeps teacher features in FP16 above 2 GiB
 
 
 @dataclass(frozen=True)
@@ -231,7 +230,7 @@ class SharedInputs:
         per_input = sum(
             c * h * w for c, (h, w) in zip(model.teacher.cfg.channels, model.map_sizes, strict=True)
         )
-        dtype = torch.float16 if inputs.shape[0] * per_input * 4 > _SHARED_FP16_BYTES else torch.float32
+        dtype = torch.float16 if inputs.shape[0] * per_input * 4 > FEATURE_FP16_BYTES else torch.float32
         raw: list[tuple[list[torch.Tensor], list[torch.Tensor] | None, torch.Tensor]] = []
         for start in range(0, inputs.shape[0], batch_size):
             feats = model.collect(frames_to_tensor(inputs[start : start + batch_size], device))
@@ -317,20 +316,6 @@ def set_cue_statistics(model: MASF, cues: list[CueBatch]) -> None:
         return [(float(v.mean()), float(v.std())) for v in values]
 
     model.fusion.set_statistics(stats(0), stats(1))
-
-
-def _defect_cues(
-    model: MASF,
-    defects: list[tuple[np.ndarray, np.ndarray, int]],
-    spec: PreprocessSpec,
-    device: torch.device,
-    batch_size: int,
-) -> tuple[CueSet, np.ndarray]:
-    """Cues of the synthetic-defect images and their masks in the images' frames."""
-    images, defect_masks = [img for img, _, _ in defects], [m for _, m, _ in defects]
-    cues, masks = cue_batches(model, images, spec, device, batch_size, defect_masks)
-    assert masks is not None
-    return cues, masks
 
 
 def _valid_boxes(valid: np.ndarray) -> list[tuple[slice, slice]]:
@@ -483,24 +468,15 @@ def rank_on_synthetic(
     synthetic defects drawn into ``calib_images`` (:func:`rank_mixes`). ``None`` when the defects are too
     small to survive the resize. ``good_cues``: :func:`cue_batches` of ``calib_images``, when known.
     ``probe``: :func:`synthetic_probe` of ``calib_images`` with this ``seed`` under the model's teacher
-    and student, when known (only the bank cues are computed then; the result is the same)."""
-    if probe is not None:
-        good = good_cues if good_cues is not None else probe.good.cues(model)
-        groups = (np.arange(len(calib_images)), probe.sources)
-        defect_cues, masks = probe.defective.cues(model), probe.masks
-        n_defects = len(probe.sources)
-    else:
-        defects = synthetic_defects(calib_images, seed)
-        good = (
-            good_cues
-            if good_cues is not None
-            else cue_batches(model, calib_images, spec, device, batch_size)[0]
-        )
-        defect_cues, masks = _defect_cues(model, defects, spec, device, batch_size)
-        if not masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
+    and student, when known (only the bank cues are computed then)."""
+    if probe is None:
+        probe = synthetic_probe(model, calib_images, spec, device, seed, batch_size)
+        if probe is None:
             return None
-        groups = (np.arange(len(calib_images)), np.array([src for *_, src in defects]))
-        n_defects = len(defects)
+    good = good_cues if good_cues is not None else probe.good.cues(model)
+    groups = (np.arange(len(calib_images)), probe.sources)
+    defect_cues, masks = probe.defective.cues(model), probe.masks
+    n_defects = len(probe.sources)
     folds: list[list[float]] = []
     chosen, rows = rank_mixes(model, good, defect_cues, masks, grid, groups, fold_values=folds)
     return SyntheticRanking(chosen, rows, folds, n_defects)
