@@ -11,7 +11,8 @@ designs below. No test image is read. Prints every design's row and writes them 
 ``--base-size`` places the images into the frame ``data.base_size: N`` would give (the training
 patches and the synthetic defects alike; the defects are drawn in the images' own pixels, so the folds
 of two runs at different sizes are paired); ``--bank-only`` scores the bank cue alone (the run's
-student was trained at the run's own size, so its cue means nothing at another size).
+student was trained at the run's own size, so its cue means nothing at another size): a model of the
+run's teacher and learned scale weights without the student.
 
 ``--kinds`` replaces the selection's synthetic defect kinds (``trainer.data.synthetic.SELECTION_DEFECTS``)
 for this run only, e.g. to add the low-contrast ``SURFACE_DEFECTS``; the product is not changed.
@@ -57,6 +58,7 @@ def main() -> None:
     from trainer.data import read_image
     from trainer.data.synthetic import SELECTION_DEFECTS, SURFACE_DEFECTS
     from trainer.design import select_bank_design
+    from trainer.models.masf import MASF
     from trainer.runs import load_run
     from trainer.train import _build_banks, resolve_preprocess, teacher_features
 
@@ -86,9 +88,12 @@ def main() -> None:
     if args.base_size is not None:
         cfg = replace(cfg, data=replace(cfg.data, base_size=args.base_size))
         spec = resolve_preprocess(cfg, train_images)
-    if args.bank_only:
-        model.fusion.cos_weight, model.fusion.bank_weight = 0.0, 1.0
-        cfg = replace(cfg, fusion=replace(cfg.fusion, cos_weight=0.0, bank_weight=1.0, candidates=[0.0]))
+    if args.bank_only:  # the run's teacher and learned scale weights, no student, at the chosen frame
+        cfg = replace(cfg, student=replace(cfg.student, enabled=False))
+        bank_only = MASF(model.teacher, cfg, (spec.height, spec.width))
+        with torch.no_grad():
+            bank_only.fusion.log_var.copy_(model.fusion.log_var)
+        model = bank_only.eval()
     logging.info("frame %dx%d, %s", spec.height, spec.width, "bank only" if args.bank_only else "mixed")
     batch, _ = preprocess_batch(train_images, spec)
     del train_images
