@@ -285,6 +285,7 @@ def test_shared_inputs_keep_fp16_features_above_the_memory_limit(
 ) -> None:
     """Above ``FEATURE_FP16_BYTES`` the shared teacher features are stored in FP16 from the start (the
     FP32 set is never held); the ranking then agrees with the FP32 one up to FP16 rounding."""
+    import trainer.inference
     import trainer.select as select
 
     model, info = load_run(trained_run)
@@ -292,7 +293,7 @@ def test_shared_inputs_keep_fp16_features_above_the_memory_limit(
     device = torch.device("cpu")
     grid = select.mix_grid(model, [0.0, 0.5, 1.0])
     full = select.synthetic_probe(model, images, info.preprocess, device, seed=3)
-    monkeypatch.setattr(select, "FEATURE_FP16_BYTES", 0)
+    monkeypatch.setattr(trainer.inference, "FEATURE_FP16_BYTES", 0)
     half = select.synthetic_probe(model, images, info.preprocess, device, seed=3)
     assert full is not None and half is not None
     assert all(f.dtype == torch.float32 for feats, _, _ in full.good.batches for f in feats)

@@ -11,9 +11,9 @@ import torch
 
 from engines.preprocess import Geometry, PreprocessSpec, merge_outputs, model_inputs, preprocess_batch
 from trainer.data import read_image
-from trainer.models.masf import MASFOutput
+from trainer.models.masf import MASF, MASFOutput
 
-__all__ = ["Prediction", "frames_to_tensor", "predict_arrays", "predict_files"]
+__all__ = ["Prediction", "feature_dtype", "frames_to_tensor", "predict_arrays", "predict_files"]
 
 
 @dataclass
@@ -29,6 +29,13 @@ class Prediction:
 # Cached teacher features (the training patches, the selection's shared inputs) are held in FP16 above
 # this many bytes of FP32, decided before any is computed, so the FP32 set is never held.
 FEATURE_FP16_BYTES = 2 << 30
+
+
+def feature_dtype(model: MASF, n: int) -> torch.dtype:
+    """The dtype to keep the teacher features of ``n`` model inputs in: FP16 when they would take more
+    than :data:`FEATURE_FP16_BYTES` in FP32."""
+    per_input = sum(c * h * w for c, (h, w) in zip(model.teacher.cfg.channels, model.map_sizes, strict=True))
+    return torch.float16 if n * per_input * 4 > FEATURE_FP16_BYTES else torch.float32
 
 
 def frames_to_tensor(batch: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

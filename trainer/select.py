@@ -47,7 +47,7 @@ from engines.preprocess import PreprocessSpec, model_inputs, preprocess_batch, v
 from engines.tiling import TileGrid
 from trainer.data.synthetic import SELECTION_DEFECTS, add_defect
 from trainer.evaluate.metrics import pixel_metrics, roc_auc
-from trainer.inference import FEATURE_FP16_BYTES, frames_to_tensor
+from trainer.inference import feature_dtype, frames_to_tensor
 from trainer.models.masf import MASF
 
 __all__ = [
@@ -227,10 +227,7 @@ class SharedInputs:
         masks: Sequence[np.ndarray] | None = None,
     ) -> SharedInputs:
         inputs, valid, frame_valid, framed = model_frames(images, spec, masks)
-        per_input = sum(
-            c * h * w for c, (h, w) in zip(model.teacher.cfg.channels, model.map_sizes, strict=True)
-        )
-        dtype = torch.float16 if inputs.shape[0] * per_input * 4 > FEATURE_FP16_BYTES else torch.float32
+        dtype = feature_dtype(model, inputs.shape[0])
         raw: list[tuple[list[torch.Tensor], list[torch.Tensor] | None, torch.Tensor]] = []
         for start in range(0, inputs.shape[0], batch_size):
             feats = model.collect(frames_to_tensor(inputs[start : start + batch_size], device))

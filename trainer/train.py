@@ -42,7 +42,7 @@ from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
 from trainer.design import DesignChoice, design_config, select_bank_design, with_design
 from trainer.errors import RunError
-from trainer.inference import FEATURE_FP16_BYTES, frames_to_tensor, predict_arrays
+from trainer.inference import FEATURE_FP16_BYTES, feature_dtype, frames_to_tensor, predict_arrays
 from trainer.models.masf import MASF, apply_tta, create_masf
 from trainer.runs import RunInfo, save_run
 from trainer.select import MixSelection, cue_batches, select_cue_mix, set_cue_statistics
@@ -157,8 +157,7 @@ def teacher_features(
 
     n = batch.shape[0]
     channels, sizes = model.teacher.cfg.channels, model.map_sizes
-    total = n * sum(c * h * w for c, (h, w) in zip(channels, sizes, strict=True)) * 4
-    dtype = torch.float16 if total > FEATURE_FP16_BYTES else torch.float32
+    dtype = feature_dtype(model, n)
     store = [torch.empty(n, c, h, w, dtype=dtype) for c, (h, w) in zip(channels, sizes, strict=True)]
     for start in tqdm(range(0, n, batch_size), desc="teacher features", disable=not progress, leave=False):
         x = frames_to_tensor(batch[start : start + batch_size], device)
