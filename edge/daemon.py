@@ -301,7 +301,7 @@ class Daemon:
         """One heartbeat message per camera."""
         assert self.publisher is not None
         now = time.monotonic()
-        self._heartbeat_sent = self._heartbeat_states()
+        self._heartbeat_sent = states = self._heartbeat_states()
         for name, cam in self.pipeline.cameras.items():
             model = self.pipeline.group(name).model
             with self._lock:
@@ -313,7 +313,7 @@ class Daemon:
                 seq=seq,
                 started=self.started,
                 time=time.time(),
-                state=self._heartbeat_state(cam),
+                state=states[name],
                 fps=fps,
                 detail=cam.detail,
                 model_version=model.model_version if model else None,
