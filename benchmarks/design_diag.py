@@ -6,13 +6,17 @@ calibration *fit* images, one standard error over paired folds, the cheapest kNN
 designs below. No test image is read. Prints every design's row and writes them as JSON.
 
     .venv/bin/python benchmarks/design_diag.py --run RUN --data DATA_ROOT [--out designs.json]
-        [--designs NAME ...] [--kinds KIND ...] [--base-size N] [--bank-only]
+        [--designs NAME ...] [--kinds KIND ...] [--base-size N] [--bank-only] [--coarse]
 
 ``--base-size`` places the images into the frame ``data.base_size: N`` would give (the training
 patches and the synthetic defects alike; the defects are drawn in the images' own pixels, so the folds
 of two runs at different sizes are paired); ``--bank-only`` scores the bank cue alone (the run's
 student was trained at the run's own size, so its cue means nothing at another size): a model of the
 run's teacher and learned scale weights without the student.
+
+``--coarse`` gives the (lite0) teacher a fourth scale, stride 32 (``blocks.6``, 320 channels, the same
+weights), for the ``joint_coarse`` (scales 1 + 2 + 3) and ``joint_16_32`` (2 + 3) designs; bank only, and
+the designs are applied without the config's check that bank scales lie in 0..2.
 
 ``--kinds`` replaces the selection's synthetic defect kinds (``trainer.data.synthetic.SELECTION_DEFECTS``)
 for this run only, e.g. to add the low-contrast ``SURFACE_DEFECTS``; the product is not changed.
@@ -48,10 +52,29 @@ CANDIDATES: list[dict[str, Any]] = [
     {"name": "joint_plain_zero", "spectral": False, "normalize": False, "aggregate_pad": "zero", **JOINT},
     {"name": "joint_spectral_unnorm", "normalize": False, **JOINT},
     {"name": "joint_plain_norm", "spectral": False, **JOINT},
+    # With --coarse: the joint bank with the teacher's stride-32 scale (320 channels) added, and without
+    # the stride-8 one.
+    {"name": "joint_coarse", **{**JOINT, "layers": [1, 2, 3]}},
+    {"name": "joint_16_32", **{**JOINT, "layers": [2, 3]}},
 ]
 
 
+def coarse_teacher(teacher: Any) -> Any:
+    """The lite0 teacher with a 4th scale: stride 32, 320 channels (``blocks.6``), the same weights."""
+    import timm
+
+    from trainer.models.backbones import Teacher
+
+    if teacher.cfg.name != "tf_efficientnet_lite0":
+        raise SystemExit("--coarse is for the tf_efficientnet_lite0 teacher")
+    cfg = replace(teacher.cfg, out_indices=(1, 2, 3, 4), channels=(24, 40, 112, 320), strides=(4, 8, 16, 32))
+    backbone = timm.create_model(cfg.name, features_only=True, out_indices=cfg.out_indices, pretrained=False)
+    backbone.load_state_dict(teacher.backbone.state_dict(), strict=True)
+    return Teacher(backbone, cfg).eval()
+
+
 def main() -> None:
+    import trainer.design
     import trainer.select
     from engines.preprocess import preprocess_batch
     from trainer.config import BankDesign, load_config
@@ -72,6 +95,9 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=list(SELECTION_DEFECTS), choices=kinds)
     ap.add_argument("--base-size", type=int, default=None, help="data.base_size for the frame")
     ap.add_argument("--bank-only", action="store_true", help="score the bank cue alone")
+    ap.add_argument(
+        "--coarse", action="store_true", help="a teacher with a 4th scale (stride 32); implies --bank-only"
+    )
     args = ap.parse_args()
     if tuple(args.kinds) != SELECTION_DEFECTS:
         trainer.select.synthetic_defects = functools.partial(  # type: ignore[assignment]
@@ -88,13 +114,21 @@ def main() -> None:
     if args.base_size is not None:
         cfg = replace(cfg, data=replace(cfg.data, base_size=args.base_size))
         spec = resolve_preprocess(cfg, train_images)
-    if args.bank_only:  # the run's teacher and learned scale weights, no student, at the chosen frame
+    if args.bank_only or args.coarse:  # the run's teacher and scale weights, no student, at the frame
         cfg = replace(cfg, student=replace(cfg.student, enabled=False))
-        bank_only = MASF(model.teacher, cfg, (spec.height, spec.width))
+        teacher = coarse_teacher(model.teacher) if args.coarse else model.teacher
+        if args.coarse:  # the config's validation knows 3 teacher scales: apply the designs unchecked
+            trainer.design.design_config = lambda c, d, source="": replace(  # type: ignore[assignment]
+                c, bank=replace(c.bank, **d.changes(), designs=[])
+            )
+        bank_only = MASF(teacher, cfg, (spec.height, spec.width))
         with torch.no_grad():
-            bank_only.fusion.log_var.copy_(model.fusion.log_var)
+            n = model.fusion.log_var.shape[0]
+            bank_only.fusion.log_var[:n].copy_(model.fusion.log_var)
         model = bank_only.eval()
-    logging.info("frame %dx%d, %s", spec.height, spec.width, "bank only" if args.bank_only else "mixed")
+    logging.info(
+        "frame %dx%d, %s", spec.height, spec.width, "bank only" if args.bank_only or args.coarse else "mixed"
+    )
     batch, _ = preprocess_batch(train_images, spec)
     del train_images
     feats = teacher_features(model, batch, device, 16, False)
