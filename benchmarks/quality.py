@@ -210,6 +210,8 @@ def evaluate(dataset: str, run_dir: Path, derive: str, tta: bool) -> dict[str, A
     res["calibration_seconds"] = calib_seconds
     res["cos_weight"] = info.config.fusion.cos_weight if model.use_student and model.use_bank else None
     res["fusion_selection"] = selection
+    res["score_reduce"] = info.config.score.reduce
+    res["score_selection"] = info.meta.get("score_selection")
     return res
 
 
@@ -227,6 +229,16 @@ def _design(row: dict[str, Any]) -> str:
     if VARIANTS[row["variant"]][1] == "distill_only":
         return "-"
     return str(selection["chosen"]) if selection else "as configured"
+
+
+def _score(row: dict[str, Any]) -> str:
+    """The image score; with the per-part choice, each candidate's synthetic objective."""
+    selection = row.get("score_selection")
+    reduce = str(row.get("score_reduce", "max"))
+    if not selection:
+        return reduce
+    objectives = ", ".join(f"{c['reduce']} {c['objective']:.4f}" for c in selection["candidates"])
+    return f"{reduce} (chosen: {objectives})"
 
 
 def designs_markdown(rows: list[dict[str, Any]]) -> str:
@@ -258,16 +270,17 @@ def designs_markdown(rows: list[dict[str, Any]]) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
         "| data set | variant | image AUROC | pixel AUROC | AUPRO@0.3 | image AP | pixel AP | F1-max "
-        "| FRR @thr | escapes @thr | cue mix (distill / bank) | bank design | train s | train peak RSS MB "
-        "| s/image (eval) |"
+        "| FRR @thr | escapes @thr | cue mix (distill / bank) | bank design | image score | train s "
+        "| train peak RSS MB | s/image (eval) |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         lines.append(
             f"| {r['dataset']} | {LABELS[r['variant']]} | "
             + " | ".join(f"{r[m]:.4f}" for m in METRICS[:6])
             + f" | {r['false_reject_rate']:.3f} | {r['escape_rate']:.3f} | {_mix(r)} | {_design(r)} "
-            f"| {r['train_seconds']:.0f} | {r['train_peak_rss_mb']:.0f} | {r['seconds_per_image']:.3f} |"
+            f"| {_score(r)} | {r['train_seconds']:.0f} | {r['train_peak_rss_mb']:.0f} "
+            f"| {r['seconds_per_image']:.3f} |"
         )
     return "\n".join(lines)
 

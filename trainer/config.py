@@ -251,8 +251,21 @@ class TTASection:
 @dataclass(frozen=True)
 class ScoreSection:
     sigma: float = _f(4.0, _nonneg, "non-negative")
+    # The image score from the smoothed map: its largest pixel ("max") or the mean of its topk_fraction
+    # largest pixels ("topk_mean").
     reduce: str = _f("max", *_oneof("max", "topk_mean"))
     topk_fraction: float = _f(0.01, _unit, "in (0, 1]")
+    # After the cue mix, choose reduce among the candidates on the same synthetic defects in the
+    # calibration fit images (trainer/select.py, one standard error; a tie keeps the earlier candidate);
+    # "none" keeps reduce as configured.
+    select: str = _f("none", *_oneof("synthetic", "none"))
+    candidates: list[str] = field(
+        default_factory=lambda: ["max", "topk_mean"],
+        metadata={
+            "check": lambda v: 0 < len(v) == len(set(v)) and all(x in ("max", "topk_mean") for x in v),
+            "rule": "a non-empty list of distinct values among 'max', 'topk_mean'",
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from trainer.models.masf import MASF
 from trainer.select import (
     SELECTION_DEFECTS,
     MixSelection,
+    SyntheticProbe,
     mix_grid,
     rank_on_synthetic,
     set_cue_statistics,
@@ -103,6 +104,9 @@ class DesignChoice:
     candidates: list[dict[str, Any]]
     n_good: int
     n_synthetic: int
+    # the fit images and their synthetic defects as the designs were scored on them (for the image-score
+    # choice that follows, trainer/score_choice.py); not saved
+    probe: SyntheticProbe | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,4 +185,4 @@ def select_bank_design(
     model, dcfg, mix = built[i]
     del built
     _logger.info("bank design %s chosen on synthetic defects (%d designs)", rows[i]["name"], len(rows))
-    return DesignChoice(model, dcfg, rows[i]["name"], mix, rows, len(fit_images), n_synthetic)
+    return DesignChoice(model, dcfg, rows[i]["name"], mix, rows, len(fit_images), n_synthetic, probe)

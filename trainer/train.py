@@ -44,8 +44,10 @@ from trainer.design import DesignChoice, design_config, select_bank_design, with
 from trainer.errors import RunError
 from trainer.inference import FEATURE_FP16_BYTES, feature_dtype, frames_to_tensor, predict_arrays
 from trainer.models.masf import MASF, apply_tta, create_masf
+from trainer.models.masf.ughf import MapPostprocess
 from trainer.runs import RunInfo, save_run
-from trainer.select import MixSelection, cue_batches, select_cue_mix, set_cue_statistics
+from trainer.score_choice import ScoreSelection, select_score_reduce
+from trainer.select import MixSelection, SyntheticProbe, cue_batches, select_cue_mix, set_cue_statistics
 
 __all__ = [
     "bank_patches",
@@ -296,20 +298,23 @@ def _build_banks(
 
 @dataclass(frozen=True)
 class Calibrated:
-    """What :func:`calibrate_model` decided: the config with the chosen cue mix, a calibration per
-    inference path (``{"plain": ..., "tta": ...}``), the cue-mix selection (``None``: not run) and the
-    roles of the calibration images (indices into the run's calibration list)."""
+    """What :func:`calibrate_model` decided: the config with the chosen cue mix and image score, a
+    calibration per inference path (``{"plain": ..., "tta": ...}``), the cue-mix selection (``None``: not
+    run), the roles of the calibration images (indices into the run's calibration list) and the
+    image-score selection (``None``: not run)."""
 
     config: Config
     by_path: dict[str, Calibration]
     selection: MixSelection | None
     roles: dict[str, list[int]] | None = None
+    score: ScoreSelection | None = None
 
     def meta(self) -> dict[str, Any]:
         """The run-metadata entries of this calibration."""
         return {
             "calibration_by_path": {k: v.to_dict() for k, v in self.by_path.items()},
             "fusion_selection": self.selection.to_dict() if self.selection else None,
+            "score_selection": self.score.to_dict() if self.score else None,
             "calibration_roles": self.roles,
         }
 
@@ -328,16 +333,19 @@ def calibrate_model(
     device: torch.device,
     fitted: bool = False,
     selection: MixSelection | None = None,
+    probe: SyntheticProbe | None = None,
 ) -> Calibrated:
-    """Cue statistics and the cue mix (``fusion.select``) on the fit images, then a threshold for each
-    inference path on the threshold images (disjoint, :func:`calibration_roles`).
+    """Cue statistics, the cue mix (``fusion.select``) and the image score (``score.select``) on the fit
+    images, then a threshold for each inference path on the threshold images (disjoint,
+    :func:`calibration_roles`).
 
     Both paths are calibrated so that an evaluation or a deployment with or without TTSA always uses the
     threshold of the path it runs (a TTSA score is on another scale than a plain one). The chosen mix is
     applied to ``model`` and written into the returned config, so a saved run reloads with it.
     ``fitted``: the fit-image steps were already done on ``model`` (the bank-design selection does them;
-    ``cfg`` holds the chosen mix, ``selection`` their cue-mix selection if one ran): only the thresholds
-    are set here.
+    ``cfg`` holds the chosen mix, ``selection`` their cue-mix selection if one ran): only the image score
+    and the thresholds are set here. ``probe``: the fit images' synthetic defects under ``model``'s
+    teacher and student (:func:`~trainer.select.synthetic_probe`), when the caller has them.
     """
     fit_idx, thr_idx = calibration_roles(cfg, len(calib_images))
     fit_images = [calib_images[i] for i in fit_idx]
@@ -362,6 +370,14 @@ def calibrate_model(
         model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
         cfg = replace(cfg, fusion=replace(cfg.fusion, cos_weight=a, bank_weight=1.0 - a))
         _logger.info("cue mix %.2f distillation / %.2f bank (chosen on synthetic defects)", a, 1 - a)
+    score = None
+    if cfg.score.select == "synthetic":
+        sc = cfg.score
+        bs = cfg.train.batch_size
+        score = select_score_reduce(model, fit_images, spec, device, sc.candidates, cfg.seed, bs, probe)
+        if score is not None:
+            model.post = MapPostprocess(sc.sigma, score.reduce, sc.topk_fraction).to(model.post.kernel.device)
+            cfg = replace(cfg, score=replace(sc, reduce=score.reduce))
     result = {}
     for path, enabled in (("plain", False), ("tta", True)):
         deployed, _ = apply_tta(model, enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
@@ -375,7 +391,7 @@ def calibrate_model(
             np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr, len(fit_images)
         )
     roles = {"fit": [int(i) for i in fit_idx], "threshold": [int(i) for i in thr_idx]}
-    return Calibrated(cfg, result, selection, roles)
+    return Calibrated(cfg, result, selection, roles, score)
 
 
 def calibration_for(info: RunInfo, tta: bool) -> Calibration:
@@ -471,7 +487,11 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
 
     t0 = time.perf_counter()
     fitted, mix = (True, design.mix) if design is not None else (False, None)
-    done = calibrate_model(model, cfg, calib_images, spec, device, fitted=fitted, selection=mix)
+    probe = None
+    if design is not None:  # its probe serves the image-score choice, then its features are released
+        probe, design = design.probe, replace(design, probe=None)
+    done = calibrate_model(model, cfg, calib_images, spec, device, fitted, mix, probe)
+    del probe
     cfg = done.config
     calibration = done.by_path["tta" if cfg.tta.enabled else "plain"]
     t_calib = time.perf_counter() - t0

@@ -1,0 +1,182 @@
+"""Tests for trainer.score_choice: the image score (largest pixel or top-1 % mean) chosen per part."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from engine_support import ExportedBundle, exported_bundle
+
+from trainer.runs import load_run
+from trainer.score_choice import TOPK_LIMIT, eligible, select_score_reduce
+from trainer.select import CueSet
+
+H = W = 32
+
+
+class _FakeModel:
+    """What ``select_score_reduce`` uses of a MASF: ``fusion``, ``post`` and ``input_size``."""
+
+    def __init__(self) -> None:
+        from trainer.models.masf.ughf import UGHF, MapPostprocess
+
+        self.fusion = UGHF(1, cos_weight=0.0, bank_weight=1.0, learned=False)
+        self.post = MapPostprocess(sigma=0.0, reduce="max", topk_fraction=0.05)
+        self.input_size = (H, W)
+
+
+class _Inputs:
+    """Stands for a :class:`~trainer.select.SharedInputs`: fixed bank cues for any model."""
+
+    def __init__(self, maps: torch.Tensor, masks: np.ndarray | None = None) -> None:
+        self.set = CueSet.of([(None, [maps], torch.ones(maps.shape[0], 1, H, W))])
+        self.masks = masks
+
+    def cues(self, model: object) -> CueSet:
+        return self.set
+
+
+class _Probe:
+    def __init__(self, good: _Inputs, defective: _Inputs, sources: np.ndarray) -> None:
+        self.good, self.defective, self.sources = good, defective, sources
+
+    @property
+    def masks(self) -> np.ndarray:
+        assert self.defective.masks is not None
+        return self.defective.masks
+
+
+def _probe(hot_good: float, defect: str, rng: np.random.Generator, n: int = 20) -> _Probe:
+    """Full-resolution bank maps: mild noise everywhere; each good map has one hot pixel of ``hot_good``
+    at a random place; each defective map has a ``defect`` ("area": a 6x6 region raised by 1.5, or
+    "pixel": one pixel raised by 3)."""
+    good = torch.from_numpy(rng.normal(0, 0.3, (n, H, W)).astype(np.float32))
+    for g in good:
+        y, x = rng.integers(0, H, 2)
+        g[y, x] += hot_good
+    bad = torch.from_numpy(rng.normal(0, 0.3, (2 * n, H, W)).astype(np.float32))
+    masks = np.zeros((2 * n, H, W), dtype=bool)
+    for i, b in enumerate(bad):
+        y, x = rng.integers(4, H - 10, 2)
+        if defect == "area":
+            b[y : y + 6, x : x + 6] += 1.5
+            masks[i, y : y + 6, x : x + 6] = True
+        else:
+            b[y, x] += 3.0
+            masks[i, y, x] = True
+    sources = np.arange(2 * n) % n
+    return _Probe(_Inputs(good), _Inputs(bad, masks), sources)
+
+
+def _select(probe: _Probe, candidates: list[str]) -> tuple[str, list[dict[str, object]]]:
+    model = _FakeModel()
+    chosen = select_score_reduce(
+        model,  # type: ignore[arg-type]
+        [np.zeros((H, W, 3), np.uint8)] * 20,
+        None,  # type: ignore[arg-type]
+        torch.device("cpu"),
+        candidates,
+        0,
+        probe=probe,  # type: ignore[arg-type]
+    )
+    assert chosen is not None
+    assert model.post.reduce == "max"  # the model is left as it was
+    return chosen.reduce, chosen.candidates
+
+
+def test_grainy_good_parts_and_area_defects_choose_the_top_pixels_mean() -> None:
+    # a good part's largest pixel is a lone hot grain; defects are areas: the mean of the top 5 % sees them
+    reduce, rows = _select(_probe(4.0, "area", np.random.default_rng(0)), ["max", "topk_mean"])
+    assert reduce == "topk_mean"
+    by = {r["reduce"]: r for r in rows}
+    assert by["topk_mean"]["image_auroc"] > by["max"]["image_auroc"] + 0.2  # type: ignore[operator]
+    # the maps are the same: only the image term differs
+    assert by["topk_mean"]["pixel_auroc"] == by["max"]["pixel_auroc"]
+    assert by["max"]["within_1se"] == 0.0 and len(by["max"]["folds"]) == 5  # type: ignore[arg-type]
+
+
+def test_single_pixel_defects_keep_the_largest_pixel() -> None:
+    # no hot grains in good parts; each defect is one pixel: the top-5 % mean dilutes it
+    reduce, rows = _select(_probe(0.0, "pixel", np.random.default_rng(1)), ["max", "topk_mean"])
+    assert reduce == "max"
+    by = {r["reduce"]: r for r in rows}
+    assert by["max"]["image_auroc"] > by["topk_mean"]["image_auroc"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("order", [["max", "topk_mean"], ["topk_mean", "max"]])
+def test_a_tie_keeps_the_earlier_candidate(order: list[str]) -> None:
+    # obvious area defects, no hot grains: both scores separate every defect (image AUROC 1.0 each)
+    probe = _probe(0.0, "area", np.random.default_rng(2))
+    for b in probe.defective.set.chunks[0][1]:  # type: ignore[union-attr]
+        b += 10.0 * torch.from_numpy(probe.masks.astype(np.float32))
+    reduce, rows = _select(probe, order)
+    assert [r["image_auroc"] for r in rows] == [1.0, 1.0]
+    assert reduce == order[0]
+
+
+def test_topk_mean_is_only_a_candidate_under_tensorrts_topk_limit() -> None:
+    assert eligible(["max", "topk_mean"], (256, 256), 0.01) == ["max", "topk_mean"]  # k = 655
+    big = (1024, 1024)  # k = 10,486 at 1 %
+    assert round(0.01 * big[0] * big[1]) >= TOPK_LIMIT
+    assert eligible(["max", "topk_mean"], big, 0.01) == ["max"]
+    assert eligible(["max", "topk_mean"], big, 0.003) == ["max", "topk_mean"]  # k = 3,146
+
+
+@pytest.fixture(scope="module")
+def chosen_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.train import fit
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("score_choice")
+    fit(tiny_config(score={"select": "synthetic"}), synth_data, out, progress=False)
+    return out
+
+
+def test_fit_stores_the_image_score_choice_and_the_run_reloads_with_it(chosen_run: Path) -> None:
+    doc = json.loads((chosen_run / "run.json").read_text())
+    sel = doc["score_selection"]
+    assert [r["reduce"] for r in sel["candidates"]] == ["max", "topk_mean"]
+    assert sel["n_good"] == doc["calibration"]["n_fit_images"]  # the fit images only
+    assert sel["n_synthetic"] == doc["fusion_selection"]["n_synthetic"]  # the same synthetic defects
+    fine = [r["reduce"] for r in sel["candidates"] if r["within_1se"] == 1.0]
+    assert sel["reduce"] == fine[0]
+    model, info = load_run(chosen_run)
+    assert info.config.score.reduce == sel["reduce"] == model.post.reduce
+    assert info.config.score.select == "synthetic"
+
+
+def test_runs_without_the_choice_keep_the_configured_score(trained_run: Path) -> None:
+    doc = json.loads((trained_run / "run.json").read_text())
+    assert doc["score_selection"] is None
+    _, info = load_run(trained_run)
+    assert info.config.score.reduce == "max"
+
+
+def test_a_top_pixels_mean_run_exports_with_parity(
+    synth_data: Path, exported: ExportedBundle, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The exported graph computes the top-1 % mean (one more ONNX TopK than the same run's graph with
+    the largest pixel) as torch does: ``masf-engine export`` checks parity of maps, scores and verdicts
+    on the calibration images and fails otherwise; TopK passes the TensorRT 10 op check."""
+    import onnx
+
+    from engines.bundle import Bundle
+    from trainer.train import fit
+
+    torch.set_num_threads(2)
+    run = tmp_path_factory.mktemp("topk_run")
+    cfg = tiny_config(fusion={"select": "none"}, score={"reduce": "topk_mean"})
+    fit(cfg, synth_data, run, progress=False)
+    bundle = Bundle.open(exported_bundle(run, tmp_path_factory).path)
+    rec = bundle.manifest["export"]
+    assert rec["parity"]["passed"] is True and rec["parity"]["verdict_mismatches"] == 0
+    assert rec["tensorrt10"]["issues"] == []
+
+    def topks(path: Path) -> int:
+        return sum(n.op_type == "TopK" for n in onnx.load(str(path)).graph.node)
+
+    assert topks(bundle.onnx_path) == topks(Bundle.open(exported.path).onnx_path) + 1
