@@ -415,6 +415,8 @@ def main() -> int:
                         "calibration_seconds",
                         "cos_weight",
                         "fusion_selection",
+                        "score_reduce",
+                        "score_selection",
                         "synthetic",
                         "calibration",
                     )
