@@ -149,6 +149,36 @@ def test_fit_stores_the_image_score_choice_and_the_run_reloads_with_it(chosen_ru
     assert info.config.score.select == "synthetic"
 
 
+def test_recalibration_chooses_the_mix_with_the_baseline_score_as_the_fit_did(
+    chosen_run: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved run's config holds the chosen image score; recalibrating it must choose the cue mix with
+    the first candidate (``max``), as the fit did, not with the saved score, and so repeat the fit."""
+    from dataclasses import replace
+
+    import trainer.train
+    from trainer.models.masf.ughf import MapPostprocess
+
+    seen: list[str] = []
+    real = trainer.train.select_cue_mix
+
+    def spy(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(model.post.reduce)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.train, "select_cue_mix", spy)
+    doc = json.loads((chosen_run / "run.json").read_text())
+    model, info = load_run(chosen_run)
+    # whatever the tiny run chose, make the saved score the other candidate than the baseline
+    model.post = MapPostprocess(model.post.sigma, "topk_mean", model.post.topk_fraction)
+    info.config = replace(info.config, score=replace(info.config.score, reduce="topk_mean"))
+    again = trainer.train.recalibrate(model, info, synth_data)
+    assert seen == ["max"]
+    assert again.config.fusion.cos_weight == doc["fusion_selection"]["cos_weight"]
+    assert again.config.score.reduce == doc["score_selection"]["reduce"] == model.post.reduce
+    assert again.meta["score_selection"]["candidates"] == doc["score_selection"]["candidates"]
+
+
 def test_runs_without_the_choice_keep_the_configured_score(trained_run: Path) -> None:
     doc = json.loads((trained_run / "run.json").read_text())
     assert doc["score_selection"] is None

@@ -12,6 +12,10 @@ model's own cues, mix and smoothing (only the image AUROC term can differ: the m
 one-standard-error rule over the paired folds keeps the earliest listed candidate within one standard
 error of the best, so ``max``, listed first, stays unless ``topk_mean`` is measurably better.
 
+The bank design and the cue mix are chosen with the first candidate (:func:`baseline`), in a fit and in
+a recalibration alike, so that recalibrating a saved run (whose config holds the chosen score) repeats
+the fit's choices.
+
 ``topk_mean`` is only a candidate when its ``k`` stays under TensorRT's TopK limit (``k < 3840`` per
 model input), so that every backend can run the chosen score. Measured: ``benchmarks/RESULTS.md``.
 """
@@ -20,18 +24,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from engines.preprocess import PreprocessSpec
+from trainer.config import Config
 from trainer.models.masf import MASF
 from trainer.models.masf.ughf import MapPostprocess
 from trainer.select import SyntheticProbe, rank_mixes, synthetic_probe, within_one_se
 
-__all__ = ["TOPK_LIMIT", "ScoreSelection", "eligible", "select_score_reduce"]
+__all__ = ["TOPK_LIMIT", "ScoreSelection", "baseline", "eligible", "select_score_reduce"]
 
 _logger = logging.getLogger(__name__)
 
@@ -56,6 +61,15 @@ class ScoreSelection:
             "n_synthetic": self.n_synthetic,
             "candidates": self.candidates,
         }
+
+
+def baseline(cfg: Config) -> Config:
+    """``cfg`` with the image score the earlier choices are made with: the first of ``score.candidates``
+    when ``score.select`` is ``synthetic``, else ``cfg`` unchanged."""
+    sc = cfg.score
+    if sc.select != "synthetic" or sc.reduce == sc.candidates[0]:
+        return cfg
+    return replace(cfg, score=replace(sc, reduce=sc.candidates[0]))
 
 
 def eligible(candidates: Sequence[str], input_size: tuple[int, int], topk_fraction: float) -> list[str]:

@@ -46,7 +46,7 @@ from trainer.inference import FEATURE_FP16_BYTES, feature_dtype, frames_to_tenso
 from trainer.models.masf import MASF, apply_tta, create_masf
 from trainer.models.masf.ughf import MapPostprocess
 from trainer.runs import RunInfo, save_run
-from trainer.score_choice import ScoreSelection, select_score_reduce
+from trainer.score_choice import ScoreSelection, baseline, select_score_reduce
 from trainer.select import MixSelection, SyntheticProbe, cue_batches, select_cue_mix, set_cue_statistics
 
 __all__ = [
@@ -350,7 +350,11 @@ def calibrate_model(
     fit_idx, thr_idx = calibration_roles(cfg, len(calib_images))
     fit_images = [calib_images[i] for i in fit_idx]
     thr_images = [calib_images[i] for i in thr_idx]
-    if not fitted:
+    if not fitted:  # the cue mix is chosen with the baseline image score, as in a fit
+        cfg = baseline(cfg)
+        model.post = MapPostprocess(cfg.score.sigma, cfg.score.reduce, cfg.score.topk_fraction).to(
+            model.post.kernel.device
+        )
         good_cues, _ = cue_batches(model, fit_images, spec, device, cfg.train.batch_size)
         set_cue_statistics(model, good_cues.chunks)
         if cfg.fusion.select == "synthetic":
@@ -425,6 +429,7 @@ def _peak_rss_mb() -> float:
 def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool = True) -> RunInfo:
     """Train, calibrate and save a MASF run. Returns the saved :class:`RunInfo`."""
     t_start = time.perf_counter()
+    cfg = baseline(cfg)  # the design and the mix are chosen with it; the image score after them
     root, out = Path(data_root), Path(out_dir)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
