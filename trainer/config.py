@@ -256,7 +256,7 @@ class ScoreSection:
     reduce: str = _f("max", *_oneof("max", "topk_mean"))
     topk_fraction: float = _f(0.01, _unit, "in (0, 1]")
     # After the cue mix, choose reduce among the candidates on the same synthetic defects in the
-    # calibration fit images (trainer/select.py, one standard error; a tie keeps the earlier candidate);
+    # calibration fit images (trainer/score_choice.py, one standard error; a tie keeps the earlier candidate);
     # "none" keeps reduce as configured.
     select: str = _f("none", *_oneof("synthetic", "none"))
     candidates: list[str] = field(

@@ -33,7 +33,6 @@ import torch
 from engines.preprocess import PreprocessSpec
 from trainer.config import Config
 from trainer.models.masf import MASF
-from trainer.models.masf.ughf import MapPostprocess
 from trainer.select import SyntheticProbe, rank_mixes, synthetic_probe, within_one_se
 
 __all__ = ["TOPK_LIMIT", "ScoreSelection", "baseline", "eligible", "select_score_reduce"]
@@ -111,7 +110,7 @@ def select_score_reduce(
     folds: list[list[float]] = []
     try:
         for reduce in names:
-            model.post = MapPostprocess(post.sigma, reduce, post.topk_fraction).to(post.kernel.device)
+            model.post = post.with_reduce(reduce)
             values: list[list[float]] = []
             _, ranked = rank_mixes(model, good, bad, probe.masks, mix, groups, fold_values=values)
             rows.append({"reduce": reduce, **{k: v for k, v in ranked[0].items() if k != "cos_weight"}})

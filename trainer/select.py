@@ -495,15 +495,16 @@ def select_cue_mix(
     seed: int,
     batch_size: int = 8,
     good_cues: CueSet | None = None,
+    probe: SyntheticProbe | None = None,
 ) -> MixSelection | None:
     """Choose ``cos_weight`` for ``model`` (cue statistics must be set). ``None`` when the model has
     only one cue (nothing to mix). The model is left unchanged: the caller applies the choice.
-    ``good_cues``: :func:`cue_batches` of ``calib_images``, when the caller already has them."""
+    ``good_cues``: :func:`cue_batches` of ``calib_images``, when the caller already has them; ``probe``:
+    :func:`synthetic_probe` of them with ``seed``, likewise."""
     if not (model.use_student and model.use_bank):
         return None
-    ranking = rank_on_synthetic(
-        model, calib_images, spec, device, mix_grid(model, candidates), seed, batch_size, good_cues
-    )
+    grid = mix_grid(model, candidates)
+    ranking = rank_on_synthetic(model, calib_images, spec, device, grid, seed, batch_size, good_cues, probe)
     if ranking is None:
         return None  # defects too small to survive the resize: keep the configured mix
     return MixSelection(

@@ -44,10 +44,16 @@ from trainer.design import DesignChoice, design_config, select_bank_design, with
 from trainer.errors import RunError
 from trainer.inference import FEATURE_FP16_BYTES, feature_dtype, frames_to_tensor, predict_arrays
 from trainer.models.masf import MASF, apply_tta, create_masf
-from trainer.models.masf.ughf import MapPostprocess
 from trainer.runs import RunInfo, save_run
 from trainer.score_choice import ScoreSelection, baseline, select_score_reduce
-from trainer.select import MixSelection, SyntheticProbe, cue_batches, select_cue_mix, set_cue_statistics
+from trainer.select import (
+    MixSelection,
+    SyntheticProbe,
+    cue_batches,
+    select_cue_mix,
+    set_cue_statistics,
+    synthetic_probe,
+)
 
 __all__ = [
     "bank_patches",
@@ -352,12 +358,14 @@ def calibrate_model(
     thr_images = [calib_images[i] for i in thr_idx]
     if not fitted:  # the cue mix is chosen with the baseline image score, as in a fit
         cfg = baseline(cfg)
-        model.post = MapPostprocess(cfg.score.sigma, cfg.score.reduce, cfg.score.topk_fraction).to(
-            model.post.kernel.device
-        )
+        if model.post.reduce != cfg.score.reduce:
+            model.post = model.post.with_reduce(cfg.score.reduce)
         good_cues, _ = cue_batches(model, fit_images, spec, device, cfg.train.batch_size)
         set_cue_statistics(model, good_cues.chunks)
         if cfg.fusion.select == "synthetic":
+            mixing = model.use_student and model.use_bank
+            if mixing and probe is None and cfg.score.select == "synthetic":  # one probe for both choices
+                probe = synthetic_probe(model, fit_images, spec, device, cfg.seed, cfg.train.batch_size)
             selection = select_cue_mix(
                 model,
                 fit_images,
@@ -367,6 +375,7 @@ def calibrate_model(
                 cfg.seed,
                 cfg.train.batch_size,
                 good_cues,
+                probe,
             )
         del good_cues
     if selection is not None:
@@ -380,7 +389,7 @@ def calibrate_model(
         bs = cfg.train.batch_size
         score = select_score_reduce(model, fit_images, spec, device, sc.candidates, cfg.seed, bs, probe)
         if score is not None:
-            model.post = MapPostprocess(sc.sigma, score.reduce, sc.topk_fraction).to(model.post.kernel.device)
+            model.post = model.post.with_reduce(score.reduce)
             cfg = replace(cfg, score=replace(sc, reduce=score.reduce))
     result = {}
     for path, enabled in (("plain", False), ("tta", True)):

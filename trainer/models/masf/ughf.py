@@ -192,6 +192,10 @@ class MapPostprocess(nn.Module):
         kernel = gaussian_kernel_1d(sigma) if sigma > 0 else torch.ones(1)
         self.register_buffer("kernel", kernel, persistent=False)
 
+    def with_reduce(self, reduce: str) -> MapPostprocess:
+        """The same smoothing with another image score ``reduce``, on this module's device."""
+        return MapPostprocess(self.sigma, reduce, self.topk_fraction).to(self.kernel.device)
+
     def smooth(self, m: torch.Tensor) -> torch.Tensor:
         """``[N, 1, H, W]`` -> blurred map of the same shape."""
         if self.sigma <= 0:
