@@ -83,7 +83,7 @@ def main() -> None:
     from trainer.design import select_bank_design
     from trainer.models.masf import MASF
     from trainer.runs import load_run
-    from trainer.train import _build_banks, resolve_preprocess, teacher_features
+    from trainer.train import _build_banks, common_scale, resolve_preprocess, teacher_features
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True)
@@ -94,6 +94,12 @@ def main() -> None:
     kinds = (*SELECTION_DEFECTS, *SURFACE_DEFECTS)
     ap.add_argument("--kinds", nargs="+", default=list(SELECTION_DEFECTS), choices=kinds)
     ap.add_argument("--base-size", type=int, default=None, help="data.base_size for the frame")
+    ap.add_argument(
+        "--scale-share",
+        type=float,
+        default=None,
+        help="one scale for the part: the largest at which this share of the training images fit the frame",
+    )
     ap.add_argument("--bank-only", action="store_true", help="score the bank cue alone")
     ap.add_argument(
         "--coarse", action="store_true", help="a teacher with a 4th scale (stride 32); implies --bank-only"
@@ -114,6 +120,9 @@ def main() -> None:
     if args.base_size is not None:
         cfg = replace(cfg, data=replace(cfg.data, base_size=args.base_size))
         spec = resolve_preprocess(cfg, train_images)
+    if args.scale_share is not None:
+        sizes = [(int(im.shape[0]), int(im.shape[1])) for im in train_images]
+        spec = replace(spec, max_scale=common_scale(sizes, spec, args.scale_share))
     if args.bank_only or args.coarse:  # the run's teacher and scale weights, no student, at the frame
         cfg = replace(cfg, student=replace(cfg.student, enabled=False))
         teacher = coarse_teacher(model.teacher) if args.coarse else model.teacher
@@ -127,7 +136,11 @@ def main() -> None:
             bank_only.fusion.log_var[:n].copy_(model.fusion.log_var)
         model = bank_only.eval()
     logging.info(
-        "frame %dx%d, %s", spec.height, spec.width, "bank only" if args.bank_only or args.coarse else "mixed"
+        "frame %dx%d, max scale %s, %s",
+        spec.height,
+        spec.width,
+        spec.max_scale,
+        "bank only" if args.bank_only or args.coarse else "mixed",
     )
     batch, _ = preprocess_batch(train_images, spec)
     del train_images
@@ -148,6 +161,7 @@ def main() -> None:
         "run": str(args.run),
         "frame": [spec.height, spec.width],
         "bank_only": args.bank_only,
+        "max_scale": spec.max_scale,
     }
     args.out.write_text(json.dumps(out, indent=1))
     for r in choice.candidates:

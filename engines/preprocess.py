@@ -16,7 +16,10 @@ Pipeline of :func:`preprocess` (input uint8 ``(h, w)``, ``(h, w, 3)`` RGB or ``(
    * ``"letterbox"``: one scale ``s = min(H / h, W / w)`` for both axes; the placed size is
      ``(max(1, floor(h * s + 0.5)), max(1, floor(w * s + 0.5)))`` (round half up, float64) clipped to
      the frame; the image is centred (``top = (H - ph) // 2``, ``left = (W - pw) // 2``) and the rest
-     is filled with ``pad_value``.
+     is filled with ``pad_value``. With ``max_scale`` set, ``s = min(H / h, W / w, max_scale)``: every
+     image that fits the frame at ``max_scale`` is placed at that one scale, so a part whose images are
+     crops of different sizes from one camera keeps one pixel pitch (a texture's grain keeps its size in
+     the frame); only larger images shrink further, to fit.
 
    Interpolation rule (``interpolation == "area"``, the default): if no axis is enlarged
    (placed height <= h and placed width <= w) ``cv2.INTER_AREA`` is used, otherwise ``cv2.INTER_LINEAR``.
@@ -67,7 +70,7 @@ COLORS = ("rgb", "gray")
 INTERPOLATIONS = ("area", "linear")
 ORIENTS = ("keep", "auto")
 
-_FIELDS = ("height", "width", "resize", "color", "pad_value", "interpolation", "orient", "tiles")
+_FIELDS = ("height", "width", "resize", "color", "pad_value", "interpolation", "orient", "max_scale", "tiles")
 _TILE_FIELDS = ("frame_height", "frame_width", "overlap")
 _REQUIRED = ("height", "width", "resize", "color")
 
@@ -87,6 +90,12 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
         options = " or ".join(repr(c) for c in choices)
         raise ValueError(f"preprocess.{name} must be {options}, got {value!r}")
     return value
+
+
+def _check_scale(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
+        raise ValueError(f"preprocess.max_scale must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def _check_pad(value: Any) -> int:
@@ -119,6 +128,8 @@ class PreprocessSpec:
         tile_frame: ``(frame_height, frame_width)`` of a tiled spec (multiples of 32, each at least the
             tile's), or None: not tiled.
         tile_overlap: Minimum overlap of neighbouring tiles in pixels (``0 <= overlap < tile side``).
+        max_scale: ``None`` (letterbox: every image scaled to fill the frame) or the largest scale
+            (> 0) a letterboxed image is placed at (module docstring): the part's common scale.
         orient: ``"keep"`` (every image placed as it is) or ``"auto"``: an image whose orientation
             (portrait / landscape) differs from the frame's is turned a quarter turn counter-clockwise
             first, so that a part photographed either way fills the frame instead of being letterboxed to
@@ -135,6 +146,7 @@ class PreprocessSpec:
     tile_frame: tuple[int, int] | None = None
     tile_overlap: int = 0
     orient: str = "keep"
+    max_scale: float | None = None
 
     def __post_init__(self) -> None:
         # Validate (and normalise numpy integers to int) so that an invalid spec can never exist.
@@ -145,6 +157,10 @@ class PreprocessSpec:
         object.__setattr__(self, "pad_value", _check_pad(self.pad_value))
         _check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         _check_choice("orient", self.orient, ORIENTS)
+        if self.max_scale is not None:
+            object.__setattr__(self, "max_scale", _check_scale(self.max_scale))
+            if self.resize != "letterbox":
+                raise ValueError("preprocess.max_scale is only for resize 'letterbox'")
         if self.tile_frame is not None:
             if len(self.tile_frame) != 2:
                 raise ValueError(f"preprocess.tiles frame must be (height, width), got {self.tile_frame!r}")
@@ -190,7 +206,8 @@ class PreprocessSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-serialisable dict with every field (``tiles`` only when tiled, ``orient`` only
-        when not ``keep``, so specs and bundles without them read as before)."""
+        when not ``keep``, ``max_scale`` only when set, so specs and bundles without them read as
+        before)."""
         out: dict[str, Any] = {
             "height": self.height,
             "width": self.width,
@@ -201,6 +218,8 @@ class PreprocessSpec:
         }
         if self.orient != "keep":
             out["orient"] = self.orient
+        if self.max_scale is not None:
+            out["max_scale"] = self.max_scale
         if self.tile_frame is not None:
             out["tiles"] = {
                 "frame_height": self.tile_frame[0],
@@ -254,6 +273,7 @@ class PreprocessSpec:
             pad_value=_check_pad(d.get("pad_value", 114)),
             interpolation=_check_choice("interpolation", d.get("interpolation", "area"), INTERPOLATIONS),
             orient=_check_choice("orient", d.get("orient", "keep"), ORIENTS),
+            max_scale=None if d.get("max_scale") is None else _check_scale(d["max_scale"]),
             tile_frame=frame,
             tile_overlap=overlap,
         )
@@ -544,7 +564,7 @@ def _placement(h: int, w: int, spec: PreprocessSpec) -> tuple[int, int, int, int
     H, W = spec.frame_size
     if spec.resize == "stretch":
         return (0, 0, H, W)
-    s = min(H / h, W / w)
+    s = min(H / h, W / w) if spec.max_scale is None else min(H / h, W / w, spec.max_scale)
     ph = min(H, max(1, math.floor(h * s + 0.5)))
     pw = min(W, max(1, math.floor(w * s + 0.5)))
     return ((H - ph) // 2, (W - pw) // 2, ph, pw)

@@ -177,6 +177,46 @@ def test_orient_travels_in_the_spec_only_when_set() -> None:
         PreprocessSpec.from_dict({**d, "orient": "sideways"})
 
 
+# --------------------------------------------------------------------------- one scale for the part
+
+
+def test_max_scale_places_every_image_that_fits_at_one_scale() -> None:
+    spec = PreprocessSpec(height=256, width=256, resize="letterbox", color="rgb", max_scale=0.5)
+    # Two crops of one surface: letterboxed alone they would be scaled by 1.28 and 0.64; with the part's
+    # scale both are placed at 0.5, so a 2-pixel grain is 1 pixel in the frame in both.
+    small, geo_small = preprocess(np.full((200, 100, 3), 90, dtype=np.uint8), spec)
+    _, geo_large = preprocess(np.full((400, 300, 3), 90, dtype=np.uint8), spec)
+    assert geo_small.region == (78, 103, 100, 50)
+    assert geo_large.region == (28, 53, 200, 150)
+    assert geo_small.scale_y == geo_large.scale_y == 0.5
+    assert (small[geo_small.valid_mask()] == 90).all() and (small[~geo_small.valid_mask()] == 114).all()
+    # Without the cap each fills the frame on its long side.
+    assert preprocess(np.zeros((200, 100, 3), np.uint8), LETTERBOX)[1].region == (0, 64, 256, 128)
+
+
+def test_max_scale_shrinks_only_the_images_that_do_not_fit() -> None:
+    spec = PreprocessSpec(height=256, width=256, resize="letterbox", color="rgb", max_scale=0.5)
+    _, geo = preprocess(np.zeros((1024, 256, 3), np.uint8), spec)
+    assert geo.region == (0, 96, 256, 64)  # 0.25 = 256 / 1024, as a plain letterbox
+    pattern = _rand((300, 200, 3))
+    out, geo = preprocess(pattern, spec)
+    top, left, h, w = geo.region
+    expected = cv2.resize(pattern, (100, 150), interpolation=cv2.INTER_AREA)
+    assert (h, w) == (150, 100) and np.array_equal(out[top : top + h, left : left + w], expected)
+
+
+def test_max_scale_travels_in_the_spec_and_is_validated() -> None:
+    spec = PreprocessSpec(height=256, width=256, resize="letterbox", color="rgb", max_scale=0.75)
+    d = spec.to_dict()
+    assert d["max_scale"] == 0.75 and PreprocessSpec.from_dict(d) == spec
+    assert "max_scale" not in LETTERBOX.to_dict()
+    for bad in (0, -1.0, float("inf"), float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match=r"preprocess\.max_scale must be a positive finite number"):
+            PreprocessSpec.from_dict({**d, "max_scale": bad})
+    with pytest.raises(ValueError, match="max_scale is only for resize 'letterbox'"):
+        PreprocessSpec.from_dict({**d, "resize": "stretch"})
+
+
 # --------------------------------------------------------------------------- stretch / interpolation
 
 

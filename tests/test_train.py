@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,37 @@ def test_orient_auto_sizes_the_frame_for_the_turned_images() -> None:
     assert auto.orient == "auto" and auto.height > auto.width  # every image upright: a 3:2 frame
     assert upright(sizes) == [(300, 200)] * 4 + [(250, 250)]
     assert [turns(h, w, auto) for h, w in sizes] == [False, False, True, True, False]
+
+
+def test_common_scale_keeps_one_pixel_pitch_for_crops_of_different_sizes() -> None:
+    """``data.scale: common``: crops of one surface at sizes 200..400 px are placed at one scale, the
+    largest at which ``scale_share`` of them fit the frame; only the larger rest shrink further."""
+    from engines.preprocess import preprocess
+    from trainer.config import ConfigError
+    from trainer.train import common_scale, resolve_preprocess
+
+    sides = [200, 220, 240, 260, 280, 300, 320, 340, 360, 400]
+    images = [np.zeros((s, s), np.uint8) for s in sides]
+    fill = resolve_preprocess(tiny_config(data={"input_size": "auto"}), images)
+    assert fill.size == (256, 256) and fill.max_scale is None
+    common = resolve_preprocess(tiny_config(data={"input_size": "auto", "scale": "common"}), images)
+    # 9 of 10 images fit whole at 256 / 360; at any larger scale the 360-px crop would not
+    assert common.size == (256, 256) and common.max_scale == pytest.approx(256 / 360)
+    half = resolve_preprocess(
+        tiny_config(data={"input_size": "auto", "scale": "common", "scale_share": 0.5}), images
+    )
+    assert half.max_scale == pytest.approx(256 / 280)
+    scales = [preprocess(im, common)[1].scale_y for im in images]
+    assert all(s == pytest.approx(256 / 360, abs=0.01) for s in scales[:9]) and scales[9] == 256 / 400
+    assert [preprocess(im, fill)[1].scale_y for im in images[:2]] == [256 / 200, 256 / 220]
+    # a landscape crop in a portrait frame counts as turned (orient: auto)
+    auto = resolve_preprocess(tiny_config(data={"input_size": "auto", "orient": "auto"}), [images[0]] * 3)
+    tall = replace(auto, height=256, width=128)
+    assert common_scale([(100, 200)], tall, 1.0) == pytest.approx(min(256 / 200, 128 / 100))
+    with pytest.raises(ConfigError, match=r"data\.scale 'common' needs data\.resize 'letterbox'"):
+        tiny_config(data={"scale": "common", "resize": "stretch"})
+    with pytest.raises(ConfigError, match=r"data\.scale_share"):
+        tiny_config(data={"scale": "common", "scale_share": 0})
 
 
 def test_parts_photographed_either_way_fit_and_evaluate_with_orient_auto(tmp_path: Path) -> None:

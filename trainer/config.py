@@ -73,6 +73,13 @@ class DataSection:
     # turn before it is placed (the frame follows the images' majority orientation), so a part photographed
     # either way fills the frame instead of a letterboxed fraction of it; "keep": placed as it is.
     orient: str = _f("keep", *_oneof("keep", "auto"))
+    # "fill": every image is scaled to fill the frame (letterbox), so images of different sizes end up at
+    # different scales; "common": one scale for the part (letterbox only), the largest at which scale_share
+    # of the training images fit the frame whole: a part whose images are crops of different sizes from one
+    # camera keeps one pixel pitch, so a texture's grain has one size in the frame; larger images shrink
+    # to fit. Images of one size are placed alike either way.
+    scale: str = _f("fill", *_oneof("fill", "common"))
+    scale_share: float = _f(0.9, lambda x: 0 < x <= 1, "in (0, 1]")
     # Held out of train/good for calibration; half of them set the threshold only (calibration section).
     calib_fraction: float = _f(0.2, lambda x: 0 < x <= 0.5, "in (0, 0.5]")
     min_calib: int = _f(5, _pos, "a positive int")
@@ -326,6 +333,10 @@ def config_from_dict(data: Any, source: str = "config") -> Config:
         raise ConfigError(f"{source}: fusion.cos_weight and fusion.bank_weight are both 0: make one positive")
     if not cfg.student.enabled and not cfg.bank.enabled:
         raise ConfigError(f"{source}: student.enabled and bank.enabled are both false: enable at least one")
+    if cfg.data.scale == "common" and cfg.data.resize != "letterbox":
+        raise ConfigError(
+            f"{source}: data.scale 'common' needs data.resize 'letterbox' (got {cfg.data.resize!r})"
+        )
     return cfg
 
 

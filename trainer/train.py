@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 import trainer
-from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size, resolve_tiling
+from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size, resolve_tiling, turns
 from trainer.calibrate import Calibration, calibrate, split_roles
 from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
@@ -132,7 +132,7 @@ def resolve_preprocess(cfg: Config, images: Sequence[np.ndarray]) -> PreprocessS
         frame, (h, w), overlap, _ = resolve_tiling(
             sizes, d.tile_size, d.tile_scale, d.tile_overlap, d.max_tiles
         )
-        return PreprocessSpec(
+        spec = PreprocessSpec(
             height=h,
             width=w,
             resize=d.resize,
@@ -141,9 +141,23 @@ def resolve_preprocess(cfg: Config, images: Sequence[np.ndarray]) -> PreprocessS
             tile_overlap=overlap,
             orient=d.orient,
         )
-    size = d.input_size if d.input_size == "auto" else tuple(d.input_size)
-    h, w = resolve_input_size(size, sizes, base=d.base_size)  # type: ignore[arg-type]
-    return PreprocessSpec(height=h, width=w, resize=d.resize, color=color, orient=d.orient)
+    else:
+        size = d.input_size if d.input_size == "auto" else tuple(d.input_size)
+        h, w = resolve_input_size(size, sizes, base=d.base_size)  # type: ignore[arg-type]
+        spec = PreprocessSpec(height=h, width=w, resize=d.resize, color=color, orient=d.orient)
+    if d.scale == "common":
+        raw = [(int(im.shape[0]), int(im.shape[1])) for im in images]
+        spec = replace(spec, max_scale=common_scale(raw, spec, d.scale_share))
+    return spec
+
+
+def common_scale(sizes: Sequence[tuple[int, int]], spec: PreprocessSpec, share: float) -> float:
+    """The largest scale at which ``share`` of the images of ``sizes`` ``(h, w)`` fit ``spec``'s frame
+    whole (each turned as ``spec`` places it): the part's one scale for ``max_scale``."""
+    fh, fw = spec.frame_size
+    fits = [min(fh / w, fw / h) if turns(h, w, spec) else min(fh / h, fw / w) for h, w in sizes]
+    k = max(1, math.ceil(share * len(fits) - 1e-9))  # at least this many images fit whole
+    return float(sorted(fits, reverse=True)[k - 1])
 
 
 def upright(sizes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
