@@ -10,11 +10,13 @@ threshold (the behaviour before the split).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
 
-from trainer.calibrate import Calibration, calibrate, fit_threshold, split_roles
+from trainer.calibrate import Calibration, calibrate, conformal_min, fit_threshold, split_roles
 from trainer.errors import DataError
 
 ALPHA = 0.05
@@ -105,6 +107,36 @@ def test_split_roles_are_disjoint_seeded_and_clamped() -> None:
         split_roles(3, 0.5, 0)
     with pytest.raises(ValueError):
         split_roles(10, 1.0, 0)
+
+
+def test_threshold_role_grows_to_the_conformal_minimum_where_the_fit_role_allows() -> None:
+    assert [conformal_min(a) for a in (0.01, 0.02, 0.05, 0.1)] == [99, 49, 19, 9]
+    for alpha in (0.01, 0.02, 0.05, 0.1, 0.013):
+        m = conformal_min(alpha)  # conformal with m threshold images, not with m - 1
+        assert math.ceil((m + 1) * (1 - alpha)) <= m and math.ceil(m * (1 - alpha)) > m - 1
+    # magnetic tile's 152 calibration images: 99 set the threshold (a 1 % conformal rule), 53 fit
+    fit, thr = split_roles(152, 0.5, 0, min_threshold=99, min_fit=40)
+    assert len(thr) == 99 and len(fit) == 53 and sorted([*fit, *thr]) == list(range(152))
+    assert fit_threshold(np.arange(99.0), 0.01)[1] == "conformal"
+    # the half that the fraction alone gives is a subset of it (one seeded order)
+    assert set(split_roles(152, 0.5, 0)[1]) <= set(thr)
+    # the fit role keeps its minimum: 122 images -> 82 / 40; bottle's 42 and small parts are unchanged
+    assert [len(r) for r in split_roles(122, 0.5, 0, 99, 40)] == [40, 82]
+    for n in (42, 10, 4):
+        assert [len(r) for r in split_roles(n, 0.5, 3, 99, 40)] == [len(r) for r in split_roles(n, 0.5, 3)]
+
+
+def test_a_part_with_enough_good_images_gets_the_conformal_rule_by_default() -> None:
+    from conftest import tiny_config
+
+    from trainer.train import calibration_roles
+
+    fit, thr = calibration_roles(tiny_config(), 152)
+    assert (len(fit), len(thr)) == (53, 99)
+    fit, thr = calibration_roles(tiny_config(calibration={"min_threshold_images": 0}), 152)
+    assert (len(fit), len(thr)) == (76, 76)
+    fit, thr = calibration_roles(tiny_config(calibration={"target_frr": 0.05}), 152)
+    assert (len(fit), len(thr)) == (76, 76)  # 19 images reach 5 %: the fraction already gives more
 
 
 def test_calibration_record_states_its_roles_and_reads_old_records() -> None:

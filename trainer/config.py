@@ -300,6 +300,13 @@ class CalibrationSection:
     # Fraction of the calibration images that set the threshold and nothing else (the rest set the cue
     # statistics and choose the cue mix): see trainer/calibrate.py.
     threshold_fraction: float = _f(0.5, lambda x: 0 < x < 1, "in (0, 1)")
+    # The threshold role gets at least this many images where the calibration set allows it with
+    # min_fit_images left for the fit role. "auto": the fewest with which the split-conformal rule reaches
+    # target_frr without a distribution assumption (99 for 1 %); 0: the fraction alone.
+    min_threshold_images: int | str = _f(
+        "auto", lambda x: x == "auto" or (isinstance(x, int) and x >= 0), "'auto' or a non-negative int"
+    )
+    min_fit_images: int = _f(40, lambda x: isinstance(x, int) and x >= 2, "an int >= 2")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import torch
 
 import trainer
 from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size, resolve_tiling, turns
-from trainer.calibrate import Calibration, calibrate, split_roles
+from trainer.calibrate import Calibration, calibrate, conformal_min, split_roles
 from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
 from trainer.design import DesignChoice, design_config, select_bank_design, with_design
@@ -342,7 +342,9 @@ class Calibrated:
 def calibration_roles(cfg: Config, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the calibration images that fit (cue statistics, selections) and that set only the
     threshold (disjoint, :func:`~trainer.calibrate.split_roles`)."""
-    return split_roles(n, cfg.calibration.threshold_fraction, cfg.seed)
+    c = cfg.calibration
+    least = conformal_min(c.target_frr) if c.min_threshold_images == "auto" else int(c.min_threshold_images)
+    return split_roles(n, c.threshold_fraction, cfg.seed, least, c.min_fit_images)
 
 
 def calibrate_model(
