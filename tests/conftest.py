@@ -7,7 +7,10 @@ inside their bodies.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,6 +21,18 @@ from trainer.config import Config, config_from_dict
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BOTTLE = SHARED_DATA / "mvtec_ad" / "bottle"
 MAGNETIC_TILE = SHARED_DATA / "magnetic_tile" / "magnetic_tile"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(filename: str, module_name: str) -> ModuleType:
+    """A script of ``benchmarks/`` loaded as module ``module_name`` (some are named like packages of the
+    project, e.g. ``engine_bench``)."""
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / filename)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**sections: dict[str, Any]) -> Config:

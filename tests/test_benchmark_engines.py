@@ -6,30 +6,22 @@ lite0 run at 256x256 (see benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import load_benchmark
 from engine_support import ExportedBundle
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_script() -> ModuleType:
     # the file is named like the ``engines`` package, so it is loaded under another module name
-    spec = importlib.util.spec_from_file_location("bench_engines", ROOT / "benchmarks" / "engine_bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("engine_bench.py", "bench_engines")
 
 
 def _numbers(doc: Any, path: str = "") -> Iterator[tuple[str, float]]:

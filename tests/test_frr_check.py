@@ -3,7 +3,6 @@ scores, and one real (tiny) fit end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,20 +11,13 @@ from types import ModuleType
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import load_benchmark, tiny_config
 
 from trainer.config import config_to_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_frr_check", ROOT / "benchmarks" / "frr_check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("frr_check.py", "bench_frr_check")
 
 
 def test_holdout_split_is_seeded_disjoint_and_complete() -> None:
