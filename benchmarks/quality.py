@@ -186,10 +186,9 @@ def evaluate(dataset: str, run_dir: Path, derive: str, tta: bool) -> dict[str, A
 
     model, info = load_run(run_dir)
     if derive == "bank_only":
-        model.use_student = False
-        model.fusion.learned = False
+        model.single_cue("bank")
     elif derive == "distill_only":
-        model.use_bank = False
+        model.single_cue("student")
     t0 = time.perf_counter()
     info = recalibrate(model, info, DATASETS[dataset])
     calib_seconds = time.perf_counter() - t0

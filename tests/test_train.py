@@ -272,3 +272,33 @@ def test_corrupt_run_is_a_clear_error(trained_run: Path, tmp_path: Path) -> None
         load_run(broken)
     with pytest.raises(RunError, match="not found"):
         load_run(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("cue", ["student", "bank"])
+def test_one_cue_kept_after_a_one_sided_mix_still_scores(
+    trained_run: Path, synth_data: Path, cue: str
+) -> None:
+    """An ablation keeps one cue even when the chosen mix gave that cue weight 0 (e.g. a bank-only mix
+    and a distillation-only ablation): the model recalibrates and scores instead of having no map."""
+    from trainer.train import recalibrate
+
+    model, info = load_run(trained_run)
+    # The mix the selection would pick against the kept cue.
+    zero_for_kept = (0.0, 1.0) if cue == "student" else (1.0, 0.0)
+    model.fusion.cos_weight, model.fusion.bank_weight = zero_for_kept
+    model.single_cue(cue)
+    assert (model.use_student, model.use_bank) == ((True, False) if cue == "student" else (False, True))
+    info = recalibrate(model, info, synth_data)
+    images = [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))[:4]]
+    scores = [p.score for p in predict_arrays(model, images, info.preprocess, torch.device("cpu"))]
+    assert all(math.isfinite(s) for s in scores)
+    assert math.isfinite(info.calibration.threshold)
+
+
+def test_single_cue_rejects_an_unknown_or_missing_cue(trained_run: Path) -> None:
+    model, _ = load_run(trained_run)
+    with pytest.raises(ValueError, match="cue must be"):
+        model.single_cue("both")
+    model.use_bank = False
+    with pytest.raises(ValueError, match="no memory bank"):
+        model.single_cue("bank")

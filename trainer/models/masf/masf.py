@@ -166,6 +166,27 @@ class MASF(nn.Module):
         """The per-scale memory banks, typed."""
         return [b for b in self.banks if isinstance(b, MemoryBank)]
 
+    def single_cue(self, cue: str) -> None:
+        """Keep one cue (``"student"`` or ``"bank"``) at full weight and drop the other, for ablations.
+
+        The cue mix chosen at calibration may have set the kept cue's weight to 0 (e.g. a bank-only mix);
+        the kept cue is given weight 1 so the model still has a map. Cue statistics and thresholds must be
+        recalibrated afterwards (``trainer.train.recalibrate``).
+        """
+        if cue == "student":
+            if not self.use_student:
+                raise ValueError("this model has no student to keep (student.enabled was false)")
+            self.use_bank = False
+            self.fusion.cos_weight, self.fusion.bank_weight = 1.0, 0.0
+        elif cue == "bank":
+            if not self.use_bank:
+                raise ValueError("this model has no memory bank to keep (bank.enabled was false)")
+            self.use_student = False
+            self.fusion.learned = False
+            self.fusion.cos_weight, self.fusion.bank_weight = 0.0, 1.0
+        else:
+            raise ValueError(f"cue must be 'student' or 'bank', got {cue!r}")
+
     def raw_cues(
         self, feats: list[torch.Tensor], all_cues: bool = False
     ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
