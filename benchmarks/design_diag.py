@@ -54,6 +54,8 @@ CANDIDATES: list[dict[str, Any]] = [
     {"name": "joint_plain_norm", "spectral": False, **JOINT},
     # Session 11: the joint bank with a coreset three times as large (3 % of the patches).
     {"name": "joint_3pct", **{**JOINT, "coreset_ratio": 0.03}},
+    # ... selected on a 64-d random projection (the selection's dense pass reads half the data)
+    {"name": "joint_3pct_d64", **{**JOINT, "coreset_ratio": 0.03, "project_dim": 64}},
     # With --coarse: the joint bank with the teacher's stride-32 scale (320 channels) added, and without
     # the stride-8 one.
     {"name": "joint_coarse", **{**JOINT, "layers": [1, 2, 3]}},

@@ -205,8 +205,11 @@ class GreedyCoresetSampler(RandomSampler):
     float32 buffer (the input may be FP16), plus four ``[N]`` vectors and the ``[size, project_dim]``
     selected points.
 
-    Speed: the plain algorithm reads all ``N x project_dim`` values at every step (memory-bound: on a
-    2-core CPU about 33 ms a step for 690k patches, 200 s for a 1 % coreset). Each point here remembers
+    Speed: the plain algorithm reads all ``N x project_dim`` values at every step (memory-bound). That
+    dense pass reads a column-major copy ``[project_dim, N]`` as one ``[1, d] x [d, N]`` product: on a
+    2-core CPU 15 ms for 615k x 128 against 51 ms for the row-major matrix-vector product (measured,
+    ``benchmarks/coreset_bench.py``), so the copy is kept beside the row-major buffer the pruned steps
+    gather from (twice the projection's memory, ``2 x N x project_dim`` float32). Each point here remembers
     its nearest selected point (its cluster) and each cluster an upper bound of its points' distances
     (its radius). By the triangle inequality, a new point ``c`` cannot come closer to any point of a
     cluster ``j`` whose centre lies at least twice its radius from ``c``, so only the clusters nearer
@@ -245,6 +248,8 @@ class GreedyCoresetSampler(RandomSampler):
         gen = torch.Generator().manual_seed(self.seed)
         x = self.project(features, gen)
         sq = (x * x).sum(1)
+        xt = x.t().contiguous()  # [d, N]: the dense pass streams it as one row-by-matrix product
+        sq_row, dist_row = sq.unsqueeze(0), torch.empty(1, n)
         prune = x.shape[1] >= PRUNE_MIN_DIMS
         margin = 1e-4 * float(sq.max().sqrt()) if n else 0.0
         selected = torch.empty(k, dtype=torch.long)
@@ -253,7 +258,7 @@ class GreedyCoresetSampler(RandomSampler):
         counts = torch.zeros(k, dtype=torch.long)  # per cluster: its points
         cluster = torch.zeros(n if prune else 0, dtype=torch.long)  # per point: its nearest selected point
         min_dist = torch.full((n,), float("inf"))  # per point: squared distance to it
-        dist = torch.empty(n)
+        dist = dist_row[0]
         current = int(torch.randint(n, (1,), generator=gen))
         measured = 0
         steps = range(k)
@@ -273,7 +278,8 @@ class GreedyCoresetSampler(RandomSampler):
                 if int(counts[: i + 1][near].sum()) > n * PRUNE_MAX_SHARE:
                     near = None  # most points are near: one dense pass is cheaper than gathering them
             if near is None:  # every point measured
-                torch.addmv(sq, x, c, alpha=-2.0, out=dist)  # |x|^2 - 2 x.c  (|c|^2 is the same for all)
+                # |x|^2 - 2 x.c  (|c|^2 is the same for all)
+                torch.addmm(sq_row, c.unsqueeze(0), xt, alpha=-2.0, out=dist_row)
                 dist += c @ c
                 measured += n
                 if not prune:
