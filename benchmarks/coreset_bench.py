@@ -98,8 +98,10 @@ def bench_dataset(
                 ref = plain_greedy(x, size, int(pruned[0]))
                 t_plain = time.perf_counter() - t0
             else:
-                ref, t_plain = pruned, float("nan")
-            same = int(np.argmax(np.r_[(pruned != ref).numpy(), True]))  # the first difference
+                ref, t_plain = None, float("nan")
+            # the first difference to the plain loop's order, and the prototypes both selected
+            same = None if ref is None else int(np.argmax(np.r_[(pruned != ref).numpy(), True]))
+            both = None if ref is None else len(set(pruned.tolist()) & set(ref.tolist()))
             row = {
                 "dataset": name,
                 "design": design.name,
@@ -112,7 +114,7 @@ def bench_dataset(
                 "speedup": round(t_plain / t_pruned, 2),
                 "measured": sampler.measured,
                 "same_prefix": same,
-                "same_set": len(set(pruned.tolist()) & set(ref.tolist())),
+                "same_set": both,
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -161,7 +163,8 @@ def main() -> None:
     for r in rows:
         cells = [r["dataset"], r["design"], r["bank"], f"{r['patches']:,}", r["dims"], f"{r['coreset']:,}"]
         cells += [r["plain_s"], r["pruned_s"], f"{r['speedup']}x", f"{r['measured']:.1%}"]
-        print("| " + " | ".join(map(str, cells)) + f" | {r['same_prefix']:,} of {r['coreset']:,} |")
+        same = "-" if r["same_prefix"] is None else f"{r['same_prefix']:,} of {r['coreset']:,}"
+        print("| " + " | ".join(map(str, cells)) + f" | {same} |")
 
 
 if __name__ == "__main__":

@@ -211,7 +211,8 @@ class GreedyCoresetSampler(RandomSampler):
     dense pass reads a column-major copy ``[project_dim, N]`` as one ``[1, d] x [d, N]`` product: on a
     2-core CPU 15 ms for 615k x 128 against 51 ms for the row-major matrix-vector product (measured,
     ``benchmarks/coreset_bench.py``), so the copy is kept beside the row-major buffer the pruned steps
-    gather from (twice the projection's memory, ``2 x N x project_dim`` float32). Each point here remembers
+    gather from (twice the projection's memory, ``2 x N x project_dim`` float32, for features wide enough to
+    prune; narrow ones keep the column-major copy alone). Each point here remembers
     its nearest selected point (its cluster) and each cluster an upper bound of its points' distances
     (its radius). By the triangle inequality, a new point ``c`` cannot come closer to any point of a
     cluster ``j`` whose centre lies at least twice its radius from ``c``, so only the clusters nearer
@@ -250,12 +251,14 @@ class GreedyCoresetSampler(RandomSampler):
         gen = torch.Generator().manual_seed(self.seed)
         x = self.project(features, gen)
         sq = (x * x).sum(1)
-        xt = x.t().contiguous()  # [d, N]: the dense pass streams it as one row-by-matrix product
-        sq_row, dist_row = sq.unsqueeze(0), torch.empty(1, n)
         prune = x.shape[1] >= PRUNE_MIN_DIMS
+        xt = x.t().contiguous()  # [d, N]: the dense pass streams it as one row-by-matrix product
+        rows = x if prune else None  # the pruned steps gather rows; dense-only runs keep the copy alone
+        del x
+        sq_row, dist_row = sq.unsqueeze(0), torch.empty(1, n)
         margin = 1e-4 * float(sq.max().sqrt()) if n else 0.0
         selected = torch.empty(k, dtype=torch.long)
-        centres = torch.empty(k, x.shape[1]) if prune else torch.empty(0)
+        centres = torch.empty(k, xt.shape[0]) if prune else torch.empty(0)
         radius = torch.zeros(k)  # per cluster: an upper bound of its points' distance to its centre
         counts = torch.zeros(k, dtype=torch.long)  # per cluster: its points
         cluster = torch.zeros(n if prune else 0, dtype=torch.long)  # per point: its nearest selected point
@@ -270,7 +273,7 @@ class GreedyCoresetSampler(RandomSampler):
             steps = tqdm(steps, desc="coreset", leave=False, mininterval=1.0)
         for i in steps:
             selected[i] = current
-            c = x[current]
+            c = rows[current] if rows is not None else xt[:, current]
             near = None
             if prune:
                 centres[i] = c
@@ -292,9 +295,10 @@ class GreedyCoresetSampler(RandomSampler):
                     # the other clusters only lost points: their radii stay upper bounds
                     radius[i] = min_dist[moved].clamp_min(0).max().sqrt() if moved.numel() else 0.0
             else:  # only the points of the near clusters can come closer (triangle inequality)
+                assert rows is not None  # near is only set when pruning
                 idx = near[cluster].nonzero().squeeze(1)
                 measured += idx.numel()
-                d = torch.addmv(sq[idx], x[idx], c, alpha=-2.0)
+                d = torch.addmv(sq[idx], rows[idx], c, alpha=-2.0)
                 d += c @ c
                 closer = d < min_dist[idx]
                 self._move(idx[closer], d[closer], i, min_dist, cluster, counts)
