@@ -117,3 +117,24 @@ def test_fit_chooses_a_design_on_calibration_data_and_saves_only_it(synth_data: 
     again = synthetic_objective(model, fit_images, loaded.preprocess, torch.device("cpu"), cfg.seed, 4)
     assert again["objective"] == pytest.approx(rows[chosen]["objective"], abs=1e-6)
     assert again["folds"] == pytest.approx(rows[chosen]["folds"], abs=1e-6)
+
+
+def test_the_image_score_choice_reuses_the_design_selections_cues(synth_data: Path, tmp_path: Path) -> None:
+    # the fit hands the chosen design's cues of the synthetic defects to the image-score choice instead of
+    # recomputing them: a fresh choice on the reloaded run, from a fresh probe, gives the same rows
+    from trainer.score_choice import select_score_reduce
+
+    cfg = tiny_config(bank={"designs": [{"name": "per_scale"}, JOINT]}, score={"select": "synthetic"})
+    info = fit(cfg, synth_data, tmp_path, progress=False)
+    stored = info.meta["score_selection"]
+    assert stored is not None and info.meta["bank_selection"] is not None
+    model, loaded = load_run(tmp_path)
+    calib = info.meta["data"]["split"]["calib"]
+    fit_images = [read_image(synth_data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
+    names, cpu = loaded.config.score.candidates, torch.device("cpu")
+    again = select_score_reduce(model, fit_images, loaded.preprocess, cpu, names, cfg.seed, 4)
+    assert again is not None and again.reduce == stored["reduce"]
+    for fresh, kept in zip(again.candidates, stored["candidates"], strict=True):
+        assert fresh["reduce"] == kept["reduce"]
+        assert fresh["objective"] == pytest.approx(kept["objective"], abs=1e-6)
+        assert fresh["folds"] == pytest.approx(kept["folds"], abs=1e-6)

@@ -118,6 +118,32 @@ def test_a_tie_keeps_the_earlier_candidate(order: list[str]) -> None:
     assert reduce == order[0]
 
 
+class _Spent(_Inputs):
+    """A probe's inputs whose cues must not be recomputed (the caller passed them)."""
+
+    def cues(self, model: object) -> CueSet:
+        raise AssertionError("the cues were recomputed although the caller gave them")
+
+
+def test_given_cues_are_used_as_they_are() -> None:
+    rng = np.random.default_rng(0)
+    probe = _probe(4.0, "area", rng)
+    reduce, rows = _select(probe, ["max", "topk_mean"])
+    spent = _Probe(_Spent(torch.zeros(1, H, W)), _Spent(torch.zeros(1, H, W), probe.masks), probe.sources)
+    chosen = select_score_reduce(
+        _FakeModel(),  # type: ignore[arg-type]
+        [np.zeros((H, W, 3), np.uint8)] * 20,
+        None,  # type: ignore[arg-type]
+        torch.device("cpu"),
+        ["max", "topk_mean"],
+        0,
+        probe=spent,  # type: ignore[arg-type]
+        cues=(probe.good.set, probe.defective.set),
+    )
+    assert chosen is not None and chosen.reduce == reduce
+    assert [r["objective"] for r in chosen.candidates] == [r["objective"] for r in rows]
+
+
 def test_topk_mean_is_only_a_candidate_under_tensorrts_topk_limit() -> None:
     assert eligible(["max", "topk_mean"], (256, 256), 0.01) == ["max", "topk_mean"]  # k = 655
     big = (1024, 1024)  # k = 10,486 at 1 %

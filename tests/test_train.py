@@ -302,3 +302,17 @@ def test_single_cue_rejects_an_unknown_or_missing_cue(trained_run: Path) -> None
     model.use_bank = False
     with pytest.raises(ValueError, match="no memory bank"):
         model.single_cue("bank")
+
+
+def test_images_per_call_keeps_about_batch_size_model_inputs(trained_run: Path, tiled_run: Path) -> None:
+    from trainer.inference import images_per_call
+    from trainer.models.masf import apply_tta
+
+    model, info = load_run(trained_run)
+    assert images_per_call(model, info.preprocess, 8) == 8
+    wrapped, applied = apply_tta(model, True, 5, 0.1, 0)
+    assert applied and images_per_call(wrapped, info.preprocess, 8) == 1  # 5 views of 1 image
+    assert images_per_call(apply_tta(model, True, 2, 0.1, 0)[0], info.preprocess, 8) == 4
+    tiled, tinfo = load_run(tiled_run)
+    tiles = tinfo.preprocess.grid.count
+    assert tiles > 1 and images_per_call(tiled, tinfo.preprocess, 8) == max(1, 8 // tiles)

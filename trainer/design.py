@@ -39,6 +39,7 @@ from trainer.config import BankDesign, Config, config_from_dict, config_to_dict
 from trainer.models.masf import MASF
 from trainer.select import (
     SELECTION_DEFECTS,
+    CueSet,
     MixSelection,
     SyntheticProbe,
     mix_grid,
@@ -104,9 +105,11 @@ class DesignChoice:
     candidates: list[dict[str, Any]]
     n_good: int
     n_synthetic: int
-    # the fit images and their synthetic defects as the designs were scored on them (for the image-score
-    # choice that follows, trainer/score_choice.py); not saved
+    # the fit images and their synthetic defects as the designs were scored on them, and the chosen
+    # design's cues of both (good, defective), for the image-score choice that follows
+    # (trainer/score_choice.py); not saved
     probe: SyntheticProbe | None = None
+    cues: tuple[CueSet, CueSet] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,7 +137,7 @@ def select_bank_design(
     resize (the caller keeps the first design)."""
     rows: list[dict[str, Any]] = []
     folds: list[list[float]] = []
-    built: list[tuple[MASF, Config, MixSelection | None]] = []
+    built: list[tuple[MASF, Config, MixSelection | None, tuple[CueSet, CueSet]]] = []
     bs = cfg.train.batch_size
     # the teacher features and distillation cues of the fit images and their synthetic defects, once
     probe = synthetic_probe(trained, fit_images, spec, device, cfg.seed, bs)
@@ -149,8 +152,8 @@ def select_bank_design(
         set_cue_statistics(model, good.chunks)
         mixing = model.use_student and dcfg.fusion.select == "synthetic"
         grid = mix_grid(model, dcfg.fusion.candidates) if mixing else mix_grid(model, [])
-        ranking = rank_on_synthetic(model, fit_images, spec, device, grid, cfg.seed, bs, good, probe)
-        del good
+        bad = probe.defective.cues(model)
+        ranking = rank_on_synthetic(model, fit_images, spec, device, grid, cfg.seed, bs, good, probe, bad)
         assert ranking is not None
         a = ranking.cos_weight
         model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
@@ -170,7 +173,8 @@ def select_bank_design(
             }
         )
         folds.append(ranking.chosen_folds())
-        built.append((model, dcfg, mix))
+        built.append((model, dcfg, mix, (good, bad)))
+        del good, bad
         _logger.info(
             "bank design %s: objective %.4f (cue mix %.2f / %.2f), bank sizes %s",
             design.name,
@@ -182,7 +186,7 @@ def select_bank_design(
     i = choose_design(rows, np.asarray(folds))
     for r, f in zip(rows, folds, strict=True):
         r["folds"] = f
-    model, dcfg, mix = built[i]
+    model, dcfg, mix, cues = built[i]
     del built
     _logger.info("bank design %s chosen on synthetic defects (%d designs)", rows[i]["name"], len(rows))
-    return DesignChoice(model, dcfg, rows[i]["name"], mix, rows, len(fit_images), n_synthetic, probe)
+    return DesignChoice(model, dcfg, rows[i]["name"], mix, rows, len(fit_images), n_synthetic, probe, cues)

@@ -11,9 +11,16 @@ import torch
 
 from engines.preprocess import Geometry, PreprocessSpec, merge_outputs, model_inputs, preprocess_batch
 from trainer.data import read_image
-from trainer.models.masf import MASF, MASFOutput
+from trainer.models.masf import MASF, MASFOutput, TTSAWrapper
 
-__all__ = ["Prediction", "feature_dtype", "frames_to_tensor", "predict_arrays", "predict_files"]
+__all__ = [
+    "Prediction",
+    "feature_dtype",
+    "frames_to_tensor",
+    "images_per_call",
+    "predict_arrays",
+    "predict_files",
+]
 
 
 @dataclass
@@ -41,6 +48,18 @@ def feature_dtype(model: MASF, n: int) -> torch.dtype:
 def frames_to_tensor(batch: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 frames ``[N, H, W, 3]`` -> float ``[N, 3, H, W]`` in 0..255 on ``device`` (the model's input)."""
     return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
+
+
+def images_per_call(model: Callable[..., MASFOutput], spec: PreprocessSpec, batch_size: int) -> int:
+    """How many images to give ``model`` per call so that it runs about ``batch_size`` model inputs: a
+    TTSA model runs each image's views, a tiled spec each frame's tiles, as inputs of one batch.
+
+    Measured on magnetic tile's joint bank (18,446 prototypes, 2 cores): 8 images of 5 TTSA views per
+    call took 2.1x as long as 2 images per call; the kNN's distance blocks grow with the batch and stop
+    fitting in memory caches (``benchmarks/RESULTS.md``)."""
+    views = model.perturb.views if isinstance(model, TTSAWrapper) else 1
+    tiles = spec.grid.count if spec.tiled else 1
+    return max(1, batch_size // (views * tiles))
 
 
 def predict_arrays(
@@ -71,12 +90,14 @@ def predict_files(
     progress: bool = False,
     desc: str = "inference",
 ) -> Iterator[tuple[Path, np.ndarray, Prediction]]:
-    """Yield ``(path, image, prediction)`` for each file, in order, reading and scoring in batches."""
+    """Yield ``(path, image, prediction)`` for each file, in order, reading and scoring in batches of
+    about ``batch_size`` model inputs (:func:`images_per_call`)."""
     from tqdm import tqdm
 
+    step = images_per_call(model, spec, batch_size)
     bar = tqdm(total=len(paths), desc=desc, disable=not progress, leave=False, mininterval=1.0)
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start : start + batch_size])
+    for start in range(0, len(paths), step):
+        chunk = list(paths[start : start + step])
         images = [read_image(p) for p in chunk]
         yield from zip(chunk, images, predict_arrays(model, images, spec, device), strict=True)
         bar.update(len(chunk))

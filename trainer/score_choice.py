@@ -33,7 +33,7 @@ import torch
 from engines.preprocess import PreprocessSpec
 from trainer.config import Config
 from trainer.models.masf import MASF
-from trainer.select import SyntheticProbe, rank_mixes, synthetic_probe, within_one_se
+from trainer.select import CueSet, SyntheticProbe, rank_mixes, synthetic_probe, within_one_se
 
 __all__ = ["TOPK_LIMIT", "ScoreSelection", "baseline", "eligible", "select_score_reduce"]
 
@@ -87,11 +87,14 @@ def select_score_reduce(
     seed: int,
     batch_size: int = 8,
     probe: SyntheticProbe | None = None,
+    cues: tuple[CueSet, CueSet] | None = None,
 ) -> ScoreSelection | None:
     """Rank ``candidates`` (values of ``score.reduce``) for ``model`` as it is (cue statistics set, mix
     chosen) on the synthetic defects of ``fit_images`` (``probe``: :func:`~trainer.select.synthetic_probe`
-    of them with ``seed``, when the caller has it). ``None`` when fewer than two candidates are eligible
-    or no defect survives the resize. The model is left unchanged: the caller applies the choice."""
+    of them with ``seed``, when the caller has it; ``cues``: the probe's good and defective cues under
+    ``model``, when the caller has them, e.g. from the bank-design selection, which scored the same
+    images with the same bank). ``None`` when fewer than two candidates are eligible or no defect
+    survives the resize. The model is left unchanged: the caller applies the choice."""
     post = model.post
     names = eligible(candidates, model.input_size, post.topk_fraction)
     if len(names) < len(candidates):
@@ -102,7 +105,7 @@ def select_score_reduce(
         probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
         if probe is None:
             return None
-    good, bad = probe.good.cues(model), probe.defective.cues(model)
+    good, bad = cues if cues is not None else (probe.good.cues(model), probe.defective.cues(model))
     groups = (np.arange(len(fit_images)), probe.sources)
     fusion = model.fusion
     mix = [fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)]

@@ -460,19 +460,23 @@ def rank_on_synthetic(
     batch_size: int = 8,
     good_cues: CueSet | None = None,
     probe: SyntheticProbe | None = None,
+    defect_cues: CueSet | None = None,
 ) -> SyntheticRanking | None:
     """Rank the ``cos_weight`` values of ``grid`` for ``model`` (cue statistics must be set) on graded
     synthetic defects drawn into ``calib_images`` (:func:`rank_mixes`). ``None`` when the defects are too
     small to survive the resize. ``good_cues``: :func:`cue_batches` of ``calib_images``, when known.
     ``probe``: :func:`synthetic_probe` of ``calib_images`` with this ``seed`` under the model's teacher
-    and student, when known (only the bank cues are computed then)."""
+    and student, when known (only the bank cues are computed then); ``defect_cues``: its defective
+    images' cues under ``model`` (``probe.defective.cues(model)``), when known."""
     if probe is None:
         probe = synthetic_probe(model, calib_images, spec, device, seed, batch_size)
         if probe is None:
             return None
     good = good_cues if good_cues is not None else probe.good.cues(model)
     groups = (np.arange(len(calib_images)), probe.sources)
-    defect_cues, masks = probe.defective.cues(model), probe.masks
+    if defect_cues is None:
+        defect_cues = probe.defective.cues(model)
+    masks = probe.masks
     n_defects = len(probe.sources)
     folds: list[list[float]] = []
     chosen, rows = rank_mixes(model, good, defect_cues, masks, grid, groups, fold_values=folds)

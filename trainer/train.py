@@ -42,11 +42,18 @@ from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
 from trainer.design import DesignChoice, design_config, select_bank_design, with_design
 from trainer.errors import RunError
-from trainer.inference import FEATURE_FP16_BYTES, feature_dtype, frames_to_tensor, predict_arrays
+from trainer.inference import (
+    FEATURE_FP16_BYTES,
+    feature_dtype,
+    frames_to_tensor,
+    images_per_call,
+    predict_arrays,
+)
 from trainer.models.masf import MASF, apply_tta, create_masf
 from trainer.runs import RunInfo, save_run
 from trainer.score_choice import ScoreSelection, baseline, select_score_reduce
 from trainer.select import (
+    CueSet,
     MixSelection,
     SyntheticProbe,
     cue_batches,
@@ -356,6 +363,7 @@ def calibrate_model(
     fitted: bool = False,
     selection: MixSelection | None = None,
     probe: SyntheticProbe | None = None,
+    probe_cues: tuple[CueSet, CueSet] | None = None,
 ) -> Calibrated:
     """Cue statistics, the cue mix (``fusion.select``) and the image score (``score.select``) on the fit
     images, then a threshold for each inference path on the threshold images (disjoint,
@@ -367,7 +375,9 @@ def calibrate_model(
     ``fitted``: the fit-image steps were already done on ``model`` (the bank-design selection does them;
     ``cfg`` holds the chosen mix, ``selection`` their cue-mix selection if one ran): only the image score
     and the thresholds are set here. ``probe``: the fit images' synthetic defects under ``model``'s
-    teacher and student (:func:`~trainer.select.synthetic_probe`), when the caller has them.
+    teacher and student (:func:`~trainer.select.synthetic_probe`), when the caller has them;
+    ``probe_cues``: its good and defective cues under ``model`` as it is, likewise (only with ``fitted``:
+    the bank-design selection scored them with the chosen bank).
     """
     fit_idx, thr_idx = calibration_roles(cfg, len(calib_images))
     fit_images = [calib_images[i] for i in fit_idx]
@@ -403,7 +413,8 @@ def calibrate_model(
     if cfg.score.select == "synthetic":
         sc = cfg.score
         bs = cfg.train.batch_size
-        score = select_score_reduce(model, fit_images, spec, device, sc.candidates, cfg.seed, bs, probe)
+        cues = probe_cues if fitted else None
+        score = select_score_reduce(model, fit_images, spec, device, sc.candidates, cfg.seed, bs, probe, cues)
         if score is not None:
             model.post = model.post.with_reduce(score.reduce)
             cfg = replace(cfg, score=replace(sc, reduce=score.reduce))
@@ -411,8 +422,9 @@ def calibrate_model(
     for path, enabled in (("plain", False), ("tta", True)):
         deployed, _ = apply_tta(model, enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
         scores, pixels = [], []
-        for start in range(0, len(thr_images), cfg.train.batch_size):
-            chunk = thr_images[start : start + cfg.train.batch_size]
+        step = images_per_call(deployed, spec, cfg.train.batch_size)
+        for start in range(0, len(thr_images), step):
+            chunk = thr_images[start : start + step]
             for p in predict_arrays(deployed, chunk, spec, device):
                 scores.append(p.score)
                 pixels.append(p.anomaly_map[p.geometry.valid_mask()])
@@ -517,11 +529,12 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
 
     t0 = time.perf_counter()
     fitted, mix = (True, design.mix) if design is not None else (False, None)
-    probe = None
-    if design is not None:  # its probe serves the image-score choice, then its features are released
-        probe, design = design.probe, replace(design, probe=None)
-    done = calibrate_model(model, cfg, calib_images, spec, device, fitted, mix, probe)
-    del probe
+    probe, probe_cues = None, None
+    if design is not None:  # its probe and cues serve the image-score choice, then they are released
+        probe, probe_cues = design.probe, design.cues
+        design = replace(design, probe=None, cues=None)
+    done = calibrate_model(model, cfg, calib_images, spec, device, fitted, mix, probe, probe_cues)
+    del probe, probe_cues
     cfg = done.config
     calibration = done.by_path["tta" if cfg.tta.enabled else "plain"]
     t_calib = time.perf_counter() - t0

@@ -9,10 +9,10 @@ from trainer.config import Config
 from trainer.models.backbones import create_teacher
 from trainer.models.masf.masf import MASF
 from trainer.models.masf.spectral import set_spectral_mode
-from trainer.models.masf.ttsa import apply_tta
+from trainer.models.masf.ttsa import TTSAWrapper, apply_tta
 from trainer.models.masf.ughf import MASFOutput
 
-__all__ = ["MASF", "MASFOutput", "apply_tta", "create_masf", "set_spectral_mode"]
+__all__ = ["MASF", "MASFOutput", "TTSAWrapper", "apply_tta", "create_masf", "set_spectral_mode"]
 
 
 def create_masf(
