@@ -368,6 +368,7 @@ def rank_mixes(
     candidates: Sequence[float],
     groups: tuple[np.ndarray, np.ndarray] | None = None,
     fold_values: list[list[float]] | None = None,
+    fold_terms: list[list[dict[str, float]]] | None = None,
 ) -> tuple[float, list[dict[str, float]]]:
     """Score each candidate ``cos_weight`` on cached cues; returns the winner and the per-candidate table.
 
@@ -377,7 +378,8 @@ def rank_mixes(
     each good and each defective image comes from; default: each its own), whose spread gives each
     candidate's standard error against the best; :func:`_choose` applies the one-standard-error rule.
     ``masks``: bool ``[N_defective, H, W]`` in the frame. The model's fusion weights are restored.
-    ``fold_values``: when given, each candidate's per-fold objectives are appended to it.
+    ``fold_values``: when given, each candidate's per-fold objectives are appended to it;
+    ``fold_terms``: likewise each candidate's per-fold metrics (image AUROC, pixel AUROC, AUPRO, objective).
 
     Tiled cue sets are scored as deployed: each image's tile maps stitched into its frame and its score
     the largest tile score (so a tile's padded border never counts in the maps).
@@ -407,26 +409,27 @@ def rank_mixes(
 
     truth = [None] * n_good + [m[s, s][box] for m, box in zip(masks, boxes_bad, strict=True)]
     labels = np.r_[np.zeros(n_good), np.ones(n_bad)]
-    rows, per_fold = [], []
+    rows, per_fold, terms = [], [], []
     try:
         for a in candidates:
             fusion.cos_weight, fusion.bank_weight = float(a), 1.0 - float(a)
             (sg, mg), (sd, md) = fused(good, boxes_good), fused(defective, boxes_bad)
             scores, maps = np.r_[sg, sd], [*mg, *md]
             rows.append({"cos_weight": float(a), **_objective(scores, labels, maps, truth)})
-            per_fold.append(
+            terms.append(
                 [
-                    _objective(scores[idx], labels[idx], [maps[i] for i in idx], [truth[i] for i in idx])[
-                        "objective"
-                    ]
+                    _objective(scores[idx], labels[idx], [maps[i] for i in idx], [truth[i] for i in idx])
                     for f in range(k)
                     if (idx := np.flatnonzero(fold == f)).size
                 ]
             )
+            per_fold.append([t["objective"] for t in terms[-1]])
     finally:
         fusion.cos_weight, fusion.bank_weight = saved
     if fold_values is not None:
         fold_values.extend(per_fold)
+    if fold_terms is not None:
+        fold_terms.extend(terms)
     best = _choose(rows, np.asarray(per_fold))
     return best["cos_weight"], rows
 
