@@ -207,7 +207,9 @@ def evaluate(dataset: str, run_dir: Path, derive: str, tta: bool) -> dict[str, A
     res["calibration"] = info.calibration.to_dict()
     selection = info.meta.get("fusion_selection")
     res["calibration_seconds"] = calib_seconds
-    res["cos_weight"] = info.config.fusion.cos_weight if model.use_student and model.use_bank else None
+    both = model.use_student and model.use_bank
+    res["cos_weight"] = info.config.fusion.cos_weight if both else None
+    res["score_cos_weight"] = info.config.fusion.score_cos_weight if both else None
     res["fusion_selection"] = selection
     res["score_reduce"] = info.config.score.reduce
     res["score_selection"] = info.meta.get("score_selection")
@@ -220,7 +222,9 @@ def _mix(row: dict[str, Any]) -> str:
         if row["variant"].startswith("cand_"):
             return "0 / 1"
         return {"bank_only": "0 / 1", "distill_only": "1 / 0"}.get(VARIANTS[row["variant"]][1], "?")
-    return f"{a:.2f} / {1 - a:.2f}"
+    s = row.get("score_cos_weight")
+    score = "" if s is None else f" (score {s:.2f} / {1 - s:.2f})"
+    return f"{a:.2f} / {1 - a:.2f}{score}"
 
 
 def _design(row: dict[str, Any]) -> str:
@@ -259,7 +263,7 @@ def designs_markdown(rows: list[dict[str, Any]]) -> str:
             mark = "**" if c["name"] == selection["chosen"] else ""
             lines.append(
                 f"| {r['dataset']} | {Path(str(r.get('run_dir', '?'))).name} | {mark}{c['name']}{mark} "
-                f"| {c['cos_weight']:.2f} / {1 - c['cos_weight']:.2f} | {c['image_auroc']:.4f} "
+                f"| {_mix(c | {'variant': r['variant']})} | {c['image_auroc']:.4f} "
                 f"| {c['pixel_auroc']:.4f} | {c['aupro']:.4f} | {c['objective']:.4f} | {c['se']:.4f} "
                 f"| {'+'.join(str(b) for b in c['bank_sizes'])} | {c['knn_cost'] / 1e6:.0f} M |"
             )

@@ -14,7 +14,9 @@ AUPRO on the map's mix only (per fold as well), so every pair is scored from one
 
     .venv/bin/python benchmarks/split_mix_diag.py --run RUN --data DATA_ROOT [--out split_mix.json]
 
-Image scores use the run's own ``score.reduce``.
+Image scores use the image score the product's cue-mix selection uses (the first of
+``score.candidates`` with ``score.select: synthetic``: ``max``), as a fit would rank the pairs;
+``--deployed-score`` uses the run's own ``score.reduce`` instead.
 """
 
 from __future__ import annotations
@@ -65,19 +67,22 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="the run's data set root (MVTec layout)")
     ap.add_argument("--out", type=Path, default=Path("split_mix.json"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--deployed-score", action="store_true", help="the run's own score.reduce")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
 
     from trainer.data import read_image
     from trainer.runs import load_run
-    from trainer.select import mix_grid, rank_mixes, synthetic_probe
+    from trainer.score_choice import baseline
+    from trainer.select import mix_candidates, mix_grid, rank_mixes, synthetic_probe
     from trainer.train import calibration_roles
 
     model, info = load_run(args.run)
     if not (model.use_student and model.use_bank):
         raise SystemExit(f"{args.run}: the run has one cue; there is no mix to split")
-    cfg = info.config
+    cfg = info.config if args.deployed_score else baseline(info.config)
+    model.post = model.post.with_reduce(cfg.score.reduce)
     calib = [read_image(args.data / p) for p in info.meta["data"]["split"]["calib"]]
     fit_idx, _ = calibration_roles(cfg, len(calib))
     fit_images = [calib[i] for i in fit_idx]
@@ -93,6 +98,9 @@ def main() -> None:
     a = cfg.fusion.cos_weight / (cfg.fusion.cos_weight + cfg.fusion.bank_weight)
     own = min(range(len(rows)), key=lambda i: abs(rows[i]["cos_weight"] - a))
     pairs = pair_table(rows, terms, own)
+    # what the product's selection with fusion.split_score would choose (its one-standard-error rule)
+    _, ranked = rank_mixes(model, good, bad, probe.masks, mix_candidates(grid, True), groups)
+    choice = next(r for r in ranked if r["chosen"])
     doc = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(args.run),
@@ -102,12 +110,17 @@ def main() -> None:
         "own_mix": rows[own]["cos_weight"],
         "mixes": rows,
         "pairs": pairs,
+        "split_selection": {k: choice[k] for k in ("score_cos_weight", "cos_weight", "objective", "se")},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     print(
         f"{args.run}: {len(fit_images)} fit images, {len(probe.sources)} synthetic defects, "
         f"score {cfg.score.reduce}, the run's mix {rows[own]['cos_weight']:.2f}"
+    )
+    print(
+        f"the selection with split_score: score mix {choice['score_cos_weight']:.2f}, map mix "
+        f"{choice['cos_weight']:.2f} (objective {choice['objective']:.4f})"
     )
     print("| score mix | map mix | image AUROC | pixel AUROC | AUPRO | objective | diff to own (SE) |")
     print("|---|---|---|---|---|---|---|")

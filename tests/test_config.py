@@ -184,3 +184,14 @@ def test_shipped_configs_load(name: str) -> None:
     assert cfg.sdm.ratio == pytest.approx(0.3)
     assert cfg.masking.spatial_ratio == pytest.approx(0.35)
     assert cfg.masking.freq_ratio == pytest.approx(0.25)
+
+
+def test_the_score_mix_is_null_or_a_share(tmp_path: Path) -> None:
+    path = _write(tmp_path, "fusion:\n  split_score: true\n")
+    cfg = load_config(path)
+    assert cfg.fusion.split_score and cfg.fusion.score_cos_weight is None
+    assert load_config(path, overrides={"fusion.score_cos_weight": 0.25}).fusion.score_cos_weight == 0.25
+    with pytest.raises(
+        ConfigError, match=r"fusion\.score_cos_weight must be null or a number in \[0, 1\], got 1\.5"
+    ):
+        load_config(path, overrides={"fusion.score_cos_weight": 1.5})

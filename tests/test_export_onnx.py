@@ -193,6 +193,51 @@ def test_tta_export_gemm_matches_torch(trained_run: Path, synth_data: Path, tmp_
     assert not hasattr(model, "perturb")
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_score_with_its_own_cue_mix_exports_with_parity(
+    trained_run: Path, synth_data: Path, tmp_path: Path, tta: bool
+) -> None:
+    """``fusion.score_cos_weight``: the map from the map's mix, the score from its own; torch gives the
+    map of the unsplit model and the score of the model at the score's mix, and the exported graph
+    (plain and TTSA) computes both as torch does (parity)."""
+    from trainer.inference import predict_arrays
+    from trainer.models.masf import apply_tta
+
+    model, info = load_run(trained_run)
+    assert model.use_student and model.use_bank
+    a = model.fusion.map_mix
+    s = 1.0 if a < 0.5 else 0.0
+    images = [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))[1::5][:3]]
+    spec, cpu = info.preprocess, torch.device("cpu")
+    views = info.config.tta.views, info.config.tta.sigma, info.config.tta.seed
+
+    def run() -> list[Any]:
+        return predict_arrays(apply_tta(model, tta, *views)[0], images, spec, cpu)
+
+    plain = run()
+    model.fusion.cos_weight, model.fusion.bank_weight = s, 1.0 - s
+    at_score_mix = run()
+    model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
+    model.fusion.score_cos_weight = s
+    split = run()
+    for p, q, r in zip(plain, at_score_mix, split, strict=True):
+        np.testing.assert_allclose(r.anomaly_map, p.anomaly_map, rtol=1e-5, atol=1e-5)
+        assert r.score == pytest.approx(q.score, rel=1e-5, abs=1e-5)
+    assert any(abs(p.score - r.score) > 1e-3 for p, r in zip(plain, split, strict=True))
+    rec = export_onnx(
+        model,
+        info,
+        tmp_path / "split.onnx",
+        tta=tta,
+        parity_images=images,
+        parity_batch_sizes=(1, 2),
+        threads=1,
+    )
+    parity = rec["parity"]
+    assert parity["passed"] and rec["tensorrt10"]["issues"] == []
+    assert parity["map_max_rel_err"] < MAP_RTOL and parity["score_max_rel_err"] < SCORE_RTOL
+
+
 # ---------------------------------------------------------------- both spectral modes on the spectral ops
 
 

@@ -13,7 +13,14 @@ from conftest import tiny_config
 
 from trainer.data import read_image
 from trainer.runs import load_run
-from trainer.select import MIN_SYNTHETIC, _choose, rank_mixes, select_cue_mix, synthetic_defects
+from trainer.select import (
+    MIN_SYNTHETIC,
+    _choose,
+    mix_candidates,
+    rank_mixes,
+    select_cue_mix,
+    synthetic_defects,
+)
 
 H = W = 32
 
@@ -76,7 +83,10 @@ def test_an_exact_tie_goes_to_the_bank_alone() -> None:
 
 
 def _rows(objectives: dict[float, list[float]]) -> tuple[list[dict[str, float]], np.ndarray]:
-    rows = [{"cos_weight": a, "objective": float(np.mean(f))} for a, f in objectives.items()]
+    rows = [
+        {"cos_weight": a, "score_cos_weight": a, "objective": float(np.mean(f))}
+        for a, f in objectives.items()
+    ]
     return rows, np.array(list(objectives.values()))
 
 
@@ -85,13 +95,74 @@ def test_a_mix_must_beat_the_bank_by_more_than_its_noise() -> None:
     noisy = {0.0: [2.80, 2.90, 2.70, 2.85, 2.75], 0.5: [2.86, 2.85, 2.80, 2.80, 2.79], 1.0: [2.5] * 5}
     rows, folds = _rows(noisy)
     assert max(rows, key=lambda r: r["objective"])["cos_weight"] == 0.5
-    assert _choose(rows, folds)["cos_weight"] == 0.0
+    assert rows[_choose(rows, folds)]["cos_weight"] == 0.0
     assert [r["within_1se"] for r in rows] == [1.0, 1.0, 0.0]
     # the same mean gain, consistent over the folds: the mix wins
     steady = {0.0: [2.80, 2.90, 2.70, 2.85, 2.75], 0.5: [2.82, 2.92, 2.72, 2.87, 2.77], 1.0: [2.5] * 5}
     rows, folds = _rows(steady)
-    assert _choose(rows, folds)["cos_weight"] == 0.5
+    assert rows[_choose(rows, folds)]["cos_weight"] == 0.5
     assert rows[0]["within_1se"] == 0.0 and rows[0]["se"] == pytest.approx(0.0, abs=1e-12)
+
+
+def _split_cues(
+    n: int, defect: bool, rng: np.random.Generator
+) -> tuple[list[tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]], np.ndarray]:
+    """Half-resolution cues where the bank tells defective images apart (one sharp spike at each defect's
+    centre, nothing hot in good images) and the distillation cue localises (the defect's whole square)
+    but has a hot grain in every good image (its image score is poor)."""
+    masks = np.zeros((n, H, W), dtype=bool)
+    noise = lambda: torch.from_numpy(rng.normal(0, 0.3, (n, H // 2, W // 2)).astype(np.float32))  # noqa: E731
+    cos, bank = noise(), noise()
+    for i in range(n):
+        y, x = rng.integers(2, H // 2 - 6, 2)
+        if defect:
+            cos[i, y : y + 4, x : x + 4] += 2.0
+            bank[i, y + 2, x + 2] += 4.0
+            masks[i, 2 * y : 2 * y + 8, 2 * x : 2 * x + 8] = True
+        else:
+            cos[i, y : y + 2, x : x + 2] += 5.0
+    return [([cos], [bank], torch.ones(n, 1, H, W))], masks
+
+
+def test_a_split_mix_takes_the_score_from_one_mix_and_the_map_from_another() -> None:
+    rng = np.random.default_rng(3)
+    model = _FakeModel()
+    good, _ = _split_cues(16, False, rng)
+    bad, masks = _split_cues(32, True, rng)
+    grid = [0.0, 0.25, 0.5, 0.75, 1.0]
+    _, single = rank_mixes(model, good, bad, masks, grid)  # type: ignore[arg-type]
+    pairs = mix_candidates(grid, split=True)
+    assert len(pairs) == 25 and pairs[:5] == grid and (0.0, 1.0) in pairs
+    chosen, rows = rank_mixes(model, good, bad, masks, pairs)  # type: ignore[arg-type]
+    by_mix = {r["cos_weight"]: r for r in single}
+    for r in rows:  # a pair's metrics: its score mix's image term, its map mix's pixel terms
+        assert r["image_auroc"] == by_mix[r["score_cos_weight"]]["image_auroc"]
+        assert (r["pixel_auroc"], r["aupro"]) == (
+            by_mix[r["cos_weight"]]["pixel_auroc"],
+            by_mix[r["cos_weight"]]["aupro"],
+        )
+    win = next(r for r in rows if r["chosen"])
+    assert sum(r["chosen"] for r in rows) == 1 and win["cos_weight"] == chosen
+    assert win["score_cos_weight"] < win["cos_weight"]  # the score leans on the bank, the map on distillation
+    assert win["objective"] > max(r["objective"] for r in single) + 0.02
+    assert win["within_1se"] == 1.0 and all(r["within_1se"] == 0.0 for r in rows[:5])
+    assert (model.fusion.cos_weight, model.fusion.bank_weight, model.fusion.score_cos_weight) == (
+        0.6,
+        0.4,
+        None,
+    )
+
+
+def test_a_split_within_one_standard_error_of_a_single_mix_is_not_taken() -> None:
+    # the same cue twice: every pair scores alike, the bank alone (one cue, one mix) wins
+    rng = np.random.default_rng(1)
+    model = _FakeModel()
+    good, _ = _cues(8, "cos", False, rng)
+    bad, masks = _cues(8, "cos", True, rng)
+    same = [([c[0]], [c[0]], v) for c, _, v in good], [([c[0]], [c[0]], v) for c, _, v in bad]
+    chosen, rows = rank_mixes(model, *same, masks, mix_candidates([0.0, 0.5, 1.0], True))  # type: ignore[arg-type]
+    win = next(r for r in rows if r["chosen"])
+    assert chosen == 0.0 and win["score_cos_weight"] == 0.0
 
 
 @pytest.mark.parametrize("gray", [False, True])

@@ -98,6 +98,33 @@ def test_fusion_forward_upsamples_and_weights() -> None:
     assert fusion(None, bank, (16, 16)).shape == (1, 1, 16, 16)
 
 
+@pytest.mark.parametrize("bank_scales", [None, [1]])
+def test_the_score_mix_fuses_the_same_cues_with_its_own_weights(bank_scales: list[int] | None) -> None:
+    # per-scale banks (one map per scale) and one joint bank map at scale 1 alike
+    gen = torch.Generator().manual_seed(0)
+    cos = [torch.randn(2, 8, 8, generator=gen), torch.randn(2, 4, 4, generator=gen)]
+    bank = [torch.randn(2, 8, 8, generator=gen), torch.randn(2, 4, 4, generator=gen)]
+    if bank_scales is not None:
+        bank = [bank[1]]
+    split = UGHF(2, 0.5, 0.5, learned=False, bank_scales=bank_scales, score_cos_weight=0.25)
+    assert split.map_mix == 0.5 and split.score_weights() == (0.25, 0.75)
+    mixed = UGHF(2, 0.25, 0.75, learned=False, bank_scales=bank_scales)
+    torch.testing.assert_close(split(cos, bank, (16, 16), split.score_weights()), mixed(cos, bank, (16, 16)))
+    torch.testing.assert_close(
+        split(cos, bank, (16, 16)), UGHF(2, 0.5, 0.5, False, bank_scales)(cos, bank, (16, 16))
+    )
+    # a score mix of one cue leaves the other out (its maps may be absent)
+    bank_only = split(None, bank, (16, 16), (0.0, 1.0))
+    torch.testing.assert_close(bank_only, UGHF(2, 0.0, 1.0, False, bank_scales)(cos, bank, (16, 16)))
+
+
+def test_a_score_mix_equal_to_the_maps_is_no_split() -> None:
+    assert UGHF(1, 0.6, 0.4, score_cos_weight=None).score_weights() is None
+    assert UGHF(1, 0.6, 0.4, score_cos_weight=0.6).score_weights() is None
+    assert UGHF(1, 1.2, 0.8, score_cos_weight=0.6).score_weights() is None  # the map's mix, unnormalised
+    assert UGHF(1, 0.6, 0.4, score_cos_weight=1.0).score_weights() == (1.0, 0.0)
+
+
 # ---------------------------------------------------------------- post-processing
 
 
@@ -180,3 +207,15 @@ def test_forward_returns_named_output() -> None:
     assert out.anomaly_map.shape == (3, 1, 12, 12)
     assert out.pred_score.shape == (3,)
     torch.testing.assert_close(out.pred_score, out.anomaly_map.flatten(1).max(1).values)
+
+
+def test_the_score_is_taken_from_the_score_map_smoothed_alike() -> None:
+    post = MapPostprocess(sigma=1.0, reduce="max")
+    m = torch.zeros(1, 1, 16, 16)
+    m[0, 0, 4, 4] = 1.0
+    scored = torch.zeros(1, 1, 16, 16)
+    scored[0, 0, 10, 10] = 5.0
+    out = post(m, None, scored)
+    torch.testing.assert_close(out.anomaly_map, post.smooth(m))
+    torch.testing.assert_close(out.pred_score, post.smooth(scored).flatten(1).max(dim=1).values)
+    assert float(out.pred_score) > float(post(m).pred_score)

@@ -244,6 +244,13 @@ class FusionSection:
         default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
         metadata={"check": lambda v: len(v) > 0 and all(0.0 <= x <= 1.0 for x in v), "rule": _CANDIDATES},
     )
+    # The distillation cue's share of the image score's own cue mix (the bank's is the rest); null: the
+    # score is taken from the map (its mix). Set by the selection when split_score is on.
+    score_cos_weight: float | None = _f(None, _opt(lambda x: 0.0 <= x <= 1.0), "null or a number in [0, 1]")
+    # With select: synthetic, choose the score's mix apart from the map's: every (score mix, map mix)
+    # pair of the candidates is ranked; a split pair must beat the best single mix by more than one
+    # standard error (trainer/select.py).
+    split_score: bool = _f(False)
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,12 @@ from engines.preprocess import PreprocessSpec
 from trainer.config import BankDesign, Config, config_from_dict, config_to_dict
 from trainer.models.masf import MASF
 from trainer.select import (
-    SELECTION_DEFECTS,
     CueSet,
     MixSelection,
     SyntheticProbe,
+    mix_candidates,
     mix_grid,
+    model_mix,
     rank_on_synthetic,
     set_cue_statistics,
     synthetic_probe,
@@ -151,22 +152,25 @@ def select_bank_design(
         good = probe.good.cues(model)
         set_cue_statistics(model, good.chunks)
         mixing = model.use_student and dcfg.fusion.select == "synthetic"
-        grid = mix_grid(model, dcfg.fusion.candidates) if mixing else mix_grid(model, [])
+        grid = mix_candidates(mix_grid(model, dcfg.fusion.candidates), dcfg.fusion.split_score)
+        if not mixing:
+            grid = [model_mix(model)]
         bad = probe.defective.cues(model)
         ranking = rank_on_synthetic(model, fit_images, spec, device, grid, cfg.seed, bs, good, probe, bad)
         assert ranking is not None
-        a = ranking.cos_weight
+        a, sa = ranking.cos_weight, ranking.score_cos_weight
         model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
-        dcfg = replace(dcfg, fusion=replace(dcfg.fusion, cos_weight=a, bank_weight=1.0 - a))
-        mix = None
-        if mixing:
-            mix = MixSelection(a, ranking.rows, len(fit_images), ranking.n_synthetic, SELECTION_DEFECTS)
+        model.fusion.score_cos_weight = sa
+        fusion = replace(dcfg.fusion, cos_weight=a, bank_weight=1.0 - a, score_cos_weight=sa)
+        dcfg = replace(dcfg, fusion=fusion)
+        mix = ranking.selection(len(fit_images)) if mixing else None
         row = ranking.chosen_row()
         rows.append(
             {
                 "name": design.name,
                 "changes": design.changes(),
                 "cos_weight": a,
+                "score_cos_weight": sa,
                 **{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro", "objective")},
                 "bank_sizes": sizes,
                 "knn_cost": knn_cost(model),

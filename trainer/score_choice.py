@@ -33,7 +33,7 @@ import torch
 from engines.preprocess import PreprocessSpec
 from trainer.config import Config
 from trainer.models.masf import MASF
-from trainer.select import CueSet, SyntheticProbe, rank_mixes, synthetic_probe, within_one_se
+from trainer.select import CueSet, SyntheticProbe, model_mix, rank_mixes, synthetic_probe, within_one_se
 
 __all__ = ["TOPK_LIMIT", "ScoreSelection", "baseline", "eligible", "select_score_reduce"]
 
@@ -107,8 +107,7 @@ def select_score_reduce(
             return None
     good, bad = cues if cues is not None else (probe.good.cues(model), probe.defective.cues(model))
     groups = (np.arange(len(fit_images)), probe.sources)
-    fusion = model.fusion
-    mix = [fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)]
+    mix = [model_mix(model)]
     rows: list[dict[str, Any]] = []
     folds: list[list[float]] = []
     try:
@@ -116,7 +115,8 @@ def select_score_reduce(
             model.post = post.with_reduce(reduce)
             values: list[list[float]] = []
             _, ranked = rank_mixes(model, good, bad, probe.masks, mix, groups, fold_values=values)
-            rows.append({"reduce": reduce, **{k: v for k, v in ranked[0].items() if k != "cos_weight"}})
+            metrics = {k: ranked[0][k] for k in ("image_auroc", "pixel_auroc", "aupro", "objective")}
+            rows.append({"reduce": reduce, **metrics})
             folds.append(values[0])
     finally:
         model.post = post

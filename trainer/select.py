@@ -51,6 +51,7 @@ from trainer.inference import feature_dtype, frames_to_tensor
 from trainer.models.masf import MASF
 
 __all__ = [
+    "Candidate",
     "CueBatch",
     "CueSet",
     "MixSelection",
@@ -59,8 +60,10 @@ __all__ = [
     "SyntheticRanking",
     "cue_batches",
     "cues_of",
+    "mix_candidates",
     "mix_grid",
     "model_frames",
+    "model_mix",
     "rank_mixes",
     "rank_on_synthetic",
     "select_cue_mix",
@@ -83,19 +86,22 @@ FOLDS = 5  # folds of the calibration images for the candidates' standard errors
 
 @dataclass(frozen=True)
 class MixSelection:
-    """The chosen distillation-cue weight ``cos_weight`` (bank weight ``1 - cos_weight``) and the table."""
+    """The chosen distillation-cue weight ``cos_weight`` (bank weight ``1 - cos_weight``), the image
+    score's own ``score_cos_weight`` (``None``: the map's mix) and the table."""
 
     cos_weight: float
     candidates: list[dict[str, float]]
     n_good: int
     n_synthetic: int
     kinds: tuple[str, ...]
+    score_cos_weight: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "rule": "graded synthetic defects in calibration images; image AUROC + pixel AUROC + AUPRO; 1-SE",
             "cos_weight": self.cos_weight,
             "bank_weight": 1.0 - self.cos_weight,
+            "score_cos_weight": self.score_cos_weight,
             "n_good": self.n_good,
             "n_synthetic": self.n_synthetic,
             "kinds": list(self.kinds),
@@ -351,12 +357,35 @@ def within_one_se(rows: Sequence[dict[str, Any]], folds: np.ndarray) -> list[int
     return [i for i, r in enumerate(rows) if r["within_1se"]]
 
 
-def _choose(rows: list[dict[str, float]], folds: np.ndarray) -> dict[str, float]:
+def _choose(rows: list[dict[str, float]], folds: np.ndarray) -> int:
     """The one-standard-error rule: among the candidates whose objective is within one standard error
     (over ``folds``, ``[candidate, fold]``) of the best, the one with the fewest cues (a single cue skips
-    a branch at inference), then the best objective, then the smaller distillation weight."""
-    fine = [rows[i] for i in within_one_se(rows, folds)]
-    return min(fine, key=lambda r: (0 < r["cos_weight"] < 1, -r["objective"], r["cos_weight"]))
+    a branch at inference), then one mix for map and score (a second fusion only when it is measurably
+    better), then the best objective, then the smaller distillation weights. Returns its index."""
+
+    def key(i: int) -> tuple[bool, bool, float, float, float]:
+        r = rows[i]
+        a, s = r["cos_weight"], r["score_cos_weight"]
+        split = a != s
+        return (split or 0 < a < 1, split, -r["objective"], a, s)
+
+    return min(within_one_se(rows, folds), key=key)
+
+
+Candidate = float | tuple[float, float]
+
+
+def _pair(c: Candidate) -> tuple[float, float]:
+    """A candidate as ``(score mix, map mix)``: a number is one mix for both."""
+    return (float(c[0]), float(c[1])) if isinstance(c, tuple) else (float(c), float(c))
+
+
+def mix_candidates(grid: Sequence[float], split: bool) -> list[Candidate]:
+    """The candidates :func:`rank_mixes` ranks: the ``grid``'s mixes, and with ``split`` every
+    ``(score mix, map mix)`` pair of them as well."""
+    if not split:
+        return list(grid)
+    return [*grid, *((s, a) for a in grid for s in grid if s != a)]
 
 
 @torch.no_grad()
@@ -365,12 +394,19 @@ def rank_mixes(
     good: CueSet | list[CueBatch],
     defective: CueSet | list[CueBatch],
     masks: np.ndarray,
-    candidates: Sequence[float],
+    candidates: Sequence[Candidate],
     groups: tuple[np.ndarray, np.ndarray] | None = None,
     fold_values: list[list[float]] | None = None,
     fold_terms: list[list[dict[str, float]]] | None = None,
 ) -> tuple[float, list[dict[str, float]]]:
-    """Score each candidate ``cos_weight`` on cached cues; returns the winner and the per-candidate table.
+    """Score each candidate on cached cues; returns the winner's ``cos_weight`` and the per-candidate
+    table (each row's ``cos_weight`` is the map's mix, ``score_cos_weight`` the image score's, ``chosen``
+    1.0 for the winner).
+
+    A candidate is a ``cos_weight`` (one mix for the map and the score) or a ``(score mix, map mix)``
+    pair (:func:`mix_candidates`). The image AUROC term depends on the score's mix only and the two pixel
+    terms on the map's only, so each distinct mix is fused once and a pair's metrics (per fold as well)
+    are its score mix's image term plus its map mix's pixel terms.
 
     The objective is the sum of the three headline metrics on the synthetic set: image AUROC (defective
     vs good images), pixel AUROC and AUPRO (FPR <= 0.3) over every 2nd pixel of the placed part. It is
@@ -409,29 +445,40 @@ def rank_mixes(
 
     truth = [None] * n_good + [m[s, s][box] for m, box in zip(masks, boxes_bad, strict=True)]
     labels = np.r_[np.zeros(n_good), np.ones(n_bad)]
-    rows, per_fold, terms = [], [], []
+    pairs = [_pair(c) for c in candidates]
+    whole: dict[float, dict[str, float]] = {}  # per distinct mix: its metrics, and per fold
+    by_fold: dict[float, list[dict[str, float]]] = {}
     try:
-        for a in candidates:
-            fusion.cos_weight, fusion.bank_weight = float(a), 1.0 - float(a)
+        for a in sorted({m for p in pairs for m in p}):
+            fusion.cos_weight, fusion.bank_weight = a, 1.0 - a
             (sg, mg), (sd, md) = fused(good, boxes_good), fused(defective, boxes_bad)
             scores, maps = np.r_[sg, sd], [*mg, *md]
-            rows.append({"cos_weight": float(a), **_objective(scores, labels, maps, truth)})
-            terms.append(
-                [
-                    _objective(scores[idx], labels[idx], [maps[i] for i in idx], [truth[i] for i in idx])
-                    for f in range(k)
-                    if (idx := np.flatnonzero(fold == f)).size
-                ]
-            )
-            per_fold.append([t["objective"] for t in terms[-1]])
+            whole[a] = _objective(scores, labels, maps, truth)
+            by_fold[a] = [
+                _objective(scores[idx], labels[idx], [maps[i] for i in idx], [truth[i] for i in idx])
+                for f in range(k)
+                if (idx := np.flatnonzero(fold == f)).size
+            ]
     finally:
         fusion.cos_weight, fusion.bank_weight = saved
+
+    def combine(score: dict[str, float], mapped: dict[str, float]) -> dict[str, float]:
+        im, px, pro = score["image_auroc"], mapped["pixel_auroc"], mapped["aupro"]
+        return {"image_auroc": im, "pixel_auroc": px, "aupro": pro, "objective": float(im + px + pro)}
+
+    rows, per_fold, terms = [], [], []
+    for sm, a in pairs:
+        rows.append({"cos_weight": a, "score_cos_weight": sm, **combine(whole[sm], whole[a])})
+        terms.append([combine(ts, ta) for ts, ta in zip(by_fold[sm], by_fold[a], strict=True)])
+        per_fold.append([t["objective"] for t in terms[-1]])
     if fold_values is not None:
         fold_values.extend(per_fold)
     if fold_terms is not None:
         fold_terms.extend(terms)
     best = _choose(rows, np.asarray(per_fold))
-    return best["cos_weight"], rows
+    for i, row in enumerate(rows):
+        row["chosen"] = float(i == best)
+    return rows[best]["cos_weight"], rows
 
 
 @dataclass(frozen=True)
@@ -444,12 +491,26 @@ class SyntheticRanking:
     folds: list[list[float]]
     n_synthetic: int
 
+    def _chosen(self) -> int:
+        return next(i for i, r in enumerate(self.rows) if r["chosen"])
+
     def chosen_row(self) -> dict[str, float]:
-        return next(r for r in self.rows if r["cos_weight"] == self.cos_weight)
+        return self.rows[self._chosen()]
 
     def chosen_folds(self) -> list[float]:
-        i = next(i for i, r in enumerate(self.rows) if r["cos_weight"] == self.cos_weight)
-        return self.folds[i]
+        return self.folds[self._chosen()]
+
+    @property
+    def score_cos_weight(self) -> float | None:
+        """The chosen image score's own mix, ``None`` when it is the map's."""
+        row = self.chosen_row()
+        return None if row["score_cos_weight"] == row["cos_weight"] else row["score_cos_weight"]
+
+    def selection(self, n_good: int) -> MixSelection:
+        """The :class:`MixSelection` of this ranking over ``n_good`` fit images."""
+        return MixSelection(
+            self.cos_weight, self.rows, n_good, self.n_synthetic, SELECTION_DEFECTS, self.score_cos_weight
+        )
 
 
 @torch.no_grad()
@@ -458,16 +519,16 @@ def rank_on_synthetic(
     calib_images: Sequence[np.ndarray],
     spec: PreprocessSpec,
     device: torch.device,
-    grid: Sequence[float],
+    grid: Sequence[Candidate],
     seed: int,
     batch_size: int = 8,
     good_cues: CueSet | None = None,
     probe: SyntheticProbe | None = None,
     defect_cues: CueSet | None = None,
 ) -> SyntheticRanking | None:
-    """Rank the ``cos_weight`` values of ``grid`` for ``model`` (cue statistics must be set) on graded
-    synthetic defects drawn into ``calib_images`` (:func:`rank_mixes`). ``None`` when the defects are too
-    small to survive the resize. ``good_cues``: :func:`cue_batches` of ``calib_images``, when known.
+    """Rank the candidate mixes of ``grid`` for ``model`` (cue statistics must be set) on graded synthetic
+    defects drawn into ``calib_images`` (:func:`rank_mixes`). ``None`` when the defects are too small to
+    survive the resize. ``good_cues``: :func:`cue_batches` of ``calib_images``, when known.
     ``probe``: :func:`synthetic_probe` of ``calib_images`` with this ``seed`` under the model's teacher
     and student, when known (only the bank cues are computed then); ``defect_cues``: its defective
     images' cues under ``model`` (``probe.defective.cues(model)``), when known."""
@@ -484,6 +545,14 @@ def rank_on_synthetic(
     folds: list[list[float]] = []
     chosen, rows = rank_mixes(model, good, defect_cues, masks, grid, groups, fold_values=folds)
     return SyntheticRanking(chosen, rows, folds, n_defects)
+
+
+def model_mix(model: MASF) -> Candidate:
+    """``model``'s own mix as a :func:`rank_mixes` candidate: its ``cos_weight``, or ``(score mix, map
+    mix)`` when its image score has its own."""
+    fusion = model.fusion
+    weights = fusion.score_weights()
+    return fusion.map_mix if weights is None else (weights[0], fusion.map_mix)
 
 
 def mix_grid(model: MASF, candidates: Sequence[float]) -> list[float]:
@@ -503,20 +572,20 @@ def select_cue_mix(
     batch_size: int = 8,
     good_cues: CueSet | None = None,
     probe: SyntheticProbe | None = None,
+    split: bool = False,
 ) -> MixSelection | None:
-    """Choose ``cos_weight`` for ``model`` (cue statistics must be set). ``None`` when the model has
-    only one cue (nothing to mix). The model is left unchanged: the caller applies the choice.
-    ``good_cues``: :func:`cue_batches` of ``calib_images``, when the caller already has them; ``probe``:
+    """Choose ``cos_weight`` for ``model`` (cue statistics must be set), and with ``split`` the image
+    score's own mix as well (:func:`mix_candidates`). ``None`` when the model has only one cue (nothing
+    to mix). The model is left unchanged: the caller applies the choice. ``good_cues``:
+    :func:`cue_batches` of ``calib_images``, when the caller already has them; ``probe``:
     :func:`synthetic_probe` of them with ``seed``, likewise."""
     if not (model.use_student and model.use_bank):
         return None
-    grid = mix_grid(model, candidates)
+    grid = mix_candidates(mix_grid(model, candidates), split)
     ranking = rank_on_synthetic(model, calib_images, spec, device, grid, seed, batch_size, good_cues, probe)
     if ranking is None:
         return None  # defects too small to survive the resize: keep the configured mix
-    return MixSelection(
-        ranking.cos_weight, ranking.rows, len(calib_images), ranking.n_synthetic, SELECTION_DEFECTS
-    )
+    return ranking.selection(len(calib_images))
 
 
 @torch.no_grad()
@@ -534,7 +603,7 @@ def synthetic_objective(
 
     The same seed and images give the same defects for every model, so the objectives of candidate bank
     designs are paired and their fold differences give standard errors (the one-standard-error rule)."""
-    ranking = rank_on_synthetic(model, fit_images, spec, device, mix_grid(model, []), seed, batch_size)
+    ranking = rank_on_synthetic(model, fit_images, spec, device, [model_mix(model)], seed, batch_size)
     if ranking is None:
         raise ValueError("no synthetic defect survives the resize: there is no objective to compute")
     row = ranking.chosen_row()

@@ -402,13 +402,20 @@ def calibrate_model(
                 cfg.train.batch_size,
                 good_cues,
                 probe,
+                cfg.fusion.split_score,
             )
         del good_cues
     if selection is not None:
-        a = selection.cos_weight
+        a, sa = selection.cos_weight, selection.score_cos_weight
         model.fusion.cos_weight, model.fusion.bank_weight = a, 1.0 - a
-        cfg = replace(cfg, fusion=replace(cfg.fusion, cos_weight=a, bank_weight=1.0 - a))
-        _logger.info("cue mix %.2f distillation / %.2f bank (chosen on synthetic defects)", a, 1 - a)
+        model.fusion.score_cos_weight = sa
+        cfg = replace(cfg, fusion=replace(cfg.fusion, cos_weight=a, bank_weight=1.0 - a, score_cos_weight=sa))
+        _logger.info(
+            "cue mix %.2f distillation / %.2f bank%s (chosen on synthetic defects)",
+            a,
+            1 - a,
+            "" if sa is None else f", image score {sa:.2f} / {1 - sa:.2f}",
+        )
     score = None
     if cfg.score.select == "synthetic":
         sc = cfg.score

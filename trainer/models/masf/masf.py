@@ -113,7 +113,12 @@ class MASF(nn.Module):
                 self.banks = nn.ModuleList(MemoryBank(channels[i]) for i in self.bank_layers)
             self.scorer = KNNScorer(bc.k, bc.chunk, bc.bank_chunk)
         self.fusion = UGHF(
-            len(channels), cfg.fusion.cos_weight, cfg.fusion.bank_weight, cfg.fusion.learned, bank_scales
+            len(channels),
+            cfg.fusion.cos_weight,
+            cfg.fusion.bank_weight,
+            cfg.fusion.learned,
+            bank_scales,
+            cfg.fusion.score_cos_weight,
         )
         self.post = MapPostprocess(cfg.score.sigma, cfg.score.reduce, cfg.score.topk_fraction)
 
@@ -178,34 +183,45 @@ class MASF(nn.Module):
                 raise ValueError("this model has no student to keep (student.enabled was false)")
             self.use_bank = False
             self.fusion.cos_weight, self.fusion.bank_weight = 1.0, 0.0
+            self.fusion.score_cos_weight = None
         elif cue == "bank":
             if not self.use_bank:
                 raise ValueError("this model has no memory bank to keep (bank.enabled was false)")
             self.use_student = False
             self.fusion.learned = False
             self.fusion.cos_weight, self.fusion.bank_weight = 0.0, 1.0
+            self.fusion.score_cos_weight = None
         else:
             raise ValueError(f"cue must be 'student' or 'bank', got {cue!r}")
 
     def raw_cues(
         self, feats: list[torch.Tensor], all_cues: bool = False
     ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
-        """Per-scale cues of the enabled branches. A cue whose fusion weight is 0 (e.g. chosen so by
-        ``trainer/select.py``) is skipped unless ``all_cues``: it would not change the map."""
-        cos = self.cos_maps(feats) if self.use_student and (all_cues or self.fusion.cos_weight > 0) else None
-        bank = self.bank_maps(feats) if self.use_bank and (all_cues or self.fusion.bank_weight > 0) else None
+        """Per-scale cues of the enabled branches. A cue whose fusion weight is 0 in the map's mix and in
+        the score's (e.g. chosen so by ``trainer/select.py``) is skipped unless ``all_cues``: it would
+        change neither."""
+        fusion = self.fusion
+        score = fusion.score_weights() or (0.0, 0.0)
+        want_cos = all_cues or fusion.cos_weight > 0 or score[0] > 0
+        want_bank = all_cues or fusion.bank_weight > 0 or score[1] > 0
+        cos = self.cos_maps(feats) if self.use_student and want_cos else None
+        bank = self.bank_maps(feats) if self.use_bank and want_bank else None
         return cos, bank
 
     # -- inference ---------------------------------------------------------------------------------------
-    def fused_map(self, x_norm: torch.Tensor) -> torch.Tensor:
-        """Normalised input ``[N, 3, H, W]`` -> fused, unsmoothed map ``[N, 1, H, W]``."""
+    def fused_maps(self, x_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised input ``[N, 3, H, W]`` -> the fused, unsmoothed map ``[N, 1, H, W]`` and, when the
+        image score has its own cue mix (``UGHF.score_weights``), the map it is taken from (else None)."""
         feats = self.teacher(x_norm)
         cos, bank = self.raw_cues(feats)
-        return self.fusion(cos, bank, self.input_size)
+        fused = self.fusion(cos, bank, self.input_size)
+        weights = self.fusion.score_weights()
+        return fused, None if weights is None else self.fusion(cos, bank, self.input_size, weights)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> MASFOutput:
         """``x [N, 3, H, W]`` RGB 0..255 (float) -> :class:`MASFOutput` (map ``[N, 1, H, W]``, score ``[N]``).
 
         ``valid`` (optional, ``[N, 1, H, W]``, 1 = real image pixel) keeps letterbox padding out of the score.
         """
-        return self.post(self.fused_map(self.teacher.normalize(x)), valid)
+        fused, scored = self.fused_maps(self.teacher.normalize(x))
+        return self.post(fused, valid, scored)

@@ -81,7 +81,8 @@ class PhasePerturbation(nn.Module):
 
 
 class TTSAWrapper(nn.Module):
-    """Averages the fused maps of the phase-perturbed views of each input (see module docstring)."""
+    """Averages the fused maps of the phase-perturbed views of each input (see module docstring); a
+    score with its own cue mix is taken from the views' average of its own map."""
 
     def __init__(self, model: MASF, views: int, sigma: float, seed: int) -> None:
         super().__init__()
@@ -97,9 +98,12 @@ class TTSAWrapper(nn.Module):
         """``x [N, 3, H, W]`` RGB in [0, 255] -> averaged :class:`MASFOutput`."""
         n = x.shape[0]
         views = self.perturb(self.model.teacher.normalize(x))
-        maps = self.model.fused_map(views)  # [V * N, 1, H, W]
-        mean_map = maps.reshape(self.perturb.views, n, *maps.shape[1:]).mean(dim=0)
-        out: MASFOutput = self.model.post(mean_map, valid)
+        maps, scored = self.model.fused_maps(views)  # [V * N, 1, H, W] each
+
+        def mean(m: torch.Tensor) -> torch.Tensor:
+            return m.reshape(self.perturb.views, n, *m.shape[1:]).mean(dim=0)
+
+        out: MASFOutput = self.model.post(mean(maps), valid, None if scored is None else mean(scored))
         return out
 
 

@@ -15,6 +15,11 @@ scale as above. Otherwise the two cues are fused separately, ``C = sum_l w_l up(
 ``v = 1``), then mixed ``(0.6 C + 0.4 B) / 1`` with the same cue weights: for one map per scale the two
 forms are the same sum.
 
+The image score may be taken from another mix of the same cues than the map (``score_cos_weight``:
+the distillation cue's share of the score's mix, the bank's being the rest; ``None``: the map's own
+mix). A part can localise best with both cues and separate good from defective parts best with one;
+the map and the score are then two fusions of the same per-scale cues, each smoothed alike.
+
 Post-processing: bilinear upsampling to the input size, a Gaussian blur (``sigma`` px, separable,
 replicate padding), then the image score: the map maximum, or the mean of the top ``topk_fraction`` of
 pixels. Pixels outside the ``valid`` mask (letterbox padding) never contribute to the score.
@@ -53,6 +58,7 @@ class UGHF(nn.Module):
         cos_weight: weight of the distillation cue (paper 0.6).
         bank_weight: weight of the memory-bank cue (paper 0.4).
         learned: learn the scale weights from the distillation losses (False: equal weights).
+        score_cos_weight: the distillation cue's share of the image score's mix (``None``: the map's).
     """
 
     def __init__(
@@ -62,11 +68,13 @@ class UGHF(nn.Module):
         bank_weight: float = 0.4,
         learned: bool = True,
         bank_scales: list[int] | None = None,
+        score_cos_weight: float | None = None,
     ) -> None:
         super().__init__()
         self.n_scales = n_scales
         self.cos_weight = cos_weight
         self.bank_weight = bank_weight
+        self.score_cos_weight = score_cos_weight
         self.learned = learned
         # the scale each bank map belongs to (default: one map per scale)
         self.bank_scales = list(range(n_scales)) if bank_scales is None else list(bank_scales)
@@ -78,6 +86,19 @@ class UGHF(nn.Module):
         self.register_buffer("cos_std", torch.ones(n_scales))
         self.register_buffer("bank_std", torch.ones(n_bank))
         self.register_buffer("stats_ready", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def map_mix(self) -> float:
+        """The distillation cue's share of the map's mix."""
+        return self.cos_weight / (self.cos_weight + self.bank_weight)
+
+    def score_weights(self) -> tuple[float, float] | None:
+        """The image score's ``(distillation, bank)`` weights when its mix differs from the map's, else
+        ``None`` (the score is taken from the map)."""
+        s = self.score_cos_weight
+        if s is None or abs(s - self.map_mix) < 1e-9:
+            return None
+        return s, 1.0 - s
 
     def scale_weights(self) -> torch.Tensor:
         """``[L]`` weights that sum to 1."""
@@ -104,13 +125,21 @@ class UGHF(nn.Module):
             getattr(self, f"{prefix}_std").copy_(std)
         self.stats_ready.fill_(True)
 
-    def scale_map(self, l: int, cos: torch.Tensor | None, bank: torch.Tensor | None) -> torch.Tensor:
-        """Normalised mix of the cues of scale ``l``; inputs ``[N, h, w]``, output ``[N, 1, h, w]``."""
+    def scale_map(
+        self,
+        l: int,
+        cos: torch.Tensor | None,
+        bank: torch.Tensor | None,
+        cue_weights: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
+        """Normalised mix of the cues of scale ``l``; inputs ``[N, h, w]``, output ``[N, 1, h, w]``.
+        ``cue_weights``: ``(distillation, bank)`` weights instead of the map's."""
+        cw, bw = cue_weights or (self.cos_weight, self.bank_weight)
         terms: list[tuple[float, torch.Tensor]] = []
-        if cos is not None:
-            terms.append((self.cos_weight, (cos - self.cos_mean[l]) / self.cos_std[l]))
-        if bank is not None:
-            terms.append((self.bank_weight, (bank - self.bank_mean[l]) / self.bank_std[l]))
+        if cos is not None and cw > 0:
+            terms.append((cw, (cos - self.cos_mean[l]) / self.cos_std[l]))
+        if bank is not None and bw > 0:
+            terms.append((bw, (bank - self.bank_mean[l]) / self.bank_std[l]))
         if not terms:
             raise ValueError("UGHF needs at least one cue (student or bank)")
         if len(terms) == 1:
@@ -120,15 +149,23 @@ class UGHF(nn.Module):
         return (mixed / total)[:, None]
 
     def forward(
-        self, cos_maps: list[torch.Tensor] | None, bank_maps: list[torch.Tensor] | None, size: tuple[int, int]
+        self,
+        cos_maps: list[torch.Tensor] | None,
+        bank_maps: list[torch.Tensor] | None,
+        size: tuple[int, int],
+        cue_weights: tuple[float, float] | None = None,
     ) -> torch.Tensor:
-        """Per-scale ``[N, h_l, w_l]`` cues -> fused map ``[N, 1, H, W]`` (before smoothing)."""
+        """Per-scale ``[N, h_l, w_l]`` cues -> fused map ``[N, 1, H, W]`` (before smoothing).
+        ``cue_weights``: ``(distillation, bank)`` weights instead of the map's (e.g.
+        :meth:`score_weights`); a cue of weight 0 is left out."""
         weights = self.scale_weights()
         if not self.per_scale:
-            return self._fuse_separately(cos_maps, bank_maps, size, weights)
+            return self._fuse_separately(cos_maps, bank_maps, size, weights, cue_weights)
         fused = None
         for l in range(self.n_scales):
-            s = self.scale_map(l, cos_maps[l] if cos_maps else None, bank_maps[l] if bank_maps else None)
+            s = self.scale_map(
+                l, cos_maps[l] if cos_maps else None, bank_maps[l] if bank_maps else None, cue_weights
+            )
             s = F.interpolate(s, size=size, mode="bilinear", align_corners=False)
             fused = weights[l] * s if fused is None else fused + weights[l] * s
         assert fused is not None
@@ -140,21 +177,23 @@ class UGHF(nn.Module):
         bank_maps: list[torch.Tensor] | None,
         size: tuple[int, int],
         weights: torch.Tensor,
+        cue_weights: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         """``(a C + b B) / (a + b)``: each cue fused over its own maps first (see the module docstring)."""
+        cw, bw = cue_weights or (self.cos_weight, self.bank_weight)
 
         def up(m: torch.Tensor) -> torch.Tensor:
             return F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)
 
         terms: list[tuple[float, torch.Tensor]] = []
-        if cos_maps is not None:
+        if cos_maps is not None and cw > 0:
             c = sum(weights[l] * up((m - self.cos_mean[l]) / self.cos_std[l]) for l, m in enumerate(cos_maps))
-            terms.append((self.cos_weight, c))  # type: ignore[arg-type]
-        if bank_maps is not None:
+            terms.append((cw, c))  # type: ignore[arg-type]
+        if bank_maps is not None and bw > 0:
             v = weights[self.bank_scales]
             v = v / v.sum()
             b = sum(v[j] * up((m - self.bank_mean[j]) / self.bank_std[j]) for j, m in enumerate(bank_maps))
-            terms.append((self.bank_weight, b))  # type: ignore[arg-type]
+            terms.append((bw, b))  # type: ignore[arg-type]
         if not terms:
             raise ValueError("UGHF needs at least one cue (student or bank)")
         if len(terms) == 1:
@@ -223,6 +262,11 @@ class MapPostprocess(nn.Module):
         w = keep.gather(1, idx).to(top.dtype)
         return (top * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
-    def forward(self, m: torch.Tensor, valid: torch.Tensor | None = None) -> MASFOutput:
+    def forward(
+        self, m: torch.Tensor, valid: torch.Tensor | None = None, score_map: torch.Tensor | None = None
+    ) -> MASFOutput:
+        """Smoothed map and image score of ``m``; the score from ``score_map`` (smoothed alike) instead
+        when given (:meth:`UGHF.score_weights`)."""
         smoothed = self.smooth(m)
-        return MASFOutput(smoothed, self.score(smoothed, valid))
+        scored = smoothed if score_map is None else self.smooth(score_map)
+        return MASFOutput(smoothed, self.score(scored, valid))
