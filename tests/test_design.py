@@ -138,3 +138,34 @@ def test_the_image_score_choice_reuses_the_design_selections_cues(synth_data: Pa
         assert fresh["reduce"] == kept["reduce"]
         assert fresh["objective"] == pytest.approx(kept["objective"], abs=1e-6)
         assert fresh["folds"] == pytest.approx(kept["folds"], abs=1e-6)
+
+
+def test_a_split_score_mix_is_chosen_saved_and_reloaded(synth_data: Path, tmp_path: Path) -> None:
+    # fusion.split_score: the selection ranks every (score mix, map mix) pair; the run keeps the pair
+    # and reloads as it; a recalibration of the run (the path without designs) makes the same choice
+    from trainer.train import recalibrate
+
+    cfg = tiny_config(bank={"designs": [{"name": "per_scale"}, JOINT]}, fusion={"split_score": True})
+    info = fit(cfg, synth_data, tmp_path, progress=False)
+    sel = info.meta["fusion_selection"]
+    grid = sorted({*cfg.fusion.candidates, 0.6})
+    assert len(sel["candidates"]) == len(grid) ** 2
+    win = next(r for r in sel["candidates"] if r["chosen"])
+    split = win["score_cos_weight"] != win["cos_weight"]
+    assert sel["score_cos_weight"] == (win["score_cos_weight"] if split else None)
+    assert info.config.fusion.score_cos_weight == sel["score_cos_weight"]
+    assert info.config.fusion.cos_weight == pytest.approx(win["cos_weight"])
+    model, loaded = load_run(tmp_path)
+    assert model.fusion.score_cos_weight == sel["score_cos_weight"]
+    calib = info.meta["data"]["split"]["calib"]
+    fit_images = [read_image(synth_data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
+    again = synthetic_objective(model, fit_images, loaded.preprocess, torch.device("cpu"), cfg.seed, 4)
+    design = next(
+        r
+        for r in info.meta["bank_selection"]["candidates"]
+        if r["name"] == info.meta["bank_selection"]["chosen"]
+    )
+    assert again["objective"] == pytest.approx(design["objective"], abs=1e-6)
+    redone = recalibrate(model, loaded, synth_data)
+    assert redone.meta["fusion_selection"]["score_cos_weight"] == sel["score_cos_weight"]
+    assert redone.config.fusion.cos_weight == pytest.approx(info.config.fusion.cos_weight)

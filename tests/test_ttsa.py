@@ -132,16 +132,19 @@ class _TinyModel(nn.Module):
 
     input_size = (16, 12)
 
-    def __init__(self) -> None:
+    def __init__(self, split: bool = False) -> None:
         super().__init__()
         self.teacher = _Teacher()
         self.post = MapPostprocess(sigma=0)
+        self.split = split  # the score from its own map, the channel maximum
 
-    def fused_map(self, x_norm: torch.Tensor) -> torch.Tensor:
-        return x_norm.mean(dim=1, keepdim=True)
+    def fused_maps(self, x_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        scored = x_norm.amax(dim=1, keepdim=True) if self.split else None
+        return x_norm.mean(dim=1, keepdim=True), scored
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> MASFOutput:
-        return self.post(self.fused_map(self.teacher.normalize(x)), valid)
+        fused, scored = self.fused_maps(self.teacher.normalize(x))
+        return self.post(fused, valid, scored)
 
 
 def test_apply_tta_disabled_returns_same_model() -> None:
@@ -167,3 +170,14 @@ def test_apply_tta_enabled_wraps_and_averages_views() -> None:
     assert float((out.anomaly_map - model(x).anomaly_map).abs().max()) > 1e-4
     # the base model is untouched
     assert not hasattr(model, "perturb")
+
+
+def test_a_score_with_its_own_map_is_averaged_over_the_views_as_the_map_is() -> None:
+    model = _TinyModel(split=True)
+    wrapped, _ = apply_tta(model, enabled=True, views=3, sigma=0.2, seed=3)
+    assert isinstance(wrapped, TTSAWrapper)
+    x = torch.rand(2, 3, 16, 12) * 255
+    out = wrapped(x)
+    views = wrapped.perturb(model.teacher.normalize(x)).reshape(3, 2, 3, 16, 12)
+    torch.testing.assert_close(out.anomaly_map, views.mean(dim=2, keepdim=True).mean(dim=0))
+    torch.testing.assert_close(out.pred_score, views.amax(dim=2).mean(dim=0).flatten(1).max(dim=1).values)
