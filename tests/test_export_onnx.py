@@ -169,19 +169,19 @@ def test_export_rejects_unknown_spectral_mode(trained_run: Path, tmp_path: Path)
     assert not (tmp_path / "m.onnx").exists()
 
 
+def _parity_images(synth_data: Path) -> list[np.ndarray]:
+    return [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))[1::5][:3]]
+
+
+def _export_checked(model: Any, info: Any, out: Path, tta: bool, images: list[np.ndarray]) -> dict[str, Any]:
+    """``export_onnx`` with its parity check on ``images`` at batch sizes 1 and 2."""
+    return export_onnx(model, info, out, tta=tta, parity_images=images, parity_batch_sizes=(1, 2), threads=1)
+
+
 def test_tta_export_gemm_matches_torch(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
     """The TTSA path: its views run as a batch inside the graph; the phase rotation is a gemm island."""
     model, info = load_run(trained_run)
-    images = [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))[1::5][:3]]
-    rec = export_onnx(
-        model,
-        info,
-        tmp_path / "tta.onnx",
-        tta=True,
-        parity_images=images,
-        parity_batch_sizes=(1, 2),
-        threads=1,
-    )
+    rec = _export_checked(model, info, tmp_path / "tta.onnx", True, _parity_images(synth_data))
     assert rec["tta"] is True and rec["tta_views"] == 2 and rec["calibration_path"] == "tta"
     assert "model.perturb.spectral" in rec["spectral_scopes"]
     assert "DFT" not in rec["ops"] and rec["tensorrt10"]["issues"] == []
@@ -207,7 +207,7 @@ def test_a_score_with_its_own_cue_mix_exports_with_parity(
     assert model.use_student and model.use_bank
     a = model.fusion.map_mix
     s = 1.0 if a < 0.5 else 0.0
-    images = [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))[1::5][:3]]
+    images = _parity_images(synth_data)
     spec, cpu = info.preprocess, torch.device("cpu")
     views = info.config.tta.views, info.config.tta.sigma, info.config.tta.seed
 
@@ -224,15 +224,7 @@ def test_a_score_with_its_own_cue_mix_exports_with_parity(
         np.testing.assert_allclose(r.anomaly_map, p.anomaly_map, rtol=1e-5, atol=1e-5)
         assert r.score == pytest.approx(q.score, rel=1e-5, abs=1e-5)
     assert any(abs(p.score - r.score) > 1e-3 for p, r in zip(plain, split, strict=True))
-    rec = export_onnx(
-        model,
-        info,
-        tmp_path / "split.onnx",
-        tta=tta,
-        parity_images=images,
-        parity_batch_sizes=(1, 2),
-        threads=1,
-    )
+    rec = _export_checked(model, info, tmp_path / "split.onnx", tta, images)
     parity = rec["parity"]
     assert parity["passed"] and rec["tensorrt10"]["issues"] == []
     assert parity["map_max_rel_err"] < MAP_RTOL and parity["score_max_rel_err"] < SCORE_RTOL

@@ -71,15 +71,19 @@ def test_the_informative_cue_wins(informative: str, want: float) -> None:
     assert (model.fusion.cos_weight, model.fusion.bank_weight) == (0.6, 0.4)
 
 
-def test_an_exact_tie_goes_to_the_bank_alone() -> None:
+@pytest.mark.parametrize("split", [False, True])
+def test_an_exact_tie_goes_to_the_bank_alone(split: bool) -> None:
+    # the same cue twice: every mix (and every pair of mixes) scores alike; one cue, one mix wins
     rng = np.random.default_rng(1)
     model = _FakeModel()
     good, _ = _cues(8, "cos", False, rng)
     bad, masks = _cues(8, "cos", True, rng)
     same = [([c[0]], [c[0]], v) for c, _, v in good], [([c[0]], [c[0]], v) for c, _, v in bad]
-    chosen, rows = rank_mixes(model, *same, masks, [0.0, 0.5, 0.6, 1.0])  # type: ignore[arg-type]
-    assert len({round(r["objective"], 12) for r in rows}) == 1
-    assert chosen == 0.0
+    grid = mix_candidates([0.0, 0.5, 0.6, 1.0], split)
+    chosen, rows = rank_mixes(model, *same, masks, grid)  # type: ignore[arg-type]
+    assert len({round(r["objective"], 12) for r in rows}) == 1 and len(rows) == (16 if split else 4)
+    win = next(r for r in rows if r["chosen"])
+    assert chosen == 0.0 and win["score_cos_weight"] == 0.0
 
 
 def _rows(objectives: dict[float, list[float]]) -> tuple[list[dict[str, float]], np.ndarray]:
@@ -151,18 +155,6 @@ def test_a_split_mix_takes_the_score_from_one_mix_and_the_map_from_another() -> 
         0.4,
         None,
     )
-
-
-def test_a_split_within_one_standard_error_of_a_single_mix_is_not_taken() -> None:
-    # the same cue twice: every pair scores alike, the bank alone (one cue, one mix) wins
-    rng = np.random.default_rng(1)
-    model = _FakeModel()
-    good, _ = _cues(8, "cos", False, rng)
-    bad, masks = _cues(8, "cos", True, rng)
-    same = [([c[0]], [c[0]], v) for c, _, v in good], [([c[0]], [c[0]], v) for c, _, v in bad]
-    chosen, rows = rank_mixes(model, *same, masks, mix_candidates([0.0, 0.5, 1.0], True))  # type: ignore[arg-type]
-    win = next(r for r in rows if r["chosen"])
-    assert chosen == 0.0 and win["score_cos_weight"] == 0.0
 
 
 @pytest.mark.parametrize("gray", [False, True])
