@@ -222,7 +222,8 @@ def _mix(row: dict[str, Any]) -> str:
         if row["variant"].startswith("cand_"):
             return "0 / 1"
         return {"bank_only": "0 / 1", "distill_only": "1 / 0"}.get(VARIANTS[row["variant"]][1], "?")
-    s = row.get("score_cos_weight")
+    # rows written before the column was carried: the run's selection holds it
+    s = row.get("score_cos_weight", (row.get("fusion_selection") or {}).get("score_cos_weight"))
     score = "" if s is None else f" (score {s:.2f} / {1 - s:.2f})"
     return f"{a:.2f} / {1 - a:.2f}{score}"
 
@@ -417,6 +418,7 @@ def main() -> int:
                         "tta",
                         "calibration_seconds",
                         "cos_weight",
+                        "score_cos_weight",
                         "fusion_selection",
                         "score_reduce",
                         "score_selection",
