@@ -10,7 +10,8 @@ paired folds; no test image is read), what taking the score from mix ``a_s`` and
 and each pair's paired difference to the run's own single mix ``(a, a)`` with its standard error.
 
 The objective separates exactly: its image AUROC depends on the score's mix only, its pixel AUROC and
-AUPRO on the map's mix only (per fold as well), so every pair is scored from one pass per mix.
+AUPRO on the map's mix only (per fold as well), so :func:`trainer.select.rank_mixes` scores every pair
+from one pass per mix.
 
     .venv/bin/python benchmarks/split_mix_diag.py --run RUN --data DATA_ROOT [--out split_mix.json]
 
@@ -32,32 +33,24 @@ import numpy as np
 import torch
 
 
-def pair_table(
-    rows: list[dict[str, float]], terms: list[list[dict[str, float]]], own: int
-) -> list[dict[str, Any]]:
-    """Every ``(score mix, map mix)`` pair from per-mix ``rows`` and per-fold ``terms`` (as
-    :func:`trainer.select.rank_mixes` gives them); ``own``: the index of the run's single mix. Each pair:
-    its metrics, objective, paired difference to ``(own, own)`` and that difference's standard error."""
-    image = np.array([[t["image_auroc"] for t in folds] for folds in terms])
-    maps = np.array([[t["pixel_auroc"] + t["aupro"] for t in folds] for folds in terms])
-    base = image[own] + maps[own]
-    k = image.shape[1]
+def pair_table(rows: list[dict[str, float]], folds: list[list[float]], own: int) -> list[dict[str, Any]]:
+    """Each ``(score mix, map mix)`` row of :func:`trainer.select.rank_mixes` (its ``folds``: the rows'
+    per-fold objectives) with its paired difference to row ``own`` (the run's single mix) and that
+    difference's standard error."""
+    per_fold = np.asarray(folds)
+    k = per_fold.shape[1]
     out = []
-    for i, rs in enumerate(rows):
-        for j, rm in enumerate(rows):
-            diff = image[i] + maps[j] - base
-            out.append(
-                {
-                    "score_mix": rs["cos_weight"],
-                    "map_mix": rm["cos_weight"],
-                    "image_auroc": rs["image_auroc"],
-                    "pixel_auroc": rm["pixel_auroc"],
-                    "aupro": rm["aupro"],
-                    "objective": rs["image_auroc"] + rm["pixel_auroc"] + rm["aupro"],
-                    "diff": float(diff.mean()),
-                    "se": float(diff.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0,
-                }
-            )
+    for r, f in zip(rows, per_fold, strict=True):
+        diff = f - per_fold[own]
+        out.append(
+            {
+                "score_mix": r["score_cos_weight"],
+                "map_mix": r["cos_weight"],
+                **{m: r[m] for m in ("image_auroc", "pixel_auroc", "aupro", "objective")},
+                "diff": float(diff.mean()),
+                "se": float(diff.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0,
+            }
+        )
     return out
 
 
@@ -92,15 +85,14 @@ def main() -> None:
         raise SystemExit("no synthetic defect survives the resize: nothing to measure")
     good, bad = probe.good.cues(model), probe.defective.cues(model)
     grid = mix_grid(model, cfg.fusion.candidates)
-    terms: list[list[dict[str, float]]] = []
     groups = (np.arange(len(fit_images)), probe.sources)
-    _, rows = rank_mixes(model, good, bad, probe.masks, grid, groups, fold_terms=terms)
-    a = cfg.fusion.cos_weight / (cfg.fusion.cos_weight + cfg.fusion.bank_weight)
-    own = min(range(len(rows)), key=lambda i: abs(rows[i]["cos_weight"] - a))
-    pairs = pair_table(rows, terms, own)
-    # what the product's selection with fusion.split_score would choose (its one-standard-error rule)
-    _, ranked = rank_mixes(model, good, bad, probe.masks, mix_candidates(grid, True), groups)
-    choice = next(r for r in ranked if r["chosen"])
+    # every pair, ranked as the product's selection with fusion.split_score ranks them (its 1-SE rule)
+    folds: list[list[float]] = []
+    _, rows = rank_mixes(model, good, bad, probe.masks, mix_candidates(grid, True), groups, folds)
+    choice = next(r for r in rows if r["chosen"])
+    a = model.fusion.map_mix
+    own = min(range(len(grid)), key=lambda i: abs(rows[i]["cos_weight"] - a))  # the single mixes come first
+    pairs = pair_table(rows, folds, own)
     doc = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(args.run),
@@ -108,7 +100,6 @@ def main() -> None:
         "n_good": len(fit_images),
         "n_synthetic": len(probe.sources),
         "own_mix": rows[own]["cos_weight"],
-        "mixes": rows,
         "pairs": pairs,
         "split_selection": {k: choice[k] for k in ("score_cos_weight", "cos_weight", "objective", "se")},
     }

@@ -1,4 +1,5 @@
-"""benchmarks/split_mix_diag.py: the (score mix, map mix) pairs from per-mix fold metrics, hand-computed."""
+"""benchmarks/split_mix_diag.py: each (score mix, map mix) pair's paired difference to the run's own mix,
+hand-computed."""
 
 from __future__ import annotations
 
@@ -7,25 +8,28 @@ import pytest
 from conftest import load_benchmark
 
 
-def _terms(image: list[float], pixel: list[float], aupro: list[float]) -> list[dict[str, float]]:
-    return [
-        {"image_auroc": i, "pixel_auroc": p, "aupro": a, "objective": i + p + a}
-        for i, p, a in zip(image, pixel, aupro, strict=True)
-    ]
+def _row(score: float, mapped: float, image: float, pixel: float, aupro: float) -> dict[str, float]:
+    return {
+        "cos_weight": mapped,
+        "score_cos_weight": score,
+        "image_auroc": image,
+        "pixel_auroc": pixel,
+        "aupro": aupro,
+        "objective": image + pixel + aupro,
+    }
 
 
-def test_pairs_add_the_score_mixs_image_term_to_the_map_mixs_map_terms() -> None:
+def test_pairs_are_compared_with_the_runs_own_mix_fold_by_fold() -> None:
     bench = load_benchmark("split_mix_diag.py", "bench_split_mix_diag")
-    # mix 0 (bank alone) separates images better, mix 0.5 localises better; three folds each
-    rows = [
-        {"cos_weight": 0.0, "image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.6},
-        {"cos_weight": 0.5, "image_auroc": 0.7, "pixel_auroc": 0.85, "aupro": 0.75},
-    ]
-    terms = [
-        _terms([0.9, 0.8, 1.0], [0.8, 0.8, 0.8], [0.6, 0.5, 0.7]),
-        _terms([0.7, 0.6, 0.8], [0.85, 0.9, 0.8], [0.75, 0.7, 0.8]),
-    ]
-    pairs = {(p["score_mix"], p["map_mix"]): p for p in bench.pair_table(rows, terms, own=0)}
+    # mix 0 (bank alone) separates images better, mix 0.5 localises better; three folds each, as
+    # rank_mixes gives them: a pair's image term from its score mix, its pixel terms from its map mix
+    image = {0.0: [0.9, 0.8, 1.0], 0.5: [0.7, 0.6, 0.8]}
+    maps = {0.0: [0.8 + 0.6, 0.8 + 0.5, 0.8 + 0.7], 0.5: [0.85 + 0.75, 0.9 + 0.7, 0.8 + 0.8]}
+    whole = {0.0: (0.9, 0.8, 0.6), 0.5: (0.7, 0.85, 0.75)}
+    pairs_in = [(0.0, 0.0), (0.5, 0.5), (0.5, 0.0), (0.0, 0.5)]
+    rows = [_row(s, a, whole[s][0], whole[a][1], whole[a][2]) for s, a in pairs_in]
+    folds = [[i + m for i, m in zip(image[s], maps[a], strict=True)] for s, a in pairs_in]
+    pairs = {(p["score_mix"], p["map_mix"]): p for p in bench.pair_table(rows, folds, own=0)}
     assert len(pairs) == 4
     split = pairs[(0.0, 0.5)]
     assert (split["image_auroc"], split["pixel_auroc"], split["aupro"]) == (0.9, 0.85, 0.75)

@@ -152,8 +152,9 @@ def select_bank_design(
         good = probe.good.cues(model)
         set_cue_statistics(model, good.chunks)
         mixing = model.use_student and dcfg.fusion.select == "synthetic"
-        grid = mix_candidates(mix_grid(model, dcfg.fusion.candidates), dcfg.fusion.split_score)
-        if not mixing:
+        if mixing:
+            grid = mix_candidates(mix_grid(model, dcfg.fusion.candidates), dcfg.fusion.split_score)
+        else:
             grid = [model_mix(model)]
         bad = probe.defective.cues(model)
         ranking = rank_on_synthetic(model, fit_images, spec, device, grid, cfg.seed, bs, good, probe, bad)

@@ -397,7 +397,6 @@ def rank_mixes(
     candidates: Sequence[Candidate],
     groups: tuple[np.ndarray, np.ndarray] | None = None,
     fold_values: list[list[float]] | None = None,
-    fold_terms: list[list[dict[str, float]]] | None = None,
 ) -> tuple[float, list[dict[str, float]]]:
     """Score each candidate on cached cues; returns the winner's ``cos_weight`` and the per-candidate
     table (each row's ``cos_weight`` is the map's mix, ``score_cos_weight`` the image score's, ``chosen``
@@ -414,8 +413,7 @@ def rank_mixes(
     each good and each defective image comes from; default: each its own), whose spread gives each
     candidate's standard error against the best; :func:`_choose` applies the one-standard-error rule.
     ``masks``: bool ``[N_defective, H, W]`` in the frame. The model's fusion weights are restored.
-    ``fold_values``: when given, each candidate's per-fold objectives are appended to it;
-    ``fold_terms``: likewise each candidate's per-fold metrics (image AUROC, pixel AUROC, AUPRO, objective).
+    ``fold_values``: when given, each candidate's per-fold objectives are appended to it.
 
     Tiled cue sets are scored as deployed: each image's tile maps stitched into its frame and its score
     the largest tile score (so a tile's padded border never counts in the maps).
@@ -466,15 +464,14 @@ def rank_mixes(
         im, px, pro = score["image_auroc"], mapped["pixel_auroc"], mapped["aupro"]
         return {"image_auroc": im, "pixel_auroc": px, "aupro": pro, "objective": float(im + px + pro)}
 
-    rows, per_fold, terms = [], [], []
+    rows, per_fold = [], []
     for sm, a in pairs:
         rows.append({"cos_weight": a, "score_cos_weight": sm, **combine(whole[sm], whole[a])})
-        terms.append([combine(ts, ta) for ts, ta in zip(by_fold[sm], by_fold[a], strict=True)])
-        per_fold.append([t["objective"] for t in terms[-1]])
+        per_fold.append(
+            [combine(ts, ta)["objective"] for ts, ta in zip(by_fold[sm], by_fold[a], strict=True)]
+        )
     if fold_values is not None:
         fold_values.extend(per_fold)
-    if fold_terms is not None:
-        fold_terms.extend(terms)
     best = _choose(rows, np.asarray(per_fold))
     for i, row in enumerate(rows):
         row["chosen"] = float(i == best)
@@ -557,9 +554,7 @@ def model_mix(model: MASF) -> Candidate:
 
 def mix_grid(model: MASF, candidates: Sequence[float]) -> list[float]:
     """The candidate ``cos_weight`` values of ``model``: ``candidates`` plus its configured mix."""
-    fusion = model.fusion
-    default = fusion.cos_weight / (fusion.cos_weight + fusion.bank_weight)
-    return sorted({round(float(a), 6) for a in (*candidates, default)})
+    return sorted({round(float(a), 6) for a in (*candidates, model.fusion.map_mix)})
 
 
 def select_cue_mix(
