@@ -6,7 +6,9 @@ areas) holds about 70 % of all defect pixels. This script scores a saved run on 
 map taken from each cue mix asked for (the distillation cue's share; the image score is not used) and
 reports, overall and per defect type (that type's images with every good image): pooled pixel AUROC and
 AUPRO, the type's share of all defect pixels, its mean area, and the mean within-image AUROC (each
-defective image's own defect vs normal pixels, which no level shift between images affects).
+defective image's own defect vs normal pixels, which no level shift between images affects); and, with
+the run's own image score at its calibrated threshold, how many images of each type pass (escapes) and
+how many good ones are rejected.
 
 It reads test images: an analysis of a model already chosen, never an input to a choice.
 
@@ -60,6 +62,24 @@ def type_breakdown(
     return out
 
 
+def escapes_by_type(scores: Sequence[float], types: Sequence[str], threshold: float) -> dict[str, Any]:
+    """At ``threshold`` (the product's verdict rule, :func:`trainer.evaluate.metrics.rates_at_threshold`):
+    per defect type its escapes (images that PASS) and ``"good"``'s false rejects, as counts and rates."""
+    from trainer.evaluate.metrics import rates_at_threshold
+
+    kinds = np.asarray(types)
+    good = kinds == "good"
+    out: dict[str, Any] = {}
+    for t in sorted(set(types)):
+        sel = good | (kinds == t)
+        r = rates_at_threshold(np.asarray(scores)[sel], ~good[sel], threshold)
+        if t == "good":
+            out[t] = {"n": r["n_good"], "failed": r["n_false_reject"], "rate": r["false_reject_rate"]}
+        else:
+            out[t] = {"n": r["n_defective"], "passed": r["n_escape"], "rate": r["escape_rate"]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True)
@@ -76,6 +96,7 @@ def main() -> None:
     from trainer.data import read_mask, scan_test
     from trainer.inference import predict_files
     from trainer.runs import load_run
+    from trainer.train import calibration_for
 
     torch.set_num_threads(args.threads)
     model, info = load_run(args.run)
@@ -86,13 +107,14 @@ def main() -> None:
         raise SystemExit(f"{args.run}: the run has no distillation cue; only --mixes 0 applies")
     samples = scan_test(args.data)
     by_path = {s.path: s for s in samples}
+    threshold = float(calibration_for(info, False).threshold)
     doc: dict[str, Any] = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(args.run),
     }
     for mix in args.mixes:
         model.fusion.cos_weight, model.fusion.bank_weight = mix, 1.0 - mix
-        maps, masks, types = [], [], []
+        maps, masks, types, scores = [], [], [], []
         paths = [s.path for s in samples]
         for path, image, pred in predict_files(model, paths, info.preprocess, torch.device("cpu"), 8, True):
             s = by_path[path]
@@ -100,7 +122,10 @@ def main() -> None:
             shape = image.shape[:2]
             masks.append(read_mask(s.mask_path, shape) if s.mask_path is not None else np.zeros(shape, bool))
             types.append(s.defect_type)
+            scores.append(pred.score)
         doc[f"{mix:g}"] = type_breakdown(maps, masks, types)
+        # the image score is the run's own (its score mix), whatever the map's mix: the same every pass
+        doc["verdicts"] = {"threshold": threshold, **escapes_by_type(scores, types, threshold)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     mixes = [f"{m:g}" for m in args.mixes]
@@ -120,6 +145,13 @@ def main() -> None:
             f"| {t} | {row['n']} | {100 * row['share']:.1f} % | {100 * row['area']:.1f} % | "
             f"{cols[0]} | {cols[1]} | {within} |"
         )
+    verdicts = doc["verdicts"]
+    print(f"\nAt the run's threshold {verdicts['threshold']:.4f}:")
+    print("| images | n | at the threshold |\n|---|---|---|")
+    for t, v in verdicts.items():
+        if t != "threshold":
+            what = "rejected" if t == "good" else "passed (escapes)"
+            print(f"| {t} | {v['n']} | {v.get('failed', v.get('passed'))} {what} ({100 * v['rate']:.1f} %) |")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,15 @@ def test_each_type_is_pooled_with_the_good_images_and_weighed_by_its_pixels() ->
     assert out["all"]["pixel_auroc"] == pytest.approx((8 + 3 * 6) / (4 * 8))
     # the pooled value sits below both types' own within-image separation: levels differ between images
     assert out["all"]["pixel_auroc"] < out["area"]["within_image_auroc"]
+
+
+def test_escapes_are_counted_per_type_with_the_products_verdict_rule() -> None:
+    bench = load_benchmark("pixel_breakdown.py", "bench_pixel_breakdown")
+    scores = [0.1, 0.9, 1.0, 0.5, 2.0, 0.99]
+    types = ["good", "good", "crack", "crack", "uneven", "uneven"]
+    out = bench.escapes_by_type(scores, types, threshold=1.0)
+    # score >= threshold fails: 1.0 fails, 0.99 passes
+    assert out["good"] == {"n": 2, "failed": 0, "rate": 0.0}
+    assert out["crack"] == {"n": 2, "passed": 1, "rate": 0.5}
+    assert out["uneven"] == {"n": 2, "passed": 1, "rate": 0.5}
+    assert bench.escapes_by_type(scores, types, threshold=0.5)["good"]["failed"] == 1
