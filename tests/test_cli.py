@@ -52,12 +52,18 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     return err
 
 
-def test_fit_then_evaluate_writes_every_metric(synth_data: Path, tmp_path: Path) -> None:
+def test_fit_then_evaluate_writes_every_metric(
+    synth_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run, out = tmp_path / "run", tmp_path / "eval.json"
     assert (
         main(["-q", "fit", "--config", str(_config(tmp_path)), "--data", str(synth_data), "--out", str(run)])
         == 0
     )
+    # the fit names the good threshold images with the highest scores, for the operator to check
+    printed = capsys.readouterr().out
+    top = json.loads((run / "run.json").read_text())["calibration_review"][0]
+    assert f"highest-scoring good threshold images: {Path(top['image']).name} " in printed
     assert (
         main(
             [

@@ -68,7 +68,53 @@ def test_reloaded_run_scores_like_the_calibration(trained_run: Path, synth_data:
         scores = [p.score for p in predict_arrays(deployed, calib, info.preprocess, torch.device("cpu"))]
         assert max(scores) < cal.threshold
         assert np.isclose(max(scores), cal.image_scores["max"], rtol=1e-4)
+        if not tta:  # the review lists the deployed (plain) path's threshold images, highest first
+            review = info.meta["calibration_review"]
+            order = np.argsort(scores)[::-1]
+            thr = info.meta["calibration_roles"]["threshold"]
+            assert [e["index"] for e in review] == [thr[i] for i in order]
+            assert [e["image"] for e in review] == [paths[thr[i]] for i in order]
+            assert np.allclose([e["score"] for e in review], np.asarray(scores)[order], rtol=1e-4)
     assert calibration_for(info, False) == info.calibration  # TTSA is off by default
+
+
+def test_highest_scores_lists_the_top_images_highest_first() -> None:
+    from trainer.train import highest_scores, review_entries
+
+    top = highest_scores([0.5, 2.0, 1.0, 2.0, -1.0], [10, 11, 12, 13, 14], count=3)
+    assert top == [(11, 2.0), (13, 2.0), (12, 1.0)]  # a tie: the lower index first
+    assert highest_scores([1.0], [7]) == [(7, 1.0)]
+    names = [f"img{i}.png" for i in range(15)]
+    assert review_entries(top[:1], names) == [{"index": 11, "image": "img11.png", "score": 2.0}]
+    assert review_entries(top[:1], None)[0]["image"] is None
+
+
+def test_a_defective_part_among_the_good_threshold_images_is_listed_first(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    """A defect filed among the good images raises the threshold; the review must point at it."""
+    import cv2
+
+    from trainer.data import scan_train, split_train_calib
+    from trainer.data.synthetic import add_defect
+    from trainer.train import calibration_roles
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    cfg = tiny_config(fusion={"select": "none"})
+    split = split_train_calib(
+        scan_train(data), data, cfg.data.calib_fraction, cfg.data.min_calib, seed=cfg.seed
+    )
+    _, thr_idx = calibration_roles(cfg, len(split.calib))
+    planted = split.calib[int(thr_idx[1])]
+    img = read_image(planted)
+    bad, _ = add_defect(np.random.default_rng(0), img, "patch", img[::-1], strength=1.0, scale=3.0)
+    cv2.imwrite(str(planted), cv2.cvtColor(bad, cv2.COLOR_RGB2BGR))
+
+    info = fit(cfg, data, tmp_path / "run", progress=False)
+    review = info.meta["calibration_review"]
+    assert review[0]["image"] == planted.relative_to(data).as_posix()
+    assert review[0]["score"] > 1.5 * review[1]["score"]
 
 
 def test_fit_is_deterministic(synth_data: Path, tmp_path: Path) -> None:

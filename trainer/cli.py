@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "fit":
         from trainer.config import load_config
-        from trainer.train import fit
+        from trainer.train import fit, review_line
 
         cfg = load_config(args.config, _parse_set(args.set))
         info = fit(cfg, args.data, args.out, progress=progress)
@@ -108,6 +108,12 @@ def _run(args: argparse.Namespace) -> int:
             f"({info.preprocess.color}), threshold {c.threshold:.4f} ({c.rule}, target FRR "
             f"{c.target_frr:g}, {c.n_images} calibration images)"
         )
+        if review := review_line(info):
+            print(
+                f"highest-scoring good threshold images: {review} (check that they are good parts: a "
+                "defective part among the good images raises the threshold and lets its kind of defect "
+                "through; all listed in run.json calibration_review)"
+            )
         return 0
     if args.command == "evaluate":
         from trainer.evaluate.runner import evaluate_run

@@ -67,10 +67,12 @@ __all__ = [
     "calibrate_model",
     "calibration_for",
     "fit",
+    "highest_scores",
     "lr_at",
     "recalibrate",
     "resolve_device",
     "resolve_preprocess",
+    "review_line",
     "teacher_features",
     "wants_tiling",
 ]
@@ -335,15 +337,42 @@ class Calibrated:
     selection: MixSelection | None
     roles: dict[str, list[int]] | None = None
     score: ScoreSelection | None = None
+    review: list[tuple[int, float]] | None = None
 
-    def meta(self) -> dict[str, Any]:
-        """The run-metadata entries of this calibration."""
+    def meta(self, names: list[str] | None = None) -> dict[str, Any]:
+        """The run-metadata entries of this calibration. ``names``: the calibration images' names (the
+        run's ``data.split.calib``), for the review list."""
         return {
             "calibration_by_path": {k: v.to_dict() for k, v in self.by_path.items()},
             "fusion_selection": self.selection.to_dict() if self.selection else None,
             "score_selection": self.score.to_dict() if self.score else None,
             "calibration_roles": self.roles,
+            "calibration_review": None if self.review is None else review_entries(self.review, names),
         }
+
+
+REVIEW_COUNT = 5  # threshold images listed for review after a fit
+
+
+def highest_scores(
+    scores: Sequence[float], indices: Sequence[int], count: int = REVIEW_COUNT
+) -> list[tuple[int, float]]:
+    """The ``count`` highest ``scores`` as ``(index, score)``, highest first (ties: the lower index).
+
+    A calibration's threshold is set by the highest scores of its good threshold images (with 99 of
+    them, the conformal 1 % rule takes the largest). A defective part filed among the good images
+    therefore raises the threshold and lets defects of its kind through; these are the images to look
+    at first."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], indices[i]))[:count]
+    return [(int(indices[i]), float(scores[i])) for i in order]
+
+
+def review_entries(review: list[tuple[int, float]], names: list[str] | None) -> list[dict[str, Any]]:
+    """``review`` (:func:`highest_scores`) as run-metadata entries: ``{"index", "image", "score"}``."""
+    return [
+        {"index": i, "image": names[i] if names is not None else None, "score": round(s, 6)}
+        for i, s in review
+    ]
 
 
 def calibration_roles(cfg: Config, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -426,6 +455,7 @@ def calibrate_model(
             model.post = model.post.with_reduce(score.reduce)
             cfg = replace(cfg, score=replace(sc, reduce=score.reduce))
     result = {}
+    review = None
     for path, enabled in (("plain", False), ("tta", True)):
         deployed, _ = apply_tta(model, enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
         scores, pixels = [], []
@@ -438,8 +468,10 @@ def calibrate_model(
         result[path] = calibrate(
             np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr, len(fit_images)
         )
+        if enabled == cfg.tta.enabled:  # the deployed path's scores
+            review = highest_scores(scores, [int(i) for i in thr_idx])
     roles = {"fit": [int(i) for i in fit_idx], "threshold": [int(i) for i in thr_idx]}
-    return Calibrated(cfg, result, selection, roles, score)
+    return Calibrated(cfg, result, selection, roles, score, review)
 
 
 def calibration_for(info: RunInfo, tta: bool) -> Calibration:
@@ -463,7 +495,8 @@ def recalibrate(model: MASF, info: RunInfo, data_root: str | Path) -> RunInfo:
     device = next(model.parameters()).device
     done = calibrate_model(model, info.config, images, info.preprocess, device)
     chosen = done.by_path["tta" if info.config.tta.enabled else "plain"]
-    return RunInfo(done.config, info.preprocess, chosen, {**info.meta, **done.meta()})
+    names = info.meta["data"]["split"]["calib"]
+    return RunInfo(done.config, info.preprocess, chosen, {**info.meta, **done.meta(names)})
 
 
 def _peak_rss_mb() -> float:
@@ -546,6 +579,7 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     calibration = done.by_path["tta" if cfg.tta.enabled else "plain"]
     t_calib = time.perf_counter() - t0
 
+    split_doc = split.to_dict(root)
     meta: dict[str, Any] = {
         "producer": f"masf-train {trainer.__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -561,10 +595,10 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
         "data": {
             "root": str(root.resolve()),
             "train_fingerprint": data_fingerprint(split.train + split.calib, root),
-            "split": split.to_dict(root),
+            "split": split_doc,
         },
         "tta_applied": cfg.tta.enabled,
-        **done.meta(),
+        **done.meta(split_doc["calib"]),
         "bank_selection": design.to_dict() if design else None,
         "bank_sizes": bank_sizes,
         "scale_weights": [float(v) for v in model.fusion.scale_weights().detach().cpu()],
@@ -586,4 +620,12 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     info = RunInfo(cfg, spec, calibration, meta)
     save_run(out, model, info)
     _logger.info("saved run to %s (threshold %.4f, rule %s)", out, calibration.threshold, calibration.rule)
+    _logger.info("good threshold images with the highest scores: %s", review_line(info))
     return info
+
+
+def review_line(info: RunInfo, count: int = 3) -> str:
+    """The run's highest-scoring good threshold images (``calibration_review``), e.g. ``"a.png 4.58,
+    b.png 4.40"``; empty for a run without the review (written before it existed)."""
+    entries = info.meta.get("calibration_review") or []
+    return ", ".join(f"{Path(e['image'] or str(e['index'])).name} {e['score']:.4g}" for e in entries[:count])
