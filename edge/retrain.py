@@ -13,7 +13,9 @@ Runtime (one thread):
 4. **validate**: the calibration false-reject rate at the stored threshold (held-out good images), the
    escape rate on the part's confirmed defects (``images/defects``, if any), and a shadow run beside the
    live model on the camera's next frames (agreement rate and score distributions) when a camera
-   inspects this part; the results go into the version's manifest (``validation``, ``model.version``);
+   inspects this part; the results go into the version's manifest (``validation``, ``model.version``),
+   with the good images whose calibration scores are highest (``validation.review``: a defective part
+   collected as good sets the threshold, so the operator checks these first);
 5. **add**: the complete bundle (signed with ``store.signing_key`` when set, so a line that only loads
    signed bundles can load it) is renamed into the store as a new version (and promoted when
    ``store.auto_promote`` is on and the validation passed).
@@ -343,6 +345,7 @@ class TrainJob:
             self._train(incoming / "data", incoming / "run", logs)
             self._export(incoming / "run", incoming / "bundle", logs)
             validation = self._validate(incoming / "bundle")
+            validation["review"] = calibration_review(incoming / "run" / "run.json")
             manifest = Bundle.open(incoming / "bundle").manifest
             update_bundle(
                 incoming / "bundle",
@@ -386,3 +389,19 @@ class TrainJob:
 
 class _Cancelled(Exception):
     pass
+
+
+def calibration_review(run_json: Path) -> list[dict[str, Any]]:
+    """The run's good threshold images with the highest scores (``calibration_review`` of ``run.json``),
+    as the part's own images (``images/good/<name>``) with their scores, highest first; ``[]`` when the run
+    has none. With the 99 threshold images of a 1 % target the threshold *is* the highest of these scores,
+    so a defective part collected as good sets it: these are the images for the operator to check."""
+    try:
+        entries = json.loads(run_json.read_text(encoding="utf-8")).get("calibration_review") or []
+        return [
+            {"image": f"images/good/{Path(str(e['image'])).name}", "score": float(e["score"])}
+            for e in entries
+            if e.get("image")
+        ]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []

@@ -126,6 +126,13 @@ def test_collect_train_validate_promote_rollback(tmp_path: Path) -> None:
             assert state["state"] == "done", state
             assert state["version"] == "v0001" and state["validation"]["calib_frr"] is not None
             assert "shadow" not in state["validation"]  # no live model to compare with yet
+            # the good images the threshold rests on, as the part's own collected images, highest first
+            review = state["validation"]["review"]
+            assert review and [r["score"] for r in review] == sorted(
+                (r["score"] for r in review), reverse=True
+            )
+            part_dir = tmp_path / "store" / "parts" / "widget"
+            assert all((part_dir / r["image"]).is_file() for r in review)
             _drain(sub, seen)
             promoted = ctl.request("promote", part="widget", version="v0001")
             assert promoted["ok"] and promoted["cameras"] == ["cam1"]
@@ -295,3 +302,28 @@ def test_bad_inputs_are_clear_errors_and_the_live_model_keeps_serving(tmp_path: 
         finally:
             ctl.close()
     assert not list((tmp_path / "store" / "parts" / "widget").glob("v0*"))
+
+
+def test_calibration_review_maps_the_runs_images_to_the_parts_own(tmp_path: Path) -> None:
+    from edge.retrain import calibration_review
+
+    run_json = tmp_path / "run.json"
+    run_json.write_text(
+        json.dumps(
+            {
+                "calibration_review": [
+                    {"index": 3, "image": "train/good/cam1_0007.png", "score": 4.5},
+                    {"index": 1, "image": "train/good/cam1_0002.png", "score": 2.25},
+                ]
+            }
+        )
+    )
+    assert calibration_review(run_json) == [
+        {"image": "images/good/cam1_0007.png", "score": 4.5},
+        {"image": "images/good/cam1_0002.png", "score": 2.25},
+    ]
+    run_json.write_text("{not json")
+    assert calibration_review(run_json) == []
+    assert calibration_review(tmp_path / "missing.json") == []
+    run_json.write_text(json.dumps({"calibration_review": None}))  # a run from before the review
+    assert calibration_review(run_json) == []
