@@ -56,6 +56,8 @@ CANDIDATES: list[dict[str, Any]] = [
     {"name": "joint_3pct", **{**JOINT, "coreset_ratio": 0.03}},
     # ... selected on a 64-d random projection (the selection's dense pass reads half the data)
     {"name": "joint_3pct_d64", **{**JOINT, "coreset_ratio": 0.03, "project_dim": 64}},
+    # the product's joint design averaging 5x5 neighbourhoods (session 13: large low-contrast areas)
+    {"name": "joint_3pct_d64_agg5", **{**JOINT, "coreset_ratio": 0.03, "project_dim": 64, "aggregate": 5}},
     # With --coarse: the joint bank with the teacher's stride-32 scale (320 channels) added, and without
     # the stride-8 one.
     {"name": "joint_coarse", **{**JOINT, "layers": [1, 2, 3]}},
