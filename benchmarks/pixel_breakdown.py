@@ -93,39 +93,36 @@ def main() -> None:
 
     import torch
 
-    from trainer.data import read_mask, scan_test
-    from trainer.inference import predict_files
+    from trainer.data import scan_test
+    from trainer.evaluate.runner import predict_test_set
     from trainer.runs import load_run
     from trainer.train import calibration_for
 
     torch.set_num_threads(args.threads)
     model, info = load_run(args.run)
     model.eval()
+    fusion = model.fusion
     if args.mixes is None:
-        args.mixes = sorted({0.0, model.fusion.map_mix})
+        args.mixes = sorted({0.0, fusion.map_mix})
     if any(m > 0 for m in args.mixes) and not model.use_student:
         raise SystemExit(f"{args.run}: the run has no distillation cue; only --mixes 0 applies")
+    if fusion.score_cos_weight is None:  # the image score stays the run's own whatever the map's mix
+        fusion.score_cos_weight = fusion.map_mix
     samples = scan_test(args.data)
-    by_path = {s.path: s for s in samples}
     threshold = float(calibration_for(info, False).threshold)
     doc: dict[str, Any] = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(args.run),
     }
     for mix in args.mixes:
-        model.fusion.cos_weight, model.fusion.bank_weight = mix, 1.0 - mix
-        maps, masks, types, scores = [], [], [], []
-        paths = [s.path for s in samples]
-        for path, image, pred in predict_files(model, paths, info.preprocess, torch.device("cpu"), 8, True):
-            s = by_path[path]
-            maps.append(pred.geometry.to_original(pred.anomaly_map).astype(np.float32))
-            shape = image.shape[:2]
-            masks.append(read_mask(s.mask_path, shape) if s.mask_path is not None else np.zeros(shape, bool))
-            types.append(s.defect_type)
-            scores.append(pred.score)
+        fusion.cos_weight, fusion.bank_weight = mix, 1.0 - mix
+        tested, scores, maps, masks = zip(
+            *predict_test_set(model, info.preprocess, samples, torch.device("cpu")), strict=True
+        )
+        types = [s.defect_type for s in tested]
         doc[f"{mix:g}"] = type_breakdown(maps, masks, types)
-        # the image score is the run's own (its score mix), whatever the map's mix: the same every pass
-        doc["verdicts"] = {"threshold": threshold, **escapes_by_type(scores, types, threshold)}
+        if "verdicts" not in doc:  # the run's own image score: the same in every pass
+            doc["verdicts"] = {"threshold": threshold, **escapes_by_type(scores, types, threshold)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     mixes = [f"{m:g}" for m in args.mixes]

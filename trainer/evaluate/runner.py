@@ -9,21 +9,24 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from trainer.data import read_image, read_mask, scan_test
+from engines.preprocess import PreprocessSpec
+from trainer.data import Sample, read_image, read_mask, scan_test
 from trainer.errors import DataError
 from trainer.evaluate.metrics import image_metrics, pixel_metrics
 from trainer.evaluate.report import ReportExample, write_report
 from trainer.inference import predict_files
-from trainer.models.masf import MASF, apply_tta
+from trainer.models.masf import MASF, MASFOutput, apply_tta
 from trainer.runs import load_run
 from trainer.train import calibration_for, resolve_device
 
-__all__ = ["evaluate_model", "evaluate_run"]
+__all__ = ["evaluate_model", "evaluate_run", "predict_test_set"]
 
 
 def _pick_examples(labels: np.ndarray, scores: np.ndarray, types: list[str], per_kind: int = 2) -> list[int]:
@@ -36,6 +39,29 @@ def _pick_examples(labels: np.ndarray, scores: np.ndarray, types: list[str], per
         order = idx[np.argsort(scores[idx])]
         picks += [int(order[0]), int(order[-1])] if len(order) > 1 else [int(order[0])]
     return list(dict.fromkeys(int(i) for i in picks))
+
+
+def predict_test_set(
+    model: Callable[..., MASFOutput],
+    spec: PreprocessSpec,
+    samples: list[Sample],
+    device: torch.device,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Iterator[tuple[Sample, float, np.ndarray, np.ndarray]]:
+    """``(sample, image score, anomaly map, mask)`` per test sample (:func:`~trainer.data.scan_test`), in
+    order: the map in the image's own pixels (letterbox removed, float32) and its mask (bool; all False
+    for a good image)."""
+    by_path = {s.path: s for s in samples}
+    results = predict_files(model, [s.path for s in samples], spec, device, batch_size, progress, "evaluate")
+    for path, image, pred in results:
+        sample = by_path[path]
+        mask = (
+            read_mask(sample.mask_path, image.shape[:2])
+            if sample.mask_path is not None
+            else np.zeros(image.shape[:2], dtype=bool)
+        )
+        yield sample, pred.score, pred.geometry.to_original(pred.anomaly_map).astype(np.float32), mask
 
 
 def evaluate_model(
@@ -62,22 +88,12 @@ def evaluate_model(
 
     t0 = time.perf_counter()
     scores, labels, types, maps, masks = [], [], [], [], []
-    by_path = {s.path: s for s in samples}
-    results = predict_files(
-        deployed, [s.path for s in samples], info.preprocess, device, batch_size, progress, "evaluate"
-    )
-    for path, image, pred in results:
-        sample = by_path[path]
-        amap = pred.geometry.to_original(pred.anomaly_map)
-        mask = (
-            read_mask(sample.mask_path, image.shape[:2])
-            if sample.mask_path is not None
-            else np.zeros(image.shape[:2], dtype=bool)
-        )
-        scores.append(pred.score)
+    predictions = predict_test_set(deployed, info.preprocess, samples, device, batch_size, progress)
+    for sample, score, amap, mask in predictions:
+        scores.append(score)
         labels.append(sample.label)
         types.append(sample.defect_type)
-        maps.append(amap.astype(np.float32))
+        maps.append(amap)
         masks.append(mask)
     elapsed = time.perf_counter() - t0
 
