@@ -214,6 +214,12 @@ def test_fit_stores_the_choice_and_the_run_reloads_with_it(selected_run: Path, s
     (chosen,) = [r for r in sel["candidates"] if r["cos_weight"] == sel["cos_weight"]]
     assert chosen["within_1se"] == 1.0 and best - chosen["objective"] <= chosen["se"]
     assert all(r["se"] >= 0 for r in sel["candidates"])
+    # each row keeps its per-fold objectives: the standard errors the rule used follow from them
+    best_row = max(sel["candidates"], key=lambda r: r["objective"])
+    for r in sel["candidates"]:
+        assert len(r["folds"]) == len(best_row["folds"]) >= 2
+        diff = np.asarray(best_row["folds"]) - np.asarray(r["folds"])
+        assert r["se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(diff.size))
     assert sel["n_good"] == doc["calibration"]["n_fit_images"]  # the selection sees the fit images only
     assert sel["n_synthetic"] == 4 * sel["n_good"] * math.ceil(MIN_SYNTHETIC / (4 * sel["n_good"]))
     model, info = load_run(selected_run)

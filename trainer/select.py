@@ -90,7 +90,7 @@ class MixSelection:
     score's own ``score_cos_weight`` (``None``: the map's mix) and the table."""
 
     cos_weight: float
-    candidates: list[dict[str, float]]
+    candidates: list[dict[str, Any]]
     n_good: int
     n_synthetic: int
     kinds: tuple[str, ...]
@@ -505,8 +505,10 @@ class SyntheticRanking:
 
     def selection(self, n_good: int) -> MixSelection:
         """The :class:`MixSelection` of this ranking over ``n_good`` fit images."""
+        # each row with its per-fold objectives, so the run alone shows what the 1-SE rule compared
+        rows = [{**r, "folds": f} for r, f in zip(self.rows, self.folds, strict=True)]
         return MixSelection(
-            self.cos_weight, self.rows, n_good, self.n_synthetic, SELECTION_DEFECTS, self.score_cos_weight
+            self.cos_weight, rows, n_good, self.n_synthetic, SELECTION_DEFECTS, self.score_cos_weight
         )
 
 
