@@ -84,6 +84,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "orient_auto_distill_only": ({"data.orient": "auto"}, "distill_only", False),
     # The on-device retraining profile as it ships (configs/train/masf_lite0_fast.yaml).
     "fast": ({}, "", False),
+    # Issue 11, round 12 (fixed before its run): the product's full profile with the lite2 teacher.
+    "lite2": ({"backbone.name": "tf_efficientnet_lite2"}, "", False),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
@@ -114,6 +116,7 @@ LABELS = {
     "orient_auto_bank_only": "bank only, images turned to the frame's orientation",
     "orient_auto_distill_only": "distillation only, images turned to the frame's orientation",
     "fast": "on-device profile (masf_lite0_fast.yaml: 160 px area, 5 epochs, design and mix chosen per part)",
+    "lite2": "full MASF with the EfficientNet-Lite2 teacher (masf_lite0.yaml, backbone.name lite2)",
 }
 METRICS = (
     "image_auroc",

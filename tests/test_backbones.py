@@ -1,4 +1,4 @@
-"""Tests for trainer.models.backbones: the lite0 key remap (proved on real photos) and the frozen teacher."""
+"""Tests for trainer.models.backbones: the lite0 / lite2 key remaps (proved on real photos), the teacher."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from PIL import Image
 from skimage import data as skdata
 
 from trainer.errors import ConfigError
-from trainer.models.backbones import BACKBONES, Teacher, create_teacher, lite0_filter_fn, lite0_weights_path
+from trainer.models.backbones import (
+    BACKBONES,
+    Teacher,
+    create_teacher,
+    lite0_filter_fn,
+    lite0_weights_path,
+    lite_filter_fn,
+    lite_weights_path,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +40,15 @@ def lite0_teacher() -> Teacher:
     return create_teacher("tf_efficientnet_lite0", pretrained=True)
 
 
-def _classify_input(img: np.ndarray) -> torch.Tensor:
-    """Bicubic resize of the shorter side to 256, centre crop 224, RGB scaled to [-1, 1]."""
+def _classify_input(img: np.ndarray, crop: int = 224) -> torch.Tensor:
+    """Bicubic resize of the shorter side to ``crop / 0.875``, centre crop ``crop``, RGB in [-1, 1]."""
     pil = Image.fromarray(img)
     w, h = pil.size
-    scale = 256 / min(w, h)
+    scale = round(crop / 0.875) / min(w, h)
     pil = pil.resize((round(w * scale), round(h * scale)), Image.BICUBIC)
     w, h = pil.size
-    left, top = (w - 224) // 2, (h - 224) // 2
-    arr = np.asarray(pil.crop((left, top, left + 224, top + 224)), dtype=np.float32)
+    left, top = (w - crop) // 2, (h - crop) // 2
+    arr = np.asarray(pil.crop((left, top, left + crop, top + crop)), dtype=np.float32)
     x = torch.from_numpy(arr).permute(2, 0, 1)[None]
     return x / 127.5 - 1.0
 
@@ -105,6 +113,53 @@ def test_lite0_classifies_real_photos(lite0_classifier: torch.nn.Module) -> None
     assert float(coffee[967]) > 0.9
     top3 = set(cat.topk(3).indices.tolist())
     assert top3 & set(range(281, 286)), top3
+
+
+# ---------------------------------------------------------------- lite2 remap
+
+
+@pytest.fixture(scope="module")
+def lite2_raw() -> dict[str, torch.Tensor]:
+    return torch.load(lite_weights_path("tf_efficientnet_lite2"), map_location="cpu", weights_only=True)
+
+
+def test_lite2_filter_fn_is_one_to_one(lite2_raw: dict[str, torch.Tensor]) -> None:
+    name = "tf_efficientnet_lite2"
+    assert len(lite2_raw) == 386
+    full = lite_filter_fn(lite2_raw, name, features_only=False)
+    target = timm.create_model(name, pretrained=False, num_classes=1000).state_dict()
+    assert set(full) == set(target) and len({id(v) for v in full.values()}) == 386
+    for key, value in full.items():
+        assert value.shape == target[key].shape, key
+    # lite2's deeper stages: flat block 3 is the third block of stage 1 (lite0: stage 2's first)
+    t = torch.zeros(1)
+    assert set(lite_filter_fn({"_blocks.3._bn0.weight": t}, name)) == {"blocks.1.2.bn1.weight"}
+    assert set(lite0_filter_fn({"_blocks.3._bn0.weight": t})) == {"blocks.2.0.bn1.weight"}
+    # lite0's 16 blocks end at 15: a 17th is an error, not a silent misplacement
+    with pytest.raises(KeyError, match="16 blocks"):
+        lite0_filter_fn({"_blocks.16._bn0.weight": t})
+
+
+def test_lite2_classifies_real_photos(lite2_raw: dict[str, torch.Tensor]) -> None:
+    """The proof that lite2's remap is right: ImageNet classes of real photos (at its own 260 px)."""
+    model = timm.create_model("tf_efficientnet_lite2", pretrained=False, num_classes=1000)
+    model.load_state_dict(
+        lite_filter_fn(lite2_raw, "tf_efficientnet_lite2", features_only=False), strict=True
+    )
+    with torch.no_grad():
+        x = torch.cat([_classify_input(skdata.coffee(), 260), _classify_input(skdata.chelsea(), 260)])
+        coffee, cat = model.eval()(x).softmax(dim=1)
+    assert int(coffee.argmax()) == 967  # espresso
+    assert float(coffee[967]) > 0.8
+    assert set(cat.topk(3).indices.tolist()) & set(range(281, 286))
+
+
+def test_lite2_teacher_maps() -> None:
+    teacher = create_teacher("tf_efficientnet_lite2", pretrained=True)
+    assert teacher.cfg == BACKBONES["tf_efficientnet_lite2"]
+    with torch.no_grad():
+        maps = teacher(teacher.normalize(torch.rand(1, 3, 256, 192) * 255))
+    assert [tuple(m.shape) for m in maps] == [(1, 24, 64, 48), (1, 48, 32, 24), (1, 120, 16, 12)]
 
 
 # ---------------------------------------------------------------- teacher

