@@ -93,7 +93,8 @@ def test_unknown_fields_raise(data: dict, needle: str) -> None:
         ({"seed": "zero"}, "seed must be an int, got 'zero'"),
         (
             {"backbone": {"name": "vgg"}},
-            "backbone.name must be one of 'tf_efficientnet_lite0', 'wide_resnet50_2'",
+            "backbone.name must be one of 'tf_efficientnet_lite0', 'tf_efficientnet_lite2', "
+            "'wide_resnet50_2'",
         ),
         ({"backbone": {"weights": 3}}, "backbone.weights must be"),
         ({"student": {"width": "wide"}}, "student.width must be 'auto' or a positive int, got 'wide'"),
