@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +18,22 @@ from trainer.models.backbones import (
     Teacher,
     create_teacher,
     lite0_filter_fn,
-    lite0_weights_path,
     lite_filter_fn,
     lite_weights_path,
 )
 
+# variant -> (tensors in its weight file, its classification crop, least espresso probability)
+LITE = {"tf_efficientnet_lite0": (296, 224, 0.9), "tf_efficientnet_lite2": (386, 260, 0.8)}
+
+
+@functools.cache
+def _lite_raw(name: str) -> dict[str, torch.Tensor]:
+    return torch.load(lite_weights_path(name), map_location="cpu", weights_only=True)
+
 
 @pytest.fixture(scope="module")
 def lite0_raw() -> dict[str, torch.Tensor]:
-    return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    return _lite_raw("tf_efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +64,23 @@ def _classify_input(img: np.ndarray, crop: int = 224) -> torch.Tensor:
 # ---------------------------------------------------------------- lite0 remap
 
 
-def test_lite0_filter_fn_is_one_to_one(lite0_raw: dict[str, torch.Tensor]) -> None:
-    assert len(lite0_raw) == 296
-    full = lite0_filter_fn(lite0_raw, features_only=False)
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000).state_dict()
-    assert len(full) == 296
+@pytest.mark.parametrize("name", list(LITE))
+def test_lite_filter_fn_is_one_to_one(name: str) -> None:
+    raw, count = _lite_raw(name), LITE[name][0]
+    assert len(raw) == count
+    full = lite_filter_fn(raw, name, features_only=False)
+    target = timm.create_model(name, pretrained=False, num_classes=1000).state_dict()
+    assert len(full) == count
     assert set(full) == set(target)
     for key, value in full.items():
         assert value.shape == target[key].shape, key
     # no tensor is used twice
-    assert len({id(v) for v in full.values()}) == 296
+    assert len({id(v) for v in full.values()}) == count
     # features_only drops exactly the head
-    feats = lite0_filter_fn(lite0_raw)
+    feats = lite_filter_fn(raw, name)
     dropped = set(full) - set(feats)
     assert dropped and all(k.split(".")[0] in ("conv_head", "bn2", "classifier") for k in dropped)
-    feat_model = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(1, 2, 3))
+    feat_model = timm.create_model(name, features_only=True, out_indices=(1, 2, 3))
     # blocks after out_index 3 are not part of the features model
     assert set(feat_model.state_dict()) <= set(feats)
 
@@ -103,14 +113,18 @@ def test_lite0_filter_fn_examples_and_errors() -> None:
         lite0_filter_fn({"features.0.weight": t})
 
 
-def test_lite0_classifies_real_photos(lite0_classifier: torch.nn.Module) -> None:
-    """The proof that the remap is right: ImageNet classes of real photos."""
+@pytest.mark.parametrize("name", list(LITE))
+def test_lite_classifies_real_photos(name: str) -> None:
+    """The proof that each remap is right: ImageNet classes of real photos, at the variant's own crop."""
+    _, crop, least = LITE[name]
+    model = timm.create_model(name, pretrained=False, num_classes=1000)
+    model.load_state_dict(lite_filter_fn(_lite_raw(name), name, features_only=False), strict=True)
     with torch.no_grad():
-        x = torch.cat([_classify_input(skdata.coffee()), _classify_input(skdata.chelsea())])
-        probs = lite0_classifier(x).softmax(dim=1)
+        x = torch.cat([_classify_input(skdata.coffee(), crop), _classify_input(skdata.chelsea(), crop)])
+        probs = model.eval()(x).softmax(dim=1)
     coffee, cat = probs
     assert int(coffee.argmax()) == 967  # espresso
-    assert float(coffee[967]) > 0.9
+    assert float(coffee[967]) > least
     top3 = set(cat.topk(3).indices.tolist())
     assert top3 & set(range(281, 286)), top3
 
@@ -118,40 +132,15 @@ def test_lite0_classifies_real_photos(lite0_classifier: torch.nn.Module) -> None
 # ---------------------------------------------------------------- lite2 remap
 
 
-@pytest.fixture(scope="module")
-def lite2_raw() -> dict[str, torch.Tensor]:
-    return torch.load(lite_weights_path("tf_efficientnet_lite2"), map_location="cpu", weights_only=True)
-
-
-def test_lite2_filter_fn_is_one_to_one(lite2_raw: dict[str, torch.Tensor]) -> None:
-    name = "tf_efficientnet_lite2"
-    assert len(lite2_raw) == 386
-    full = lite_filter_fn(lite2_raw, name, features_only=False)
-    target = timm.create_model(name, pretrained=False, num_classes=1000).state_dict()
-    assert set(full) == set(target) and len({id(v) for v in full.values()}) == 386
-    for key, value in full.items():
-        assert value.shape == target[key].shape, key
-    # lite2's deeper stages: flat block 3 is the third block of stage 1 (lite0: stage 2's first)
+def test_lite_filter_fn_places_blocks_by_the_variants_depths() -> None:
     t = torch.zeros(1)
-    assert set(lite_filter_fn({"_blocks.3._bn0.weight": t}, name)) == {"blocks.1.2.bn1.weight"}
+    # lite2's deeper stages: flat block 3 is the third block of stage 1 (lite0: stage 2's first)
+    lite2 = lite_filter_fn({"_blocks.3._bn0.weight": t}, "tf_efficientnet_lite2")
+    assert set(lite2) == {"blocks.1.2.bn1.weight"}
     assert set(lite0_filter_fn({"_blocks.3._bn0.weight": t})) == {"blocks.2.0.bn1.weight"}
     # lite0's 16 blocks end at 15: a 17th is an error, not a silent misplacement
     with pytest.raises(KeyError, match="16 blocks"):
         lite0_filter_fn({"_blocks.16._bn0.weight": t})
-
-
-def test_lite2_classifies_real_photos(lite2_raw: dict[str, torch.Tensor]) -> None:
-    """The proof that lite2's remap is right: ImageNet classes of real photos (at its own 260 px)."""
-    model = timm.create_model("tf_efficientnet_lite2", pretrained=False, num_classes=1000)
-    model.load_state_dict(
-        lite_filter_fn(lite2_raw, "tf_efficientnet_lite2", features_only=False), strict=True
-    )
-    with torch.no_grad():
-        x = torch.cat([_classify_input(skdata.coffee(), 260), _classify_input(skdata.chelsea(), 260)])
-        coffee, cat = model.eval()(x).softmax(dim=1)
-    assert int(coffee.argmax()) == 967  # espresso
-    assert float(coffee[967]) > 0.8
-    assert set(cat.topk(3).indices.tolist()) & set(range(281, 286))
 
 
 def test_lite2_teacher_maps() -> None:
