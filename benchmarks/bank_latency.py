@@ -2,10 +2,10 @@
 
 Latency depends on the graph's shapes (input size, cues, bank sizes), not on the trained values, so the
 graphs are built with the teacher's real weights, an untrained student and banks filled with random
-prototypes of the given sizes (the sizes a fit gives: today 3 x 3000; a joint 1 % bank 1,710 on bottle,
-6,250 on magnetic tile with 20 % of train/good held out). Each graph is exported exactly as
-``masf-engine export`` does (gemm spectral mode) and timed in ONNX Runtime at batch 1, the graphs
-alternating call by call, so a shared CPU slows them alike.
+prototypes of the given sizes (the sizes a fit gives: today 3 x 3000, also bottle's with the lite2
+teacher; a joint 1 % bank 1,710 on bottle, 6,250 on magnetic tile with 20 % of train/good held out).
+Each graph is exported exactly as ``masf-engine export`` does (gemm spectral mode) and timed in ONNX
+Runtime at batch 1, the graphs alternating call by call, so a shared CPU slows them alike.
 
     .venv/bin/python benchmarks/bank_latency.py [--repeats 30] [--threads 2]
 """
@@ -31,6 +31,12 @@ DESIGNS: dict[str, tuple[str, dict[str, Any], list[int], float]] = {
     "today: full MASF (student + 3 per-scale banks of 3000, k=3, mix 0.5/0.5)": (
         "masf_lite0.yaml",
         {"data.input_size": [256, 256]},
+        [3000, 3000, 3000],
+        0.5,
+    ),
+    "lite2 teacher: full MASF (student + 3 per-scale banks of 3000, k=3, mix 0.5/0.5)": (
+        "masf_lite0.yaml",
+        {"data.input_size": [256, 256], "backbone.name": "tf_efficientnet_lite2"},
         [3000, 3000, 3000],
         0.5,
     ),
@@ -107,13 +113,32 @@ def main() -> int:
         f"onnxruntime {ort.__version__}, {args.threads} threads, "
         f"{args.repeats} alternating calls per graph after 5 warm-up rounds\n"
     )
-    base = float(np.median(next(iter(times.values()))))
-    print("| graph (256x256, batch 1) | ORT median ms | p90 ms | vs today's full MASF |")
-    print("|---|---|---|---|")
+    base_times = np.asarray(next(iter(times.values())))
+    base = float(np.median(base_times))
+    print(
+        "| graph (256x256, batch 1) | ORT median ms | p90 ms | vs today's full MASF "
+        "| paired ratio, median (95 % interval) |"
+    )
+    print("|---|---|---|---|---|")
     for name, t in times.items():
         med = float(np.median(t))
-        print(f"| {name} | {med:.1f} | {float(np.percentile(t, 90)):.1f} | {med / base:.2f}x |")
+        ratio, low, high = paired_ratio(np.asarray(t), base_times, rng)
+        print(
+            f"| {name} | {med:.1f} | {float(np.percentile(t, 90)):.1f} | {med / base:.2f}x "
+            f"| {ratio:.3f} ({low:.3f}-{high:.3f}) |"
+        )
     return 0
+
+
+def paired_ratio(
+    times: np.ndarray, base: np.ndarray, rng: np.random.Generator, draws: int = 2000
+) -> tuple[float, float, float]:
+    """Median of the per-round ratios ``times / base`` (the calls of one round ran back to back, so a busy
+    moment slows both) and its 95 % bootstrap interval over rounds."""
+    ratios = times / base
+    boot = np.median(rng.choice(ratios, (draws, ratios.size), replace=True), axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return float(np.median(ratios)), float(low), float(high)
 
 
 if __name__ == "__main__":
