@@ -29,20 +29,20 @@ REPO = Path(__file__).resolve().parents[1]
 # name -> (config, overrides, bank sizes, cue mix cos weight)
 DESIGNS: dict[str, tuple[str, dict[str, Any], list[int], float]] = {
     "today: full MASF (student + 3 per-scale banks of 3000, k=3, mix 0.5/0.5)": (
-        "masf_lite0.yaml",
-        {"data.input_size": [256, 256]},
+        "masf_lite2.yaml",
+        {"data.input_size": [256, 256], "backbone.name": "tf_efficientnet_lite0"},
         [3000, 3000, 3000],
         0.5,
     ),
     "lite2 teacher: full MASF (student + 3 per-scale banks of 3000, k=3, mix 0.5/0.5)": (
-        "masf_lite0.yaml",
-        {"data.input_size": [256, 256], "backbone.name": "tf_efficientnet_lite2"},
+        "masf_lite2.yaml",
+        {"data.input_size": [256, 256]},
         [3000, 3000, 3000],
         0.5,
     ),
     "today: bank only (3 per-scale banks of 3000, k=3)": (
-        "masf_lite0.yaml",
-        {"data.input_size": [256, 256], "student.enabled": False},
+        "masf_lite2.yaml",
+        {"data.input_size": [256, 256], "backbone.name": "tf_efficientnet_lite0", "student.enabled": False},
         [3000, 3000, 3000],
         0.0,
     ),

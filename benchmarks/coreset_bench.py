@@ -1,7 +1,7 @@
 """Greedy k-center coreset: the pruned sampler (``GreedyCoresetSampler``) vs the plain loop, side by side.
 
 For each data set and each bank design of the product configuration (``bank.designs`` of
-``configs/train/masf_lite0.yaml``), the training patches are embedded exactly as a fit embeds them (the
+``configs/train/masf_lite2.yaml``), the training patches are embedded exactly as a fit embeds them (the
 same train / calibration split, input policy and embedder; the teacher's real weights; no student is
 needed, the bank does not depend on it) and each bank's coreset is selected twice with the same seed and
 projection: by the plain loop that measures every point at every step (the sampler before the pruning)
@@ -128,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--config", type=Path, default=REPO / "configs" / "train" / "masf_lite0.yaml")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "train" / "masf_lite2.yaml")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "coreset.json")
     ap.add_argument("--designs", nargs="+", default=None, help="only these designs of the config")

@@ -44,7 +44,7 @@ JOINT: dict[str, Any] = {
     "max_size": "auto",
     "max_mb": 64,
 }
-# The two designs of masf_lite0.yaml, then the joint bank with PatchCore's own prototype (plain, the
+# The two designs of masf_lite2.yaml, then the joint bank with PatchCore's own prototype (plain, the
 # aggregation counting the zero padding), and with each half of the paper's prototype alone.
 CANDIDATES: list[dict[str, Any]] = [
     {"name": "per_scale"},
@@ -94,7 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True, help="the run's data set root (MVTec layout)")
-    ap.add_argument("--config", type=Path, default=REPO / "configs" / "train" / "masf_lite0.yaml")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "train" / "masf_lite2.yaml")
     ap.add_argument("--out", type=Path, default=Path("designs.json"))
     ap.add_argument("--designs", nargs="+", default=[d["name"] for d in CANDIDATES])
     kinds = (*SELECTION_DEFECTS, *SURFACE_DEFECTS)

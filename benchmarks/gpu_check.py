@@ -3,7 +3,8 @@
 For a machine with an NVIDIA GPU, TensorRT (``tensorrt`` >= 10, or ``tensorrt_rtx`` on an RTX GPU) and
 pycuda (``pip install 'masf-edge[gpu]'``). Steps, each printed:
 
-1. a small run on ``--data`` (``masf-train fit``, lite0, ``--epochs`` epochs; reused if present);
+1. a small run on ``--data`` (``masf-train fit``, the full product configuration, ``--epochs`` epochs;
+   reused if present);
 2. its bundle (``masf-engine export``, parity on the data's test images);
 3. the FP16 engine with the FP32 spectral island (``masf-engine build``, batch 1..``--max-batch``);
 4. every test image through TensorRT and ONNX Runtime (CPU, FP32): max anomaly-map difference (absolute
@@ -35,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mvtec_ad" / "bottle"
-CONFIG = REPO / "configs" / "train" / "masf_lite0.yaml"
+CONFIG = REPO / "configs" / "train" / "masf_lite2.yaml"
 BIN = Path(sys.executable).parent
 
 

@@ -33,7 +33,7 @@ DATASETS = {
     "bottle": DATA / "mvtec_ad" / "bottle",
     "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile",
 }
-CONFIG = REPO / "configs" / "train" / "masf_lite0.yaml"
+CONFIG = REPO / "configs" / "train" / "masf_lite2.yaml"
 REPRO = REPO / "configs" / "train" / "patchcore_repro.yaml"
 
 # name -> (training overrides, derived variant of that run, evaluate with TTSA?)
@@ -84,8 +84,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "orient_auto_distill_only": ({"data.orient": "auto"}, "distill_only", False),
     # The on-device retraining profile as it ships (configs/train/masf_lite0_fast.yaml).
     "fast": ({}, "", False),
-    # Issue 11, round 12 (fixed before its run): the product's full profile with the lite2 teacher.
-    "lite2": ({"backbone.name": "tf_efficientnet_lite2"}, "", False),
+    # Issue 11, round 12: the full profile's teacher became lite2 (CONFIG); the lite0 teacher, the full
+    # profile before, as a variant of it (round 12's "lite2" variant is "full" since).
+    "lite0": ({"backbone.name": "tf_efficientnet_lite0"}, "", False),
+    "lite0_bank_only": ({"backbone.name": "tf_efficientnet_lite0"}, "bank_only", False),
+    "lite0_distill_only": ({"backbone.name": "tf_efficientnet_lite0"}, "distill_only", False),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
@@ -116,7 +119,9 @@ LABELS = {
     "orient_auto_bank_only": "bank only, images turned to the frame's orientation",
     "orient_auto_distill_only": "distillation only, images turned to the frame's orientation",
     "fast": "on-device profile (masf_lite0_fast.yaml: 160 px area, 5 epochs, design and mix chosen per part)",
-    "lite2": "full MASF with the EfficientNet-Lite2 teacher (masf_lite0.yaml, backbone.name lite2)",
+    "lite0": "full MASF with the EfficientNet-Lite0 teacher (the full profile before round 12)",
+    "lite0_bank_only": "bank only, lite0 teacher",
+    "lite0_distill_only": "distillation only, lite0 teacher",
 }
 METRICS = (
     "image_auroc",

@@ -272,7 +272,7 @@ def test_per_scale_bank_on_a_subset_of_scales_with_the_student(synth_data: Path,
 
 
 def test_joint_spectral_bank_with_the_student_exports_with_parity(synth_data: Path, tmp_path: Path) -> None:
-    """What ``masf_lite0.yaml``'s ``joint`` design deploys next to the student: a mixed cue (distillation
+    """What ``masf_lite2.yaml``'s ``joint`` design deploys next to the student: a mixed cue (distillation
     per scale + one joint spectral bank map at scale 1), fused separately, through export and ORT parity."""
     from trainer.export.from_run import export_run
     from trainer.train import fit

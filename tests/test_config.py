@@ -176,7 +176,7 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", ["masf_lite0.yaml", "masf_wrn50.yaml"])
+@pytest.mark.parametrize("name", ["masf_lite2.yaml", "masf_wrn50.yaml"])
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / "train" / name)
     assert isinstance(cfg, Config)

@@ -2,7 +2,7 @@
 
 Every section is a frozen dataclass; every field has a type, a default and a constraint. A bad value
 raises :class:`~trainer.errors.ConfigError` naming the file and the dotted field, e.g.
-``configs/train/masf_lite0.yaml: student.heads must be a positive int, got 'four'``. Unknown fields are
+``configs/train/masf_lite2.yaml: student.heads must be a positive int, got 'four'``. Unknown fields are
 errors too (a typo must not silently fall back to a default). The machinery (types, checks, overrides) is
 :mod:`engines.config`, shared with the edge daemon's configuration.
 """
