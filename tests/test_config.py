@@ -176,12 +176,18 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", ["masf_lite2.yaml", "masf_wrn50.yaml"])
-def test_shipped_configs_load(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "teacher"),
+    [
+        ("masf_lite2.yaml", "tf_efficientnet_lite2"),
+        ("masf_lite0_fast.yaml", "tf_efficientnet_lite0"),
+        ("masf_wrn50.yaml", "wide_resnet50_2"),
+    ],
+)
+def test_shipped_configs_load(name: str, teacher: str) -> None:
     cfg = load_config(REPO / "configs" / "train" / name)
     assert isinstance(cfg, Config)
-    expected = "tf_efficientnet_lite0" if "lite0" in name else "wide_resnet50_2"
-    assert cfg.backbone.name == expected
+    assert cfg.backbone.name == teacher
     assert cfg.sdm.ratio == pytest.approx(0.3)
     assert cfg.masking.spatial_ratio == pytest.approx(0.35)
     assert cfg.masking.freq_ratio == pytest.approx(0.25)
