@@ -84,6 +84,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "orient_auto_distill_only": ({"data.orient": "auto"}, "distill_only", False),
     # The on-device retraining profile as it ships (configs/train/masf_lite0_fast.yaml).
     "fast": ({}, "", False),
+    # Session 16 (fixed before its run): the on-device profile with the lite2 teacher.
+    "fast_lite2": ({"backbone.name": "tf_efficientnet_lite2"}, "", False),
     # Issue 11, round 12: the full profile's teacher became lite2 (CONFIG); the lite0 teacher, the full
     # profile before, as a variant of it (round 12's "lite2" variant is "full" since).
     "lite0": ({"backbone.name": "tf_efficientnet_lite0"}, "", False),
@@ -98,6 +100,7 @@ VARIANT_CONFIG = {
     "cand_r2_D": REPRO,
     "cand_r2_D_zero": REPRO,
     "fast": REPO / "configs" / "train" / "masf_lite0_fast.yaml",
+    "fast_lite2": REPO / "configs" / "train" / "masf_lite0_fast.yaml",
 }
 LABELS = {
     "full": "full MASF",
@@ -119,6 +122,7 @@ LABELS = {
     "orient_auto_bank_only": "bank only, images turned to the frame's orientation",
     "orient_auto_distill_only": "distillation only, images turned to the frame's orientation",
     "fast": "on-device profile (masf_lite0_fast.yaml: 160 px area, 5 epochs, design and mix chosen per part)",
+    "fast_lite2": "on-device profile with the EfficientNet-Lite2 teacher",
     "lite0": "full MASF with the EfficientNet-Lite0 teacher (the full profile before round 12)",
     "lite0_bank_only": "bank only, lite0 teacher",
     "lite0_distill_only": "distillation only, lite0 teacher",
