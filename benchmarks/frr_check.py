@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "train" / "masf_lite0_fast.yaml"
+CONFIG = REPO / "configs" / "train" / "masf_lite2_fast.yaml"
 
 
 def holdout_split(files: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

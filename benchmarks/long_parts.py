@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "train" / "masf_lite0_fast.yaml"
+DEFAULT_CONFIG = REPO / "configs" / "train" / "masf_lite2_fast.yaml"
 HEIGHT, WIDTH = 64, 1024
 KINDS = ("broken_thread", "knot", "scratch", "stain")
 CANDIDATES = {"one frame (letterbox)": {"data.tiling": "off"}, "tiled (native)": {"data.tiling": "on"}}

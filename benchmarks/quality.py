@@ -82,10 +82,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "orient_auto": ({"data.orient": "auto"}, "", False),
     "orient_auto_bank_only": ({"data.orient": "auto"}, "bank_only", False),
     "orient_auto_distill_only": ({"data.orient": "auto"}, "distill_only", False),
-    # The on-device retraining profile as it ships (configs/train/masf_lite0_fast.yaml).
+    # The on-device retraining profile as it ships (configs/train/masf_lite2_fast.yaml).
     "fast": ({}, "", False),
-    # Session 16 (fixed before its run): the on-device profile with the lite2 teacher.
-    "fast_lite2": ({"backbone.name": "tf_efficientnet_lite2"}, "", False),
+    # Round 13 (fixed before its run): the on-device profile's teacher; lite2 won, so "fast" is lite2 since
+    # and the former lite0 profile is a variant of it (round 13's "fast_lite2" is "fast" since).
+    "fast_lite0": ({"backbone.name": "tf_efficientnet_lite0"}, "", False),
     # Issue 11, round 12: the full profile's teacher became lite2 (CONFIG); the lite0 teacher, the full
     # profile before, as a variant of it (round 12's "lite2" variant is "full" since).
     "lite0": ({"backbone.name": "tf_efficientnet_lite0"}, "", False),
@@ -99,8 +100,8 @@ VARIANT_CONFIG = {
     "cand_joint_spectral": REPRO,
     "cand_r2_D": REPRO,
     "cand_r2_D_zero": REPRO,
-    "fast": REPO / "configs" / "train" / "masf_lite0_fast.yaml",
-    "fast_lite2": REPO / "configs" / "train" / "masf_lite0_fast.yaml",
+    "fast": REPO / "configs" / "train" / "masf_lite2_fast.yaml",
+    "fast_lite0": REPO / "configs" / "train" / "masf_lite2_fast.yaml",
 }
 LABELS = {
     "full": "full MASF",
@@ -121,8 +122,8 @@ LABELS = {
     "orient_auto": "full MASF, images turned to the frame's orientation",
     "orient_auto_bank_only": "bank only, images turned to the frame's orientation",
     "orient_auto_distill_only": "distillation only, images turned to the frame's orientation",
-    "fast": "on-device profile (masf_lite0_fast.yaml: 160 px area, 5 epochs, design and mix chosen per part)",
-    "fast_lite2": "on-device profile with the EfficientNet-Lite2 teacher",
+    "fast": "on-device profile (masf_lite2_fast.yaml: 160 px area, 5 epochs, design and mix chosen per part)",
+    "fast_lite0": "on-device profile with the EfficientNet-Lite0 teacher (the profile before round 13)",
     "lite0": "full MASF with the EfficientNet-Lite0 teacher (the full profile before round 12)",
     "lite0_bank_only": "bank only, lite0 teacher",
     "lite0_distill_only": "distillation only, lite0 teacher",

@@ -9,7 +9,7 @@ One run, through the real daemon and its real training job (``train`` over the c
    ``--inspect-bundle`` on ``--inspect-images``), and camera ``new`` of the part being taught;
 2. the first ``--n-train`` images of ``DATA/train/good`` imported into the store (``import``);
 3. the inspection rate of ``other`` over ``--window`` seconds before training, then during the training
-   job (``configs/train/masf_lite0_fast.yaml``, niced worker, ``store.threads`` threads);
+   job (``configs/train/masf_lite2_fast.yaml``, niced worker, ``store.threads`` threads);
 4. the job's wall time (from ``train`` to done), the worker processes' peak RSS (sampled every 0.5 s);
 5. the new version's quality on ``DATA/test`` (image AUROC, pixel AUROC, AUPRO) scored with ONNX Runtime
    from the bundle in the store, next to the full configuration's numbers given with ``--full``.

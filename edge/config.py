@@ -204,7 +204,7 @@ class StoreSection:
     # `bundle: store:<part>`. null: no store (no retraining).
     dir: str | None = _f(None)
     keep: int = _f(5, lambda x: x >= 2, "an int >= 2 (current and the previous version always stay)")
-    # Training config for on-device jobs; null: configs/train/masf_lite0_fast.yaml of this installation.
+    # Training config for on-device jobs; null: configs/train/masf_lite2_fast.yaml of this installation.
     train_config: str | None = _f(None)
     min_images: int = _f(20, _pos, "a positive int")
     nice: int = _f(10, lambda x: 0 <= x <= 19, "0..19")

@@ -37,7 +37,7 @@ __all__ = ["PartsService"]
 
 log = logging.getLogger(__name__)
 
-_FAST_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "masf_lite0_fast.yaml"
+_FAST_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "masf_lite2_fast.yaml"
 
 
 class PartsService:

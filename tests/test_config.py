@@ -180,7 +180,8 @@ def test_missing_file(tmp_path: Path) -> None:
     ("name", "teacher"),
     [
         ("masf_lite2.yaml", "tf_efficientnet_lite2"),
-        ("masf_lite0_fast.yaml", "tf_efficientnet_lite0"),
+        ("masf_lite2_fast.yaml", "tf_efficientnet_lite2"),
+        ("masf_lite0_demo.yaml", "tf_efficientnet_lite0"),
         ("masf_wrn50.yaml", "wide_resnet50_2"),
     ],
 )

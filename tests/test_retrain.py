@@ -49,7 +49,7 @@ def _defects(folder: Path, n: int, size: int = 96) -> None:
 
 
 def _tiny_train_config(tmp: Path) -> Path:
-    cfg = yaml.safe_load((REPO / "configs" / "train" / "masf_lite0_fast.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "configs" / "train" / "masf_lite2_fast.yaml").read_text())
     cfg["data"].update({"input_size": [64, 64], "min_calib": 5, "calib_fraction": 0.3})
     # 3 epochs planned, one optimiser step allowed: the trainer runs 1 epoch, and the job's progress
     # (epochs metric) must follow the trainer's plan, not the config's epochs
