@@ -35,6 +35,7 @@ DATASETS = {
 }
 CONFIG = REPO / "configs" / "train" / "masf_lite2.yaml"
 REPRO = REPO / "configs" / "train" / "patchcore_repro.yaml"
+FAST = REPO / "configs" / "train" / "masf_lite2_fast.yaml"
 
 # name -> (training overrides, derived variant of that run, evaluate with TTSA?)
 # Derived variants switch a branch off in a trained run and recalibrate on the run's own calibration
@@ -100,8 +101,8 @@ VARIANT_CONFIG = {
     "cand_joint_spectral": REPRO,
     "cand_r2_D": REPRO,
     "cand_r2_D_zero": REPRO,
-    "fast": REPO / "configs" / "train" / "masf_lite2_fast.yaml",
-    "fast_lite0": REPO / "configs" / "train" / "masf_lite2_fast.yaml",
+    "fast": FAST,
+    "fast_lite0": FAST,
 }
 LABELS = {
     "full": "full MASF",
@@ -308,6 +309,8 @@ def decide(rows: list[dict[str, Any]]) -> dict[str, Any]:
     Per data set: each candidate's standard error against the best from the paired fold objectives; among
     those within one standard error of the best, the fewest prototypes wins. The same winner on every
     data set is the default; otherwise the highest objective summed over the data sets."""
+    from trainer.select import paired_se
+
     by_set: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r["variant"].startswith("cand_") and r.get("synthetic"):
@@ -318,7 +321,7 @@ def decide(rows: list[dict[str, Any]]) -> dict[str, Any]:
         fine = []
         for r in cands:
             diff = np.asarray(best["synthetic"]["folds"]) - np.asarray(r["synthetic"]["folds"])
-            e = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+            e = paired_se(diff)
             se[(dataset, r["variant"])] = e
             if best["synthetic"]["objective"] - r["synthetic"]["objective"] <= e:
                 fine.append(r)

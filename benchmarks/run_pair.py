@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from trainer.select import paired_se
+
 
 def chosen_row(run: Path) -> dict[str, Any]:
     """The selection row the fit deployed: the chosen image score's row (it carries the chosen mix)."""
@@ -36,12 +38,13 @@ def chosen_row(run: Path) -> dict[str, Any]:
 
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
-    """Mean of the per-fold differences ``b - a`` and its standard error."""
+    """Mean of the per-fold differences ``b - a`` and its standard error (the one the selection's
+    one-standard-error rule uses)."""
     fa, fb = np.asarray(a["folds"], float), np.asarray(b["folds"], float)
     if fa.shape != fb.shape:
         raise SystemExit("error: the two runs have different fold counts; they are not paired")
     diff = fb - fa
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(diff.size))
+    return float(diff.mean()), paired_se(diff)
 
 
 def main() -> int:

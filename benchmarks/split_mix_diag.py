@@ -37,8 +37,9 @@ def pair_table(rows: list[dict[str, float]], folds: list[list[float]], own: int)
     """Each ``(score mix, map mix)`` row of :func:`trainer.select.rank_mixes` (its ``folds``: the rows'
     per-fold objectives) with its paired difference to row ``own`` (the run's single mix) and that
     difference's standard error."""
+    from trainer.select import paired_se
+
     per_fold = np.asarray(folds)
-    k = per_fold.shape[1]
     out = []
     for r, f in zip(rows, per_fold, strict=True):
         diff = f - per_fold[own]
@@ -48,7 +49,7 @@ def pair_table(rows: list[dict[str, float]], folds: list[list[float]], own: int)
                 "map_mix": r["cos_weight"],
                 **{m: r[m] for m in ("image_auroc", "pixel_auroc", "aupro", "objective")},
                 "diff": float(diff.mean()),
-                "se": float(diff.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0,
+                "se": paired_se(diff),
             }
         )
     return out

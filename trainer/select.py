@@ -64,6 +64,7 @@ __all__ = [
     "mix_grid",
     "model_frames",
     "model_mix",
+    "paired_se",
     "rank_mixes",
     "rank_on_synthetic",
     "select_cue_mix",
@@ -344,15 +345,20 @@ def _objective(
     }
 
 
+def paired_se(diff: np.ndarray) -> float:
+    """Standard error of the mean of paired per-fold differences (0 with fewer than two folds): what the
+    one-standard-error rule compares a gap in the objective with."""
+    diff = np.asarray(diff, dtype=float)
+    return float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+
+
 def within_one_se(rows: Sequence[dict[str, Any]], folds: np.ndarray) -> list[int]:
     """The candidates (indices) whose ``objective`` is within one standard error of the best's, the
     standard error being that of the paired per-fold differences (``folds``, ``[candidate, fold]``) to the
     best. Fills each row's ``se`` and ``within_1se`` (1.0 / 0.0)."""
     best = max(range(len(rows)), key=lambda i: rows[i]["objective"])
-    k = folds.shape[1]
     for i, row in enumerate(rows):
-        diff = folds[best] - folds[i]
-        row["se"] = float(diff.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0
+        row["se"] = paired_se(folds[best] - folds[i])
         row["within_1se"] = float(rows[best]["objective"] - row["objective"] <= row["se"])
     return [i for i, r in enumerate(rows) if r["within_1se"]]
 
