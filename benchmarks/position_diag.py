@@ -1,0 +1,257 @@
+"""Calibration-only diagnostic: a position cue, where on the part a shade is normal.
+
+For a trained run, mixes a **position cue** ``P`` into the run's own map and image score and measures the
+product's selection objective (image AUROC + pixel AUROC + AUPRO on graded synthetic defects drawn into
+the run's calibration *fit* images, paired 5-fold standard errors). No test image is read.
+
+``P``: the plain joint embedding of teacher scales 1 and 2 (3x3 average without the padding, the coarse
+scale upsampled, concatenated) at each stride-8 cell; each valid cell's position *relative to its image's
+valid box* (0..1 along each side) picks one cell of a ``G x G`` grid over the part; per grid cell a
+Gaussian of the embedding over the run's training images (covariance shrunk by ``0.01 * mean(diag)``);
+``P`` = the Mahalanobis distance to the cell's Gaussian, standardised over the fit images' valid cells,
+0 on letterbox cells, upsampled to the frame. Candidates: the run as it is, and ``(1 - w) * run + w * P``
+for the map and the score's map alike (before smoothing), for each ``G`` and ``w``.
+
+    .venv/bin/python benchmarks/position_diag.py --run RUN --data DATA_ROOT [--kinds KIND ...]
+        [--grids 8 16] [--weights 0.25 0.5] [--out position.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SHRINK = 0.01  # covariance shrinkage, relative to the mean variance
+FOLDS = 5
+
+
+def joint_embedding(feats: list[torch.Tensor]) -> torch.Tensor:
+    """Teacher features per scale -> ``[N, h1, w1, C1 + C2]``: scales 1 and 2, 3x3 average without the
+    padding, scale 2 upsampled bilinearly to scale 1's grid."""
+    a = F.avg_pool2d(feats[1].float(), 3, 1, 1, count_include_pad=False)
+    b = F.avg_pool2d(feats[2].float(), 3, 1, 1, count_include_pad=False)
+    b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([a, b], 1).permute(0, 2, 3, 1).contiguous()
+
+
+def relative_cells(valid: np.ndarray, grid: int) -> np.ndarray:
+    """Bool ``[N, h, w]`` valid cells -> int ``[N, h, w]``: each valid cell's index in a ``grid x grid``
+    partition of its image's valid box (row-major), -1 outside the box's valid cells."""
+    out = np.full(valid.shape, -1, dtype=np.int64)
+    for n, v in enumerate(valid):
+        rows, cols = np.flatnonzero(v.any(1)), np.flatnonzero(v.any(0))
+        if rows.size == 0:
+            continue
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        r = np.minimum(((np.arange(r0, r1) - r0 + 0.5) / (r1 - r0) * grid).astype(np.int64), grid - 1)
+        c = np.minimum(((np.arange(c0, c1) - c0 + 0.5) / (c1 - c0) * grid).astype(np.int64), grid - 1)
+        box = r[:, None] * grid + c[None, :]
+        out[n, r0:r1, c0:c1] = np.where(v[r0:r1, c0:c1], box, -1)
+    return out
+
+
+class PositionGaussians:
+    """One Gaussian per grid cell: ``fit(x [M, C], cells [M])``, then ``distance(x, cells)``."""
+
+    def __init__(self, grid: int, shrink: float = SHRINK) -> None:
+        self.grid, self.shrink = grid, shrink
+        self.mean: torch.Tensor | None = None
+        self.precision: torch.Tensor | None = None
+
+    def fit(self, x: torch.Tensor, cells: torch.Tensor) -> PositionGaussians:
+        g2, c = self.grid * self.grid, x.shape[1]
+        mean = torch.zeros(g2, c, dtype=torch.float64)
+        precision = torch.zeros(g2, c, c, dtype=torch.float64)
+        for k in range(g2):
+            xs = x[cells == k].double()
+            if xs.shape[0] < 2:
+                raise ValueError(f"grid cell {k} has {xs.shape[0]} training samples: use a coarser grid")
+            mu = xs.mean(0)
+            cov = torch.cov(xs.T)
+            cov += self.shrink * cov.diagonal().mean() * torch.eye(c, dtype=torch.float64)
+            mean[k], precision[k] = mu, torch.linalg.inv(cov)
+        self.mean, self.precision = mean, precision
+        return self
+
+    def distance(self, x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance of each row of ``x`` to its cell's Gaussian (``[M]``, float32)."""
+        assert self.mean is not None and self.precision is not None
+        out = torch.zeros(x.shape[0], dtype=torch.float64)
+        for k in torch.unique(cells).tolist():
+            sel = cells == k
+            d = x[sel].double() - self.mean[k]
+            out[sel] = ((d @ self.precision[k]) * d).sum(1).clamp_min(0).sqrt()
+        return out.float()
+
+
+def position_maps(
+    model: Any, emb: torch.Tensor, cells: np.ndarray, gauss: PositionGaussians, stats: tuple[float, float]
+) -> torch.Tensor:
+    """Standardised ``P`` ``[N, 1, H, W]`` at the model's frame (0 on letterbox cells)."""
+    flat = torch.from_numpy(cells.reshape(-1))
+    keep = flat >= 0
+    values = torch.zeros(flat.shape[0])
+    values[keep] = (gauss.distance(emb.reshape(-1, emb.shape[-1])[keep], flat[keep]) - stats[0]) / stats[1]
+    grid = values.view(1, *cells.shape).permute(1, 0, 2, 3)
+    return F.interpolate(grid, size=model.input_size, mode="bilinear", align_corners=False)
+
+
+def main() -> None:
+    import trainer.select
+    from trainer.data import read_image
+    from trainer.data.synthetic import SELECTION_DEFECTS, SURFACE_DEFECTS
+    from trainer.inference import frames_to_tensor
+    from trainer.runs import load_run
+    from trainer.select import (
+        _objective,
+        _valid_boxes,
+        model_frames,
+        paired_se,
+        synthetic_probe,
+        valid_at,
+    )
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True, help="the run's data set root (MVTec layout)")
+    kinds = (*SELECTION_DEFECTS, *SURFACE_DEFECTS)
+    ap.add_argument("--kinds", nargs="+", default=list(SELECTION_DEFECTS), choices=kinds)
+    ap.add_argument("--grids", nargs="+", type=int, default=[8, 16])
+    ap.add_argument("--weights", nargs="+", type=float, default=[0.25, 0.5])
+    ap.add_argument("--out", type=Path, default=Path("position.json"))
+    args = ap.parse_args()
+    if tuple(args.kinds) != SELECTION_DEFECTS:
+        trainer.select.synthetic_defects = functools.partial(  # type: ignore[assignment]
+            trainer.select.synthetic_defects, kinds=tuple(args.kinds)
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    model, info = load_run(args.run)
+    spec, device = info.preprocess, torch.device("cpu")
+    split, seed = info.meta["data"]["split"], int(info.config.seed)
+    h1, w1 = model.map_sizes[1]
+
+    # the Gaussians, from the run's own training images as its frames place them
+    train = [read_image(args.data / p) for p in split["train"]]
+    inputs, valid, _, _ = model_frames(train, spec)
+    del train
+    embs, vgrid = [], []
+    with torch.no_grad():
+        for s in range(0, inputs.shape[0], 16):
+            feats = model.collect(frames_to_tensor(inputs[s : s + 16], device))
+            embs.append(joint_embedding(feats))
+            vgrid.append(valid_at(torch.from_numpy(valid[s : s + 16]), (h1, w1)).numpy())
+    train_emb, train_valid = torch.cat(embs), np.concatenate(vgrid)
+    del inputs, embs
+    logging.info("training embedding %s, %d valid cells", tuple(train_emb.shape), int(train_valid.sum()))
+    gaussians = {}
+    for g in args.grids:
+        cells = torch.from_numpy(relative_cells(train_valid, g).reshape(-1))
+        keep = cells >= 0
+        gaussians[g] = PositionGaussians(g).fit(train_emb.reshape(-1, train_emb.shape[-1])[keep], cells[keep])
+        logging.info("grid %d: %d Gaussians fitted", g, g * g)
+    del train_emb
+
+    # the fit images and their synthetic defects, as the selection draws them
+    calib = split["calib"]
+    fit = [read_image(args.data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
+    probe = synthetic_probe(model, fit, spec, device, seed, 8)
+    if probe is None:
+        raise SystemExit("no synthetic defect survives the resize: nothing to compare")
+    sets = []
+    for shared in (probe.good, probe.defective):
+        cues = shared.cues(model)
+        emb = torch.cat([joint_embedding(f) for f, _, _ in shared.batches])
+        vg = np.concatenate([valid_at(v, (h1, w1)).numpy() for *_, v in shared.batches])
+        sets.append((cues, emb, vg))
+    fusion, size, post = model.fusion, model.input_size, model.post
+    score_w = fusion.score_weights()
+
+    def fused(cues: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        maps, scored, valids = [], [], []
+        with torch.no_grad():
+            for cos, bank, v in cues.chunks:
+                m = fusion(cos, bank, size)
+                maps.append(m)
+                scored.append(m if score_w is None else fusion(cos, bank, size, score_w))
+                valids.append(v)
+        return torch.cat(maps), torch.cat(scored), torch.cat(valids)
+
+    base = [fused(c) for c, _, _ in sets]
+    # P's statistics: the fit (good) images' valid cells
+    good_emb, good_valid = sets[0][1], sets[0][2]
+    stats = {}
+    for g, gauss in gaussians.items():
+        cells = torch.from_numpy(relative_cells(good_valid, g).reshape(-1))
+        keep = cells >= 0
+        d = gauss.distance(good_emb.reshape(-1, good_emb.shape[-1])[keep], cells[keep])
+        stats[g] = (float(d.mean()), float(d.std()))
+        logging.info("grid %d: P on the fit images' valid cells: mean %.3f, std %.3f", g, *stats[g])
+
+    s = slice(None, None, 2)
+    frame_valid = [probe.good.frame_valid, probe.defective.frame_valid]
+    boxes = [_valid_boxes(v) for v in frame_valid]
+    n_good, n_bad = len(boxes[0]), len(boxes[1])
+    truth = [None] * n_good + [m[s, s][b] for m, b in zip(probe.masks, boxes[1], strict=True)]
+    labels = np.r_[np.zeros(n_good), np.ones(n_bad)]
+    k = max(1, min(FOLDS, n_good))
+    fold = np.r_[np.arange(n_good) % k, probe.sources % k]
+
+    def evaluate(extra: list[torch.Tensor] | None, w: float) -> dict[str, Any]:
+        scores, maps = [], []
+        for (m, sc, v), b, e in zip(base, boxes, extra or [None, None], strict=True):
+            if e is not None:
+                m, sc = (1 - w) * m + w * e, (1 - w) * sc + w * e
+            with torch.no_grad():
+                o = post(m, v, sc)
+            scores.append(o.pred_score.numpy())
+            am = o.anomaly_map[:, 0, s, s].numpy()
+            maps.extend(a[box] for a, box in zip(am, b, strict=True))
+        all_scores = np.concatenate(scores)
+        row = _objective(all_scores, labels, maps, truth)
+        row["folds"] = [
+            _objective(all_scores[i], labels[i], [maps[j] for j in i], [truth[j] for j in i])["objective"]
+            for f in range(k)
+            if (i := np.flatnonzero(fold == f)).size
+        ]
+        return row
+
+    rows = [{"name": "baseline", "grid": None, "w": 0.0, **evaluate(None, 0.0)}]
+    for g, gauss in gaussians.items():
+        extra = [position_maps(model, e, relative_cells(vg, g), gauss, stats[g]) for _, e, vg in sets]
+        for w in args.weights:
+            rows.append({"name": f"G{g} w{w}", "grid": g, "w": w, **evaluate(extra, w)})
+    ref = np.asarray(rows[0]["folds"])
+    for r in rows:
+        diff = np.asarray(r["folds"]) - ref
+        r["gap"] = r["objective"] - rows[0]["objective"]
+        r["fold_mean"], r["fold_se"] = float(diff.mean()), paired_se(diff)
+    out = {
+        "run": str(args.run),
+        "kinds": args.kinds,
+        "n_good": n_good,
+        "n_synthetic": n_bad,
+        "stats": {str(g): v for g, v in stats.items()},
+        "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    args.out.write_text(json.dumps(out, indent=1))
+    print(f"{args.run.name}: {n_good} fit images, {n_bad} synthetic defects ({' '.join(args.kinds)})")
+    for r in rows:
+        cells = [r["name"]] + [f"{r[x]:.4f}" for x in ("image_auroc", "pixel_auroc", "aupro", "objective")]
+        cells += [f"{r['gap']:+.4f}", f"{r['fold_mean']:+.4f} ({r['fold_se']:.4f})"]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

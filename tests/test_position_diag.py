@@ -1,0 +1,59 @@
+"""benchmarks/position_diag.py: relative grid cells, per-cell Gaussians and the joint embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_benchmark
+
+position_diag = load_benchmark("position_diag.py", "bench_position_diag")
+
+
+def test_relative_cells_follow_each_images_valid_box() -> None:
+    valid = np.zeros((2, 6, 8), dtype=bool)
+    valid[0, 1:5, 2:6] = True  # a 4x4 box inside letterbox
+    valid[1] = True  # the whole frame
+    cells = position_diag.relative_cells(valid, 2)
+    assert (cells[~valid] == -1).all()
+    # image 0: the box's four quadrants, each 2x2 cells
+    np.testing.assert_array_equal(
+        cells[0, 1:5, 2:6], [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+    )
+    # image 1: the same relative layout over the whole 6x8 frame
+    assert cells[1, 0, 0] == 0 and cells[1, 0, 7] == 1 and cells[1, 5, 0] == 2 and cells[1, 5, 7] == 3
+    assert (np.bincount(cells[1].ravel(), minlength=4) == 12).all()
+
+
+def test_relative_cells_keep_invalid_cells_inside_the_box_out() -> None:
+    valid = np.ones((1, 4, 4), dtype=bool)
+    valid[0, 0, 0] = False
+    cells = position_diag.relative_cells(valid, 4)
+    assert cells[0, 0, 0] == -1 and cells[0, 3, 3] == 15
+
+
+def test_gaussian_distance_is_the_shrunk_mahalanobis_distance() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3)) * [1.0, 2.0, 0.5]
+    cells = np.r_[np.zeros(200, int), np.ones(200, int)]
+    x[cells == 1] += 5.0
+    g = position_diag.PositionGaussians(grid=2, shrink=0.0)
+    with pytest.raises(ValueError, match="coarser grid"):  # grid cells 2 and 3 have no samples
+        g.fit(torch.from_numpy(x), torch.from_numpy(cells))
+    cells4 = np.r_[cells, [2, 2, 3, 3]]
+    x4 = np.r_[x, rng.normal(size=(4, 3))]
+    g.fit(torch.from_numpy(x4), torch.from_numpy(cells4))
+    q = np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    d = g.distance(torch.from_numpy(q), torch.tensor([1, 1])).numpy()
+    mu, cov = x[cells == 1].mean(0), np.cov(x[cells == 1].T)
+    want = [np.sqrt((v - mu) @ np.linalg.inv(cov) @ (v - mu)) for v in q]
+    np.testing.assert_allclose(d, want, rtol=1e-5)
+    assert d[0] > 5 > d[1]  # far from cell 1's Gaussian, near its mean
+
+
+def test_joint_embedding_shape_and_average() -> None:
+    f1 = torch.ones(2, 4, 6, 8)
+    f2 = torch.arange(3 * 3 * 4, dtype=torch.float32).view(1, 3, 3, 4).expand(2, 3, 3, 4)
+    emb = position_diag.joint_embedding([torch.zeros(2, 1, 12, 16), f1, f2])
+    assert emb.shape == (2, 6, 8, 7)
+    assert torch.allclose(emb[..., :4], torch.ones(2, 6, 8, 4))  # a constant stays constant at the border
