@@ -10,10 +10,11 @@ valid box* (0..1 along each side) picks one cell of a ``G x G`` grid over the pa
 Gaussian of the embedding over the run's training images (covariance shrunk by ``0.01 * mean(diag)``);
 ``P`` = the Mahalanobis distance to the cell's Gaussian, standardised over the fit images' valid cells,
 0 on letterbox cells, upsampled to the frame. Candidates: the run as it is, and ``(1 - w) * run + w * P``
-for the map and the score's map alike (before smoothing), for each ``G`` and ``w``.
+for the map and the score's map alike (before smoothing), for each ``G`` and ``w``; with
+``--score-only`` for the image score's map alone (the map, and so the two pixel terms, unchanged).
 
     .venv/bin/python benchmarks/position_diag.py --run RUN --data DATA_ROOT [--kinds KIND ...]
-        [--grids 8 16] [--weights 0.25 0.5] [--out position.json]
+        [--grids 8 16] [--weights 0.25 0.5] [--score-only] [--out position.json]
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=list(SELECTION_DEFECTS), choices=kinds)
     ap.add_argument("--grids", nargs="+", type=int, default=[8, 16])
     ap.add_argument("--weights", nargs="+", type=float, default=[0.25, 0.5])
+    ap.add_argument("--score-only", action="store_true", help="mix P into the image score's map only")
     ap.add_argument("--out", type=Path, default=Path("position.json"))
     args = ap.parse_args()
     if tuple(args.kinds) != SELECTION_DEFECTS:
@@ -211,7 +213,7 @@ def main() -> None:
         scores, maps = [], []
         for (m, sc, v), b, e in zip(base, boxes, extra or [None, None], strict=True):
             if e is not None:
-                m, sc = (1 - w) * m + w * e, (1 - w) * sc + w * e
+                m, sc = m if args.score_only else (1 - w) * m + w * e, (1 - w) * sc + w * e
             with torch.no_grad():
                 o = post(m, v, sc)
             scores.append(o.pred_score.numpy())
@@ -239,6 +241,7 @@ def main() -> None:
     out = {
         "run": str(args.run),
         "kinds": args.kinds,
+        "score_only": args.score_only,
         "n_good": n_good,
         "n_synthetic": n_bad,
         "stats": {str(g): v for g, v in stats.items()},
