@@ -20,7 +20,6 @@ for the map and the score's map alike (before smoothing), for each ``G`` and ``w
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import time
@@ -107,7 +106,6 @@ def position_maps(
 
 
 def main() -> None:
-    import trainer.select
     from trainer.data import read_image
     from trainer.data.synthetic import SELECTION_DEFECTS, SURFACE_DEFECTS
     from trainer.inference import frames_to_tensor
@@ -131,10 +129,6 @@ def main() -> None:
     ap.add_argument("--score-only", action="store_true", help="mix P into the image score's map only")
     ap.add_argument("--out", type=Path, default=Path("position.json"))
     args = ap.parse_args()
-    if tuple(args.kinds) != SELECTION_DEFECTS:
-        trainer.select.synthetic_defects = functools.partial(  # type: ignore[assignment]
-            trainer.select.synthetic_defects, kinds=tuple(args.kinds)
-        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
@@ -167,7 +161,7 @@ def main() -> None:
     # the fit images and their synthetic defects, as the selection draws them
     calib = split["calib"]
     fit = [read_image(args.data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
-    probe = synthetic_probe(model, fit, spec, device, seed, 8)
+    probe = synthetic_probe(model, fit, spec, device, seed, 8, tuple(args.kinds))
     if probe is None:
         raise SystemExit("no synthetic defect survives the resize: nothing to compare")
     sets = []

@@ -347,6 +347,11 @@ def test_shared_inputs_rank_exactly_like_cues_computed_directly(
     assert shared.cos_weight == alone.cos_weight == chosen
     assert isinstance(probe.good, SharedInputs) and probe.good.masks is None
     assert all(cos is not None for _, cos, _ in probe.good.batches)  # the distillation cue is kept
+    surface = synthetic_probe(model, images, spec, device, seed=3, kinds=("stain", "smear"))
+    assert surface is not None  # other kinds (diagnostics): drawn as synthetic_defects draws them
+    want = synthetic_defects(images, seed=3, kinds=("stain", "smear"))
+    assert list(surface.sources) == [src for *_, src in want]
+    assert not np.array_equal(surface.masks, probe.masks)
 
 
 def test_shared_inputs_keep_fp16_features_above_the_memory_limit(

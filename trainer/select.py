@@ -279,11 +279,12 @@ def synthetic_probe(
     device: torch.device,
     seed: int,
     batch_size: int = 8,
+    kinds: Sequence[str] = SELECTION_DEFECTS,
 ) -> SyntheticProbe | None:
     """:class:`SyntheticProbe` of ``fit_images`` under ``model``'s teacher and student, the defects drawn
-    with ``seed`` exactly as :func:`rank_on_synthetic` draws them. ``None`` when no defect survives the
-    resize."""
-    defects = synthetic_defects(fit_images, seed)
+    with ``seed`` exactly as :func:`rank_on_synthetic` draws them (other ``kinds``: for diagnostics).
+    ``None`` when no defect survives the resize."""
+    defects = synthetic_defects(fit_images, seed, kinds)
     bad = SharedInputs.compute(
         model, [d[0] for d in defects], spec, device, batch_size, [d[1] for d in defects]
     )
