@@ -191,10 +191,19 @@ def write_parts(folder: Path, n: int, defect_every: int = 3, **kw: Any) -> list[
     return labels
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port, never one this test process has handed out before: the kernel may give a
+    just-released port again, and two of a config's ports must differ (seen with two test runs at once)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def line_config(tmp: Path, cameras: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:
