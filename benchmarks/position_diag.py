@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 SHRINK = 0.01  # covariance shrinkage, relative to the mean variance
-FOLDS = 5
 
 
 def joint_embedding(feats: list[torch.Tensor]) -> torch.Tensor:
@@ -111,6 +110,8 @@ def main() -> None:
     from trainer.inference import frames_to_tensor
     from trainer.runs import load_run
     from trainer.select import (
+        _PIXEL_STRIDE,
+        FOLDS,
         _objective,
         _valid_boxes,
         model_frames,
@@ -194,7 +195,7 @@ def main() -> None:
         stats[g] = (float(d.mean()), float(d.std()))
         logging.info("grid %d: P on the fit images' valid cells: mean %.3f, std %.3f", g, *stats[g])
 
-    s = slice(None, None, 2)
+    s = slice(None, None, _PIXEL_STRIDE)
     frame_valid = [probe.good.frame_valid, probe.defective.frame_valid]
     boxes = [_valid_boxes(v) for v in frame_valid]
     n_good, n_bad = len(boxes[0]), len(boxes[1])
