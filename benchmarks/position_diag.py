@@ -111,10 +111,11 @@ def main() -> None:
     from trainer.runs import load_run
     from trainer.select import (
         _PIXEL_STRIDE,
-        FOLDS,
         _objective,
         _valid_boxes,
+        fold_assignment,
         model_frames,
+        objective_by_fold,
         paired_se,
         synthetic_probe,
         valid_at,
@@ -201,8 +202,7 @@ def main() -> None:
     n_good, n_bad = len(boxes[0]), len(boxes[1])
     truth = [None] * n_good + [m[s, s][b] for m, b in zip(probe.masks, boxes[1], strict=True)]
     labels = np.r_[np.zeros(n_good), np.ones(n_bad)]
-    k = max(1, min(FOLDS, n_good))
-    fold = np.r_[np.arange(n_good) % k, probe.sources % k]
+    fold = fold_assignment(np.arange(n_good), probe.sources)
 
     def evaluate(extra: list[torch.Tensor] | None, w: float) -> dict[str, Any]:
         scores, maps = [], []
@@ -216,11 +216,7 @@ def main() -> None:
             maps.extend(a[box] for a, box in zip(am, b, strict=True))
         all_scores = np.concatenate(scores)
         row = _objective(all_scores, labels, maps, truth)
-        row["folds"] = [
-            _objective(all_scores[i], labels[i], [maps[j] for j in i], [truth[j] for j in i])["objective"]
-            for f in range(k)
-            if (i := np.flatnonzero(fold == f)).size
-        ]
+        row["folds"] = [f["objective"] for f in objective_by_fold(all_scores, labels, maps, truth, fold)]
         return row
 
     rows = [{"name": "baseline", "grid": None, "w": 0.0, **evaluate(None, 0.0)}]

@@ -16,7 +16,9 @@ from trainer.runs import load_run
 from trainer.select import (
     MIN_SYNTHETIC,
     _choose,
+    fold_assignment,
     mix_candidates,
+    objective_by_fold,
     rank_mixes,
     select_cue_mix,
     synthetic_defects,
@@ -155,6 +157,35 @@ def test_a_split_mix_takes_the_score_from_one_mix_and_the_map_from_another() -> 
         0.4,
         None,
     )
+
+
+def test_folds_follow_the_calibration_image_a_defect_was_drawn_into() -> None:
+    # 7 good images -> 5 folds; each defect lands in its source image's fold
+    fold = fold_assignment(np.arange(7), np.array([6, 0, 3, 3]))
+    assert fold.tolist() == [0, 1, 2, 3, 4, 0, 1, 1, 0, 3, 3]
+    # fewer good images than folds: one fold per good image
+    assert fold_assignment(np.arange(3), np.array([2, 1])).tolist() == [0, 1, 2, 2, 1]
+
+
+def test_objective_by_fold_scores_each_fold_on_its_own_images() -> None:
+    # fold 0: the defect outscores the good image, its mask exactly where its map is high;
+    # fold 1: the defect scores below the good image and its map is high off its mask; fold 2 is empty
+    on = np.zeros((4, 4), dtype=bool)
+    on[:2] = True
+    hot = on.astype(float)
+    scores = np.array([0.1, 0.9, 0.8, 0.3])
+    labels = np.array([0.0, 0.0, 1.0, 1.0])
+    maps = [np.zeros((4, 4)), np.zeros((4, 4)), hot, 1.0 - hot]
+    truth: list[np.ndarray | None] = [None, None, on, on]
+    fold = np.array([0, 1, 0, 1])
+    rows = objective_by_fold(scores, labels, maps, truth, fold)
+    assert len(rows) == 2
+    assert rows[0]["image_auroc"] == 1.0 and rows[1]["image_auroc"] == 0.0
+    assert rows[0]["pixel_auroc"] > rows[1]["pixel_auroc"]
+    for r in rows:
+        assert r["objective"] == pytest.approx(r["image_auroc"] + r["pixel_auroc"] + r["aupro"])
+    # a fold with no image is skipped, not scored as empty
+    assert len(objective_by_fold(scores, labels, maps, truth, np.array([0, 2, 0, 2]))) == 2
 
 
 @pytest.mark.parametrize("gray", [False, True])

@@ -346,6 +346,31 @@ def _objective(
     }
 
 
+def fold_assignment(group_good: np.ndarray, group_bad: np.ndarray) -> np.ndarray:
+    """Each image's fold (good images first, then the defective ones), from the calibration image it comes
+    from (``group_*``): :data:`FOLDS` folds, fewer when there are fewer good images, so a synthetic defect
+    always falls in the fold of the good image it was drawn into."""
+    k = max(1, min(FOLDS, len(group_good)))
+    return np.r_[np.asarray(group_good, dtype=np.int64) % k, np.asarray(group_bad, dtype=np.int64) % k]
+
+
+def objective_by_fold(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    maps: list[np.ndarray],
+    truth: list[np.ndarray | None],
+    fold: np.ndarray,
+) -> list[dict[str, float]]:
+    """The selection's objective (:func:`_objective`) on each fold's images (``fold``: each image's fold,
+    :func:`fold_assignment`), in fold order; empty folds are skipped."""
+    out = []
+    for f in range(int(fold.max()) + 1 if fold.size else 0):
+        idx = np.flatnonzero(fold == f)
+        if idx.size:
+            out.append(_objective(scores[idx], labels[idx], [maps[i] for i in idx], [truth[i] for i in idx]))
+    return out
+
+
 def paired_se(diff: np.ndarray) -> float:
     """Standard error of the mean of paired per-fold differences (0 with fewer than two folds): what the
     one-standard-error rule compares a gap in the objective with."""
@@ -434,8 +459,7 @@ def rank_mixes(
     boxes_good, boxes_bad = _valid_boxes(good.valid), _valid_boxes(defective.valid)
     n_good, n_bad = len(boxes_good), len(boxes_bad)
     group_good, group_bad = groups if groups is not None else (np.arange(n_good), np.arange(n_bad))
-    k = max(1, min(FOLDS, n_good))
-    fold = np.r_[np.asarray(group_good) % k, np.asarray(group_bad) % k]
+    fold = fold_assignment(group_good, group_bad)
 
     def fused(cues: CueSet, boxes: list[tuple[slice, slice]]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Image scores ``[N]`` and each image's strided map of its placed part, for the current weights."""
@@ -459,11 +483,7 @@ def rank_mixes(
             (sg, mg), (sd, md) = fused(good, boxes_good), fused(defective, boxes_bad)
             scores, maps = np.r_[sg, sd], [*mg, *md]
             whole[a] = _objective(scores, labels, maps, truth)
-            by_fold[a] = [
-                _objective(scores[idx], labels[idx], [maps[i] for i in idx], [truth[i] for i in idx])
-                for f in range(k)
-                if (idx := np.flatnonzero(fold == f)).size
-            ]
+            by_fold[a] = objective_by_fold(scores, labels, maps, truth, fold)
     finally:
         fusion.cos_weight, fusion.bank_weight = saved
 
