@@ -9,6 +9,7 @@ The manifest makes a bundle self-describing, so the edge daemon needs nothing el
 * ``normalization`` and ``backbone``: mean/std (applied inside the graph), channels, strides;
 * ``calibration``: which inference path the ONNX implements (``path``: ``plain`` or ``tta``) and every
   path's calibration (``by_path``: threshold, rule, statistics); each threshold is stored exactly once;
+  ``dropped`` (optional): good threshold images a review left out of the threshold (``masf-train drop``);
 * ``data``: the training-data fingerprint and split sizes; ``validation``: metrics if given;
 * ``source``: the run the bundle was exported from (directory, weights sha256);
 * ``files``: every file of the bundle with its sha256 and size; ``export``: the export record;

@@ -2,6 +2,7 @@
 
     masf-train fit --config CONFIG.yaml --data DIR --out RUN_DIR [--set key=value ...]
     masf-train evaluate --run RUN_DIR --data DIR --json OUT.json [--report DIR] [--tta | --no-tta]
+    masf-train drop --run RUN_DIR --data DIR --out RUN_DIR IMAGE [IMAGE ...]
     masf-train synth --out DIR [--train 60] [--good 12] [--defect 6] [--size 192] [--gray] [--seed 0]
 
 User errors (bad config, data, run directory) print one line ``error: ...`` and exit with status 2.
@@ -68,6 +69,24 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     tta.add_argument("--no-tta", dest="tta", action="store_const", const=False, help="force it off")
 
+    drop = sub.add_parser(
+        "drop",
+        help="leave threshold images that are not good parts out of a run's threshold (no new fit)",
+        description="Set a run's thresholds again without the named good threshold images (e.g. those "
+        "that 'fit' listed as the highest-scoring and a review found defective). The model, its cue "
+        "statistics and selections stay as they are. Drop only images that are not good parts: dropping "
+        "good ones lowers the threshold below the rule's promise.",
+    )
+    drop.add_argument("--run", required=True, help="run directory from 'fit'")
+    drop.add_argument("--data", required=True, help="the data folder the run was fitted on")
+    drop.add_argument("--out", required=True, help="run directory to write (may be --run itself)")
+    drop.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="threshold image: its path as run.json lists it, or its file name",
+    )
+
     syn = sub.add_parser("synth", help="generate a data set of machined parts with and without defects")
     syn.add_argument("--out", required=True, help="folder to write (MVTec layout)")
     syn.add_argument("--train", type=int, default=60, help="defect-free training images (default 60)")
@@ -112,8 +131,27 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"highest-scoring good threshold images: {review} (check that they are good parts: a "
                 "defective part among the good images raises the threshold and lets its kind of defect "
-                "through; all listed in run.json calibration_review)"
+                "through: leave it out with 'masf-train drop'; all listed in run.json calibration_review)"
             )
+        return 0
+    if args.command == "drop":
+        from pathlib import Path
+
+        from trainer.review import drop_threshold_images
+        from trainer.runs import load_run, save_run
+        from trainer.train import review_line
+
+        model, info = load_run(args.run)
+        new = drop_threshold_images(model, info, args.data, args.images)
+        save_run(Path(args.out), model, new)
+        c, names = new.calibration, ", ".join(e["image"] for e in new.meta["calibration_dropped"])
+        print(
+            f"threshold {info.calibration.threshold:.4f} -> {c.threshold:.4f} ({c.rule}, target FRR "
+            f"{c.target_frr:g}, {c.n_images} threshold images; dropped so far: {names}); run saved to "
+            f"{args.out}: export it again to deploy the new threshold"
+        )
+        if review := review_line(new):
+            print(f"highest-scoring good threshold images now: {review}")
         return 0
     if args.command == "evaluate":
         from trainer.evaluate.runner import evaluate_run

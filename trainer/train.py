@@ -339,6 +339,13 @@ class Calibrated:
     score: ScoreSelection | None = None
     review: list[tuple[int, float]] | None = None
 
+    def reindexed(self, keep: Sequence[int]) -> Calibrated:
+        """The same, its roles and review as indices into a longer list of which the calibrated images
+        were ``keep`` (in order)."""
+        roles = None if self.roles is None else {k: [keep[i] for i in v] for k, v in self.roles.items()}
+        review = None if self.review is None else [(keep[i], s) for i, s in self.review]
+        return replace(self, roles=roles, review=review)
+
     def meta(self, names: list[str] | None = None) -> dict[str, Any]:
         """The run-metadata entries of this calibration. ``names``: the calibration images' names (the
         run's ``data.split.calib``), for the review list."""
@@ -454,8 +461,26 @@ def calibrate_model(
         if score is not None:
             model.post = model.post.with_reduce(score.reduce)
             cfg = replace(cfg, score=replace(sc, reduce=score.reduce))
-    result = {}
-    review = None
+    result, review = set_thresholds(
+        model, cfg, thr_images, [int(i) for i in thr_idx], len(fit_images), spec, device
+    )
+    roles = {"fit": [int(i) for i in fit_idx], "threshold": [int(i) for i in thr_idx]}
+    return Calibrated(cfg, result, selection, roles, score, review)
+
+
+def set_thresholds(
+    model: MASF,
+    cfg: Config,
+    thr_images: Sequence[np.ndarray],
+    thr_idx: Sequence[int],
+    n_fit: int,
+    spec: PreprocessSpec,
+    device: torch.device,
+) -> tuple[dict[str, Calibration], list[tuple[int, float]]]:
+    """A threshold for each inference path (``"plain"``, ``"tta"``) from the good threshold images
+    ``thr_images`` (their calibration indices ``thr_idx``; ``n_fit`` other images fitted the model), and
+    the deployed path's highest-scoring threshold images (:func:`highest_scores`)."""
+    result, review = {}, []
     for path, enabled in (("plain", False), ("tta", True)):
         deployed, _ = apply_tta(model, enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
         scores, pixels = [], []
@@ -466,12 +491,11 @@ def calibrate_model(
                 scores.append(p.score)
                 pixels.append(p.anomaly_map[p.geometry.valid_mask()])
         result[path] = calibrate(
-            np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr, len(fit_images)
+            np.asarray(scores), np.concatenate(pixels), cfg.calibration.target_frr, n_fit
         )
         if enabled == cfg.tta.enabled:  # the deployed path's scores
-            review = highest_scores(scores, [int(i) for i in thr_idx])
-    roles = {"fit": [int(i) for i in fit_idx], "threshold": [int(i) for i in thr_idx]}
-    return Calibrated(cfg, result, selection, roles, score, review)
+            review = highest_scores(scores, thr_idx)
+    return result, review
 
 
 def calibration_for(info: RunInfo, tta: bool) -> Calibration:
@@ -487,15 +511,17 @@ def calibration_for(info: RunInfo, tta: bool) -> Calibration:
 
 def recalibrate(model: MASF, info: RunInfo, data_root: str | Path) -> RunInfo:
     """Re-run calibration (cue statistics, cue mix, thresholds) of ``model`` (e.g. with a component
-    switched off) on the run's own calibration images under ``data_root``; returns a new :class:`RunInfo`
-    (the run dir is untouched)."""
+    switched off) on the run's own calibration images under ``data_root``, without those a review
+    dropped (``calibration_dropped``, :mod:`trainer.review`); returns a new :class:`RunInfo` (the run dir
+    is untouched)."""
     root = Path(data_root)
-    paths = [root / p for p in info.meta["data"]["split"]["calib"]]
-    images = [read_image(p) for p in paths]
-    device = next(model.parameters()).device
-    done = calibrate_model(model, info.config, images, info.preprocess, device)
-    chosen = done.by_path["tta" if info.config.tta.enabled else "plain"]
     names = info.meta["data"]["split"]["calib"]
+    left_out = {e["image"] for e in info.meta.get("calibration_dropped") or []}
+    keep = [i for i, p in enumerate(names) if p not in left_out]
+    images = [read_image(root / names[i]) for i in keep]
+    device = next(model.parameters()).device
+    done = calibrate_model(model, info.config, images, info.preprocess, device).reindexed(keep)
+    chosen = done.by_path["tta" if info.config.tta.enabled else "plain"]
     return RunInfo(done.config, info.preprocess, chosen, {**info.meta, **done.meta(names)})
 
 

@@ -107,6 +107,8 @@ def build_manifest(
         "calibration": {
             "path": path,
             "by_path": {**by_path, path: calibration_for(info, path == "tta").to_dict()},
+            # good threshold images a review left out (masf-train drop), for the audit trail
+            "dropped": [str(e["image"]) for e in meta.get("calibration_dropped") or []],
         },
         "data": {
             "train_fingerprint": str(meta.get("data", {}).get("train_fingerprint", "")),
