@@ -51,6 +51,29 @@ def test_gaussian_distance_is_the_shrunk_mahalanobis_distance() -> None:
     assert d[0] > 5 > d[1]  # far from cell 1's Gaussian, near its mean
 
 
+def test_shared_covariance_pools_the_scatter_around_each_cells_mean() -> None:
+    rng = np.random.default_rng(1)
+    cells = np.repeat(np.arange(4), 300)
+    x = rng.normal(size=(1200, 3)) * [1.0, 2.0, 0.5] + np.repeat(rng.normal(size=(4, 3)) * 10, 300, axis=0)
+    g = position_diag.PositionGaussians(grid=2, shrink=0.0, shared=True).fit(
+        torch.from_numpy(x), torch.from_numpy(cells)
+    )
+    assert g.precision is not None and g.precision.shape == (1, 3, 3)
+    means = np.stack([x[cells == k].mean(0) for k in range(4)])
+    resid = x - means[cells]
+    pooled = resid.T @ resid / (1200 - 4)  # within-cell scatter: the cells' offsets do not inflate it
+    np.testing.assert_allclose(np.linalg.inv(g.precision[0].numpy()), pooled, rtol=1e-8)
+    assert np.allclose(np.diag(pooled), [1.0, 4.0, 0.25], rtol=0.15)
+    q = means[2] + np.array([0.0, 4.0, 0.0])  # two standard deviations along the second axis
+    d = g.distance(torch.from_numpy(q[None]), torch.tensor([2])).numpy()
+    np.testing.assert_allclose(
+        d, [np.sqrt((q - means[2]) @ np.linalg.inv(pooled) @ (q - means[2]))], rtol=1e-5
+    )
+    assert 1.7 < d[0] < 2.3
+    # the same point judged against another cell's mean is far
+    assert g.distance(torch.from_numpy(q[None]), torch.tensor([0])).item() > 3 * d[0]
+
+
 def test_joint_embedding_shape_and_average() -> None:
     f1 = torch.ones(2, 4, 6, 8)
     f2 = torch.arange(3 * 3 * 4, dtype=torch.float32).view(1, 3, 3, 4).expand(2, 3, 3, 4)
