@@ -12,9 +12,12 @@ Gaussian of the embedding over the run's training images (covariance shrunk by `
 0 on letterbox cells, upsampled to the frame. Candidates: the run as it is, and ``(1 - w) * run + w * P``
 for the map and the score's map alike (before smoothing), for each ``G`` and ``w``; with
 ``--score-only`` for the image score's map alone (the map, and so the two pixel terms, unchanged).
+``--shared-cov``: one covariance for all grid cells (per-cell means). ``--roi R``: the Gaussians fitted and
+``P`` computed on each image's valid box resampled to ``R x R`` positions (static shapes: what an exported
+graph can compute), ``P`` resampled back onto the box.
 
     .venv/bin/python benchmarks/position_diag.py --run RUN --data DATA_ROOT [--kinds KIND ...]
-        [--grids 8 16] [--weights 0.25 0.5] [--score-only] [--shared-cov] [--out position.json]
+        [--grids 8 16] [--weights 0.25 0.5] [--score-only] [--shared-cov] [--roi R] [--out position.json]
 """
 
 from __future__ import annotations
@@ -107,15 +110,64 @@ class PositionGaussians:
         return out.float()
 
 
-def position_maps(
-    model: Any, emb: torch.Tensor, cells: np.ndarray, gauss: PositionGaussians, stats: tuple[float, float]
+def _box(v: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows, cols = np.flatnonzero(v.any(1)), np.flatnonzero(v.any(0))
+    return None if rows.size == 0 else (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+
+
+def roi_resample(emb: torch.Tensor, valid: np.ndarray, size: int) -> torch.Tensor:
+    """``[N, h, w, C]`` embeddings -> ``[N, size, size, C]``: each image's valid box resampled bilinearly
+    (``align_corners=False``) to a fixed ``size x size`` grid, so each grid cell of the part has the same
+    positions in every image (what a graph with static shapes can compute)."""
+    out = torch.zeros(emb.shape[0], size, size, emb.shape[-1])
+    for n, v in enumerate(valid):
+        if (box := _box(v)) is None:
+            continue
+        r0, r1, c0, c1 = box
+        crop = emb[n, r0:r1, c0:c1].permute(2, 0, 1)[None]
+        out[n] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)[0].permute(
+            1, 2, 0
+        )
+    return out
+
+
+def roi_cells(size: int, grid: int) -> torch.Tensor:
+    """The grid cell (row-major) of each position of a ``size x size`` resampled box, ``[size * size]``."""
+    idx = torch.arange(size) * grid // size
+    return (idx[:, None] * grid + idx[None, :]).reshape(-1)
+
+
+def distance_maps(
+    gauss: PositionGaussians, emb: torch.Tensor, valid: np.ndarray, roi: int | None
 ) -> torch.Tensor:
-    """Standardised ``P`` ``[N, 1, H, W]`` at the model's frame (0 on letterbox cells)."""
-    flat = torch.from_numpy(cells.reshape(-1))
-    keep = flat >= 0
-    values = torch.zeros(flat.shape[0])
-    values[keep] = (gauss.distance(emb.reshape(-1, emb.shape[-1])[keep], flat[keep]) - stats[0]) / stats[1]
-    grid = values.view(1, *cells.shape).permute(1, 0, 2, 3)
+    """Each valid cell's Mahalanobis distance to its grid cell's Gaussian, ``[N, h, w]`` (0 elsewhere).
+    ``roi``: computed on each image's box resampled to ``roi x roi`` (:func:`roi_resample`) and resampled
+    back onto the box; ``None``: at the cells themselves (:func:`relative_cells`)."""
+    n, h, w, c = emb.shape
+    out = torch.zeros(n, h, w)
+    if roi is None:
+        cells = torch.from_numpy(relative_cells(valid, gauss.grid).reshape(-1))
+        keep = cells >= 0
+        out.view(-1)[keep] = gauss.distance(emb.reshape(-1, c)[keep], cells[keep])
+        return out
+    d = gauss.distance(roi_resample(emb, valid, roi).reshape(-1, c), roi_cells(roi, gauss.grid).repeat(n))
+    d = d.view(n, 1, roi, roi)
+    for i, v in enumerate(valid):
+        if (box := _box(v)) is None:
+            continue
+        r0, r1, c0, c1 = box
+        back = F.interpolate(d[i : i + 1], size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)
+        out[i, r0:r1, c0:c1] = back[0, 0] * torch.from_numpy(v[r0:r1, c0:c1])
+    return out
+
+
+def position_maps(
+    model: Any, dist: torch.Tensor, valid: np.ndarray, stats: tuple[float, float]
+) -> torch.Tensor:
+    """Standardised ``P`` ``[N, 1, H, W]`` at the model's frame from :func:`distance_maps` (0 on letterbox
+    cells)."""
+    v = torch.from_numpy(valid)
+    grid = torch.where(v, (dist - stats[0]) / stats[1], torch.zeros(())).unsqueeze(1)
     return F.interpolate(grid, size=model.input_size, mode="bilinear", align_corners=False)
 
 
@@ -145,6 +197,9 @@ def main() -> None:
     ap.add_argument("--weights", nargs="+", type=float, default=[0.25, 0.5])
     ap.add_argument("--score-only", action="store_true", help="mix P into the image score's map only")
     ap.add_argument(
+        "--roi", type=int, default=None, help="compute P on each image's box resampled to ROI x ROI positions"
+    )
+    ap.add_argument(
         "--shared-cov", action="store_true", help="one covariance for all grid cells (per-cell means)"
     )
     ap.add_argument("--out", type=Path, default=Path("position.json"))
@@ -171,14 +226,18 @@ def main() -> None:
     del inputs, embs
     logging.info("training embedding %s, %d valid cells", tuple(train_emb.shape), int(train_valid.sum()))
     gaussians = {}
+    c = train_emb.shape[-1]
     for g in args.grids:
-        cells = torch.from_numpy(relative_cells(train_valid, g).reshape(-1))
-        keep = cells >= 0
-        gaussians[g] = PositionGaussians(g, shared=args.shared_cov).fit(
-            train_emb.reshape(-1, train_emb.shape[-1])[keep], cells[keep]
-        )
+        if args.roi is None:
+            cells = torch.from_numpy(relative_cells(train_valid, g).reshape(-1))
+            keep = cells >= 0
+            x, cells = train_emb.reshape(-1, c)[keep], cells[keep]
+        else:
+            x = roi_resample(train_emb, train_valid, args.roi).reshape(-1, c)
+            cells = roi_cells(args.roi, g).repeat(train_emb.shape[0])
+        gaussians[g] = PositionGaussians(g, shared=args.shared_cov).fit(x, cells)
         logging.info("grid %d: %d Gaussians fitted", g, g * g)
-    del train_emb
+    del train_emb, x
 
     # the fit images and their synthetic defects, as the selection draws them
     calib = split["calib"]
@@ -207,12 +266,13 @@ def main() -> None:
 
     base = [fused(c) for c, _, _ in sets]
     # P's statistics: the fit (good) images' valid cells
-    good_emb, good_valid = sets[0][1], sets[0][2]
+    dists = {
+        g: [distance_maps(gauss, e, vg, args.roi) for _, e, vg in sets] for g, gauss in gaussians.items()
+    }
+    good_valid = torch.from_numpy(sets[0][2])
     stats = {}
-    for g, gauss in gaussians.items():
-        cells = torch.from_numpy(relative_cells(good_valid, g).reshape(-1))
-        keep = cells >= 0
-        d = gauss.distance(good_emb.reshape(-1, good_emb.shape[-1])[keep], cells[keep])
+    for g in gaussians:
+        d = dists[g][0][good_valid]
         stats[g] = (float(d.mean()), float(d.std()))
         logging.info("grid %d: P on the fit images' valid cells: mean %.3f, std %.3f", g, *stats[g])
 
@@ -240,8 +300,8 @@ def main() -> None:
         return row
 
     rows = [{"name": "baseline", "grid": None, "w": 0.0, **evaluate(None, 0.0)}]
-    for g, gauss in gaussians.items():
-        extra = [position_maps(model, e, relative_cells(vg, g), gauss, stats[g]) for _, e, vg in sets]
+    for g in gaussians:
+        extra = [position_maps(model, d, vg, stats[g]) for d, (_, _, vg) in zip(dists[g], sets, strict=True)]
         for w in args.weights:
             rows.append({"name": f"G{g} w{w}", "grid": g, "w": w, **evaluate(extra, w)})
     ref = np.asarray(rows[0]["folds"])
@@ -254,6 +314,7 @@ def main() -> None:
         "kinds": args.kinds,
         "score_only": args.score_only,
         "shared_cov": args.shared_cov,
+        "roi": args.roi,
         "n_good": n_good,
         "n_synthetic": n_bad,
         "stats": {str(g): v for g, v in stats.items()},

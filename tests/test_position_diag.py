@@ -80,3 +80,41 @@ def test_joint_embedding_shape_and_average() -> None:
     emb = position_diag.joint_embedding([torch.zeros(2, 1, 12, 16), f1, f2])
     assert emb.shape == (2, 6, 8, 7)
     assert torch.allclose(emb[..., :4], torch.ones(2, 6, 8, 4))  # a constant stays constant at the border
+
+
+def test_roi_resampling_gives_every_image_the_same_positions_per_cell() -> None:
+    np.testing.assert_array_equal(
+        position_diag.roi_cells(4, 2).view(4, 4).numpy(),
+        [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]],
+    )
+    # two images whose boxes differ in size and place: a left-right ramp over each box
+    valid = np.zeros((2, 6, 8), dtype=bool)
+    valid[0, 1:5, 2:6] = True
+    valid[1] = True
+    emb = torch.zeros(2, 6, 8, 1)
+    emb[0, 1:5, 2:6, 0] = torch.linspace(0, 1, 4)
+    emb[1, :, :, 0] = torch.linspace(0, 1, 8)
+    r = position_diag.roi_resample(emb, valid, 4)
+    assert r.shape == (2, 4, 4, 1)
+    assert torch.all(r[..., 0].diff(dim=-1) > 0)  # the ramp runs along every row of both
+    assert torch.allclose(r[..., 0].diff(dim=-2), torch.zeros(2, 3, 4), atol=1e-6)
+    assert torch.allclose(r[0, :, 0, 0], torch.zeros(4)) and torch.allclose(r[0, :, -1, 0], torch.ones(4))
+
+
+def test_distance_maps_native_and_roi_are_zero_off_the_part() -> None:
+    rng = np.random.default_rng(2)
+    valid = np.zeros((3, 8, 8), dtype=bool)
+    valid[:, 2:8, 1:7] = True
+    emb = torch.from_numpy(rng.normal(size=(3, 8, 8, 2)))
+    g = position_diag.PositionGaussians(grid=2, shrink=0.1)
+    x = torch.from_numpy(rng.normal(size=(400, 2)))
+    g.fit(x, torch.arange(400) % 4)
+    native = position_diag.distance_maps(g, emb, valid, None)
+    cells = torch.from_numpy(position_diag.relative_cells(valid, 2))
+    want = g.distance(emb[torch.from_numpy(valid)], cells[cells >= 0])
+    assert torch.allclose(native[torch.from_numpy(valid)], want)
+    roi = position_diag.distance_maps(g, emb, valid, 4)
+    for d in (native, roi):
+        assert (d[torch.from_numpy(~valid)] == 0).all() and (d[torch.from_numpy(valid)] > 0).all()
+    # same Gaussians, nearby positions: the two forms agree on the scale of the distances
+    assert 0.5 < roi[torch.from_numpy(valid)].mean() / native[torch.from_numpy(valid)].mean() < 1.5
