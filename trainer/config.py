@@ -288,6 +288,30 @@ class ScoreSection:
 
 
 @dataclass(frozen=True)
+class PositionSection:
+    # The position cue (trainer/models/masf/position.py): a Gaussian of the teacher's plain joint embedding
+    # (scales 1 and 2) per cell of a grid x grid partition of each image's part, mixed into the image
+    # score's map with `weight` (the anomaly map is unchanged; 0: nothing computed or exported). Off unless
+    # enabled. With select: synthetic the weight is chosen among the candidates on the calibration fit
+    # images' synthetic defects (one standard error: 0 unless a weight is measurably better). Not used on
+    # tiled parts (a tile is not the part). The bundle carries grid^2 precision matrices (29 MB at grid 16
+    # with 168 channels).
+    enabled: bool = _f(False)
+    grid: int = _f(16, _pos, "a positive int")
+    # positions per side of each image's part, resampled (a multiple of grid)
+    roi: int = _f(32, _pos, "a positive int")
+    weight: float = _f(0.0, _frac, "in [0, 1)")
+    select: str = _f("synthetic", *_oneof("synthetic", "none"))
+    candidates: list[float] = field(
+        default_factory=lambda: [0.0, 0.25],
+        metadata={
+            "check": lambda v: len(v) > 0 and all(0.0 <= x < 1.0 for x in v),
+            "rule": "a non-empty list of weights in [0, 1)",
+        },
+    )
+
+
+@dataclass(frozen=True)
 class TrainSection:
     epochs: int = _f(15, _nonneg, "a non-negative int")
     # Most optimiser steps (0: no cap). A large training set reaches them in fewer epochs; the warm-up and
@@ -336,6 +360,7 @@ class Config:
     fusion: FusionSection = field(default_factory=FusionSection)
     tta: TTASection = field(default_factory=TTASection)
     score: ScoreSection = field(default_factory=ScoreSection)
+    position: PositionSection = field(default_factory=PositionSection)
     train: TrainSection = field(default_factory=TrainSection)
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
 
@@ -355,6 +380,11 @@ def config_from_dict(data: Any, source: str = "config") -> Config:
     if cfg.data.scale == "common" and cfg.data.resize != "letterbox":
         raise ConfigError(
             f"{source}: data.scale 'common' needs data.resize 'letterbox' (got {cfg.data.resize!r})"
+        )
+    if cfg.position.roi % cfg.position.grid:
+        raise ConfigError(
+            f"{source}: position.roi ({cfg.position.roi}) must be a multiple of position.grid "
+            f"({cfg.position.grid})"
         )
     return cfg
 

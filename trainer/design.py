@@ -74,11 +74,12 @@ def knn_cost(model: MASF) -> int:
 
 
 def with_design(trained: MASF, cfg: Config) -> MASF:
-    """A model with the bank design of ``cfg`` (empty banks) that shares ``trained``'s teacher and student
-    modules and copies its learned scale weights."""
+    """A model with the bank design of ``cfg`` (empty banks) that shares ``trained``'s teacher, student and
+    position-cue modules and copies its learned scale weights."""
     model = MASF(trained.teacher, cfg, trained.input_size)
     if trained.use_student:
         model.sdms, model.students = trained.sdms, trained.students
+    model.position, model.position_weight = trained.position, trained.position_weight  # fitted once
     with torch.no_grad():
         model.fusion.log_var.copy_(trained.fusion.log_var.detach().cpu())
     device = next(trained.parameters()).device

@@ -36,7 +36,14 @@ import numpy as np
 import torch
 
 import trainer
-from engines.preprocess import PreprocessSpec, preprocess_batch, resolve_input_size, resolve_tiling, turns
+from engines.preprocess import (
+    PreprocessSpec,
+    preprocess_batch,
+    resolve_input_size,
+    resolve_tiling,
+    turns,
+    valid_masks,
+)
 from trainer.calibrate import Calibration, calibrate, conformal_min, split_roles
 from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
@@ -50,11 +57,18 @@ from trainer.inference import (
     predict_arrays,
 )
 from trainer.models.masf import MASF, apply_tta, create_masf
+from trainer.position_choice import (
+    PositionSelection,
+    fit_position_gaussians,
+    select_position_weight,
+    set_position_statistics,
+)
 from trainer.runs import RunInfo, save_run
 from trainer.score_choice import ScoreSelection, baseline, select_score_reduce
 from trainer.select import (
     CueSet,
     MixSelection,
+    SharedInputs,
     SyntheticProbe,
     cue_batches,
     select_cue_mix,
@@ -338,6 +352,7 @@ class Calibrated:
     roles: dict[str, list[int]] | None = None
     score: ScoreSelection | None = None
     review: list[tuple[int, float]] | None = None
+    position: PositionSelection | None = None
 
     def reindexed(self, keep: Sequence[int]) -> Calibrated:
         """The same, its roles and review as indices into a longer list of which the calibrated images
@@ -353,6 +368,7 @@ class Calibrated:
             "calibration_by_path": {k: v.to_dict() for k, v in self.by_path.items()},
             "fusion_selection": self.selection.to_dict() if self.selection else None,
             "score_selection": self.score.to_dict() if self.score else None,
+            "position_selection": self.position.to_dict() if self.position else None,
             "calibration_roles": self.roles,
             "calibration_review": None if self.review is None else review_entries(self.review, names),
         }
@@ -461,11 +477,22 @@ def calibrate_model(
         if score is not None:
             model.post = model.post.with_reduce(score.reduce)
             cfg = replace(cfg, score=replace(sc, reduce=score.reduce))
+    position = None
+    if model.position is not None:
+        pc, bs = cfg.position, cfg.train.batch_size
+        if probe is None and pc.select == "synthetic":
+            probe = synthetic_probe(model, fit_images, spec, device, cfg.seed, bs)
+        good = probe.good if probe is not None else SharedInputs.compute(model, fit_images, spec, device, bs)
+        set_position_statistics(model, good)
+        if pc.select == "synthetic" and probe is not None:
+            position = select_position_weight(model, probe, pc.candidates, probe_cues if fitted else None)
+        model.position_weight = position.weight if position is not None else pc.weight
+        cfg = replace(cfg, position=replace(pc, weight=model.position_weight))
     result, review = set_thresholds(
         model, cfg, thr_images, [int(i) for i in thr_idx], len(fit_images), spec, device
     )
     roles = {"fit": [int(i) for i in fit_idx], "threshold": [int(i) for i in thr_idx]}
-    return Calibrated(cfg, result, selection, roles, score, review)
+    return Calibrated(cfg, result, selection, roles, score, review, position)
 
 
 def set_thresholds(
@@ -546,7 +573,10 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     train_images = _load_images(split.train, progress, "read train")
     calib_images = _load_images(split.calib, progress, "read calib")
     spec = resolve_preprocess(cfg, train_images + calib_images)
-    train_batch, _ = preprocess_batch(train_images, spec)
+    if spec.tiled and cfg.position.enabled:
+        _logger.info("position cue not used: the part is tiled (a tile is not the part)")
+        cfg = replace(cfg, position=replace(cfg.position, enabled=False))
+    train_batch, train_geometries = preprocess_batch(train_images, spec)
     if spec.tiled:  # the model learns from every tile of every training frame
         train_batch = spec.grid.cut(train_batch, axis=1)
     del train_images
@@ -564,6 +594,8 @@ def fit(cfg: Config, data_root: str | Path, out_dir: str | Path, progress: bool 
     model = create_masf(cfg, spec.size).to(device).eval()
     t0 = time.perf_counter()
     feats = teacher_features(model, train_batch, device, 16, progress)
+    if model.position is not None:
+        fit_position_gaussians(model, feats, valid_masks(train_geometries))
     t_features = time.perf_counter() - t0
 
     history: list[dict[str, Any]] = []

@@ -22,6 +22,7 @@ from torch import nn
 from trainer.config import Config
 from trainer.models.backbones import Teacher
 from trainer.models.masf.amfd import AMFDStudent, cosine_distance, distill_loss
+from trainer.models.masf.position import PositionCue
 from trainer.models.masf.samb import JointEmbedder, KNNScorer, MemoryBank, PatchEmbedder
 from trainer.models.masf.sdm import SDM
 from trainer.models.masf.ughf import UGHF, MapPostprocess, MASFOutput
@@ -121,6 +122,13 @@ class MASF(nn.Module):
             cfg.fusion.score_cos_weight,
         )
         self.post = MapPostprocess(cfg.score.sigma, cfg.score.reduce, cfg.score.topk_fraction)
+        pc = cfg.position
+        if pc.enabled and len(channels) < 3:
+            raise ValueError(
+                f"position.enabled needs teacher scales 1 and 2; the teacher has {len(channels)}"
+            )
+        self.position = PositionCue(list(channels[1:3]), pc.grid, pc.roi) if pc.enabled else None
+        self.position_weight = float(pc.weight) if pc.enabled else 0.0
 
     # -- teacher -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -209,19 +217,33 @@ class MASF(nn.Module):
         return cos, bank
 
     # -- inference ---------------------------------------------------------------------------------------
-    def fused_maps(self, x_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def fused_maps(
+        self, x_norm: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised input ``[N, 3, H, W]`` -> the fused, unsmoothed map ``[N, 1, H, W]`` and, when the
-        image score has its own cue mix (``UGHF.score_weights``), the map it is taken from (else None)."""
+        image score has its own cue mix (``UGHF.score_weights``) or the position cue enters it, the map it
+        is taken from (else None). ``valid``: the letterbox mask (the position cue's part box)."""
         feats = self.teacher(x_norm)
         cos, bank = self.raw_cues(feats)
         fused = self.fusion(cos, bank, self.input_size)
         weights = self.fusion.score_weights()
-        return fused, None if weights is None else self.fusion(cos, bank, self.input_size, weights)
+        scored = None if weights is None else self.fusion(cos, bank, self.input_size, weights)
+        return fused, self.with_position(scored if scored is not None else fused, feats, valid)
+
+    def with_position(
+        self, scored: torch.Tensor, feats: list[torch.Tensor], valid: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The image score's map with the position cue mixed in (``(1 - w) * map + w * P``); ``scored``
+        itself without the cue, or None when that is the plain fused map and the cue is off."""
+        w = self.position_weight
+        if self.position is None or w <= 0:
+            return scored if self.fusion.score_weights() is not None else None
+        return (1.0 - w) * scored + w * self.position(feats[1:3], valid, self.input_size)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> MASFOutput:
         """``x [N, 3, H, W]`` RGB 0..255 (float) -> :class:`MASFOutput` (map ``[N, 1, H, W]``, score ``[N]``).
 
         ``valid`` (optional, ``[N, 1, H, W]``, 1 = real image pixel) keeps letterbox padding out of the score.
         """
-        fused, scored = self.fused_maps(self.teacher.normalize(x))
+        fused, scored = self.fused_maps(self.teacher.normalize(x), valid)
         return self.post(fused, valid, scored)

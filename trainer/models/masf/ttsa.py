@@ -98,7 +98,8 @@ class TTSAWrapper(nn.Module):
         """``x [N, 3, H, W]`` RGB in [0, 255] -> averaged :class:`MASFOutput`."""
         n = x.shape[0]
         views = self.perturb(self.model.teacher.normalize(x))
-        maps, scored = self.model.fused_maps(views)  # [V * N, 1, H, W] each
+        v = None if valid is None else valid.repeat(self.perturb.views, 1, 1, 1)  # view-major, as the views
+        maps, scored = self.model.fused_maps(views, v)  # [V * N, 1, H, W] each
 
         def mean(m: torch.Tensor) -> torch.Tensor:
             return m.reshape(self.perturb.views, n, *m.shape[1:]).mean(dim=0)

@@ -1,0 +1,134 @@
+"""Tests for trainer.position_choice and the position cue in the model: fitted, calibrated, chosen, saved,
+exported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+
+from trainer.config import config_from_dict
+from trainer.data import read_image
+from trainer.errors import ConfigError
+from trainer.export.onnx import export_onnx
+from trainer.export.parity import MAP_RTOL, SCORE_RTOL
+from trainer.inference import predict_arrays
+from trainer.models.masf import apply_tta
+from trainer.runs import load_run
+from trainer.train import fit
+
+POSITION = {"enabled": True, "grid": 4, "roi": 8}
+
+
+@pytest.fixture(scope="module")
+def position_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run with the position cue, its weight chosen among 0 and 0.5 on synthetic defects."""
+    out = tmp_path_factory.mktemp("position_run")
+    cfg = tiny_config(fusion={"select": "none"}, position={**POSITION, "candidates": [0.5]})
+    fit(cfg, synth_data, out, progress=False)
+    return out
+
+
+def _images(synth_data: Path) -> list[np.ndarray]:
+    return [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))[1::5][:3]]
+
+
+def test_the_fit_records_the_cue_and_the_run_reloads_it(position_run: Path) -> None:
+    doc = json.loads((position_run / "run.json").read_text())
+    sel = doc["position_selection"]
+    assert [r["weight"] for r in sel["rows"]] == [0.0, 0.5]
+    assert sum(r["chosen"] for r in sel["rows"]) == 1.0
+    chosen = next(r for r in sel["rows"] if r["chosen"])
+    assert doc["config"]["position"]["weight"] == chosen["weight"] == sel["weight"]
+    # only the image score moves with the weight: the two pixel terms are the same on every row
+    assert len({(r["pixel_auroc"], r["aupro"]) for r in sel["rows"]}) == 1
+    assert all(len(r["folds"]) == 2 for r in sel["rows"])  # 2 fit images: 2 folds
+    model, _ = load_run(position_run)
+    cue = model.position
+    assert cue is not None and model.position_weight == chosen["weight"]
+    assert cue.mean.shape == (16, 40 + 112) and cue.factor.abs().sum() > 0
+    assert cue.stats[1] > 0 and cue.stats[0] > 0  # the fit images' distance statistics
+
+
+def test_the_weight_mixes_the_cue_into_the_score_only(position_run: Path, synth_data: Path) -> None:
+    model, info = load_run(position_run)
+    spec, cpu = info.preprocess, torch.device("cpu")
+    images = _images(synth_data)
+    model.position_weight = 0.0
+    off = predict_arrays(model, images, spec, cpu)
+    model.position_weight = 0.5
+    on = predict_arrays(model, images, spec, cpu)
+    for a, b in zip(off, on, strict=True):
+        np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, rtol=1e-6, atol=1e-6)
+    assert any(abs(a.score - b.score) > 1e-3 for a, b in zip(off, on, strict=True))
+    # by hand: the image score of (1 - w) * map + w * P, P from the teacher's scales 1 and 2
+    from engines.preprocess import model_inputs, preprocess_batch
+    from trainer.inference import frames_to_tensor
+
+    batch, geometries = preprocess_batch(images, spec)
+    inputs, valid = model_inputs(batch, geometries, spec)
+    x, v = frames_to_tensor(inputs, cpu), torch.from_numpy(valid).float()
+    with torch.no_grad():
+        feats = model.collect(x)
+        fused, _ = model.fused_maps(model.teacher.normalize(x), v)
+        dist, cells = model.position.raw(feats[1:3], v)  # type: ignore[union-attr]
+        st = model.position.stats  # type: ignore[union-attr]
+        p = F.interpolate((dist - st[0]) / st[1] * cells, size=model.input_size, mode="bilinear")
+        want = model.post(fused, v, 0.5 * fused + 0.5 * p).pred_score.numpy()
+    np.testing.assert_allclose([b.score for b in on], want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_the_cue_exports_with_parity(position_run: Path, synth_data: Path, tmp_path: Path, tta: bool) -> None:
+    model, info = load_run(position_run)
+    model.position_weight = 0.5  # whatever the tiny selection chose, the graph carries the cue
+    images = _images(synth_data)
+    rec: dict[str, Any] = export_onnx(
+        model, info, tmp_path / "p.onnx", tta=tta, parity_images=images, parity_batch_sizes=(1, 2), threads=1
+    )
+    assert rec["ops"]["GridSample"] == 2 and rec["tensorrt10"]["issues"] == []
+    parity = rec["parity"]
+    assert (
+        parity["passed"] and parity["map_max_rel_err"] < MAP_RTOL and parity["score_max_rel_err"] < SCORE_RTOL
+    )
+    # TTSA averages the views' maps: the cue sees each view with the frame's own part box
+    cpu = torch.device("cpu")
+    deployed, _ = apply_tta(model, tta, info.config.tta.views, info.config.tta.sigma, info.config.tta.seed)
+    assert all(np.isfinite(p.score) for p in predict_arrays(deployed, images, info.preprocess, cpu))
+
+
+def test_weight_zero_skips_the_cue_in_the_graph(position_run: Path, synth_data: Path, tmp_path: Path) -> None:
+    model, info = load_run(position_run)
+    model.position_weight = 0.0
+    rec = export_onnx(model, info, tmp_path / "off.onnx", parity_images=_images(synth_data), threads=1)
+    assert "GridSample" not in rec["ops"] and rec["parity"]["passed"]
+
+
+def test_a_tiled_part_fits_without_the_cue(tmp_path: Path) -> None:
+    from trainer.data.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "strips", n_train=14, n_test_good=1, n_test_defect=1, height=64, width=192)
+    cfg = tiny_config(
+        data={"input_size": "auto", "base_size": 64, "tiling": "on"},
+        position=POSITION,
+        fusion={"select": "none"},
+    )
+    info = fit(cfg, data, tmp_path / "run", progress=False)
+    assert info.preprocess.tiled
+    assert info.config.position.enabled is False and info.meta["position_selection"] is None
+    model, _ = load_run(tmp_path / "run")
+    assert model.position is None
+
+
+def test_config_checks_the_grid_and_the_resampled_box() -> None:
+    with pytest.raises(ConfigError, match=r"position.roi \(30\) must be a multiple of position.grid \(16\)"):
+        config_from_dict({"position": {"roi": 30}})
+    with pytest.raises(ConfigError, match=r"position\.weight"):
+        config_from_dict({"position": {"weight": 1.0}})
+    assert config_from_dict({}).position.enabled is False  # off unless asked for
