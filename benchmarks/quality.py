@@ -93,6 +93,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "lite0": ({"backbone.name": "tf_efficientnet_lite0"}, "", False),
     "lite0_bank_only": ({"backbone.name": "tf_efficientnet_lite0"}, "bank_only", False),
     "lite0_distill_only": ({"backbone.name": "tf_efficientnet_lite0"}, "distill_only", False),
+    # Round 14 (fixed before its run): the position cue in the image score, weight 0.25 unless the part's
+    # own fit images say 0 is better beyond one standard error.
+    "position": ({"position.enabled": True, "position.weight": 0.25}, "", False),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
@@ -128,6 +131,7 @@ LABELS = {
     "lite0": "full MASF with the EfficientNet-Lite0 teacher (the full profile before round 12)",
     "lite0_bank_only": "bank only, lite0 teacher",
     "lite0_distill_only": "distillation only, lite0 teacher",
+    "position": "full MASF with the position cue in the image score (weight 0.25 or 0, chosen per part)",
 }
 METRICS = (
     "image_auroc",

@@ -126,6 +126,24 @@ def test_a_tiled_part_fits_without_the_cue(tmp_path: Path) -> None:
     assert model.position is None
 
 
+def test_the_part_keeps_the_configured_weight_unless_its_data_says_otherwise() -> None:
+    from trainer.position_choice import choose_weight
+
+    rows = [
+        {"weight": 0.0, "objective": 2.70},
+        {"weight": 0.25, "objective": 2.71},
+        {"weight": 0.5, "objective": 2.60},
+    ]
+    # 0.25 best, 0 within one standard error (noisy folds), 0.5 far behind
+    folds = np.array([[2.70, 2.66, 2.74, 2.70], [2.74, 2.66, 2.76, 2.68], [2.60, 2.61, 2.59, 2.60]])
+    assert choose_weight([dict(r) for r in rows], folds, default=0.0) == 0
+    assert choose_weight([dict(r) for r in rows], folds, default=0.25) == 1
+    assert choose_weight([dict(r) for r in rows], folds, default=0.5) == 1  # 0.5 is out: the nearest within
+    # consistent folds: 0.25 beats 0 beyond noise, so a default of 0 gives way
+    tight = np.array([[2.70, 2.70, 2.70, 2.70], [2.71, 2.71, 2.71, 2.71], [2.60, 2.60, 2.60, 2.60]])
+    assert choose_weight([dict(r) for r in rows], tight, default=0.0) == 1
+
+
 def test_config_checks_the_grid_and_the_resampled_box() -> None:
     with pytest.raises(ConfigError, match=r"position.roi \(30\) must be a multiple of position.grid \(16\)"):
         config_from_dict({"position": {"roi": 30}})

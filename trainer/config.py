@@ -292,10 +292,10 @@ class PositionSection:
     # The position cue (trainer/models/masf/position.py): a Gaussian of the teacher's plain joint embedding
     # (scales 1 and 2) per cell of a grid x grid partition of each image's part, mixed into the image
     # score's map with `weight` (the anomaly map is unchanged; 0: nothing computed or exported). Off unless
-    # enabled. With select: synthetic the weight is chosen among the candidates on the calibration fit
-    # images' synthetic defects (one standard error: 0 unless a weight is measurably better). Not used on
-    # tiled parts (a tile is not the part). The bundle carries grid^2 precision matrices (29 MB at grid 16
-    # with 168 channels).
+    # enabled. With select: synthetic the weight is chosen among the candidates, `weight` and 0 on the
+    # calibration fit images' synthetic defects (trainer/position_choice.py: among the weights within one
+    # standard error of the best, the nearest to `weight`). Not used on tiled parts (a tile is not the
+    # part). The bundle carries grid^2 precision matrices (29 MB at grid 16 with 168 channels).
     enabled: bool = _f(False)
     grid: int = _f(16, _pos, "a positive int")
     # positions per side of each image's part, resampled (a multiple of grid)

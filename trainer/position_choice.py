@@ -5,9 +5,11 @@
    (:func:`set_position_statistics`), as the other cues' are.
 3. **Weight** in the image score's map, chosen among ``position.candidates`` on the same graded synthetic
    defects in the fit images that choose the cue mix and the image score (:func:`select_position_weight`):
-   the selection's objective with paired folds and the one-standard-error rule, the smallest weight among
-   those within one standard error of the best (0 is always a candidate: the cue is then not computed).
-   Only the image score changes, so only the image AUROC term can move.
+   the selection's objective with paired folds and the one-standard-error rule: among the weights within
+   one standard error of the best, the one nearest the configured ``position.weight`` (0 is always a
+   candidate: the cue is then not computed). So a part keeps the configured weight unless its own fit
+   images say another is better beyond noise. Only the image score changes, so only the image AUROC term
+   can move.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class PositionSelection:
     def to_dict(self) -> dict[str, Any]:
         return {
             "rule": "graded synthetic defects in calibration fit images; image AUROC + pixel AUROC + AUPRO; "
-            "1-SE, the smallest weight",
+            "1-SE, the weight nearest the configured one",
             "weight": self.weight,
             "n_good": self.n_good,
             "n_synthetic": self.n_synthetic,
@@ -102,16 +104,26 @@ class PositionSelection:
         }
 
 
+def choose_weight(rows: list[dict[str, Any]], folds: np.ndarray, default: float) -> int:
+    """The one-standard-error rule over weights (``rows``: ``weight``, ``objective``; ``folds``
+    ``[weight, fold]``): among the weights within one standard error of the best, the nearest to
+    ``default``, then the smaller. Fills each row's ``se`` / ``within_1se``."""
+    fine = within_one_se(rows, folds)
+    return min(fine, key=lambda i: (abs(rows[i]["weight"] - default), rows[i]["weight"]))
+
+
 @torch.no_grad()
 def select_position_weight(
     model: MASF,
     probe: SyntheticProbe,
     candidates: Sequence[float],
+    default: float,
     cues: tuple[CueSet, CueSet] | None = None,
 ) -> PositionSelection:
     """Choose the position cue's weight in the image score's map for ``model`` as it is (cue statistics,
-    mix, image score and the position cue's statistics set), on ``probe`` (``cues``: its good and defective
-    cues under ``model``, when the caller has them); applies it to ``model``."""
+    mix, image score and the position cue's statistics set) among ``candidates`` and 0, on ``probe``
+    (``cues``: its good and defective cues under ``model``, when the caller has them), by
+    :func:`choose_weight` with the configured weight ``default``; applies it to ``model``."""
     cue = model.position
     assert cue is not None
     good, bad = cues if cues is not None else (probe.good.cues(model), probe.defective.cues(model))
@@ -141,7 +153,7 @@ def select_position_weight(
         am = torch.cat([post(f, v).anomaly_map[:, 0, s, s] for f, _, _, v in chunks]).float().cpu().numpy()
         maps.extend(a[box] for a, box in zip(am, b, strict=True))
     rows, folds = [], []
-    for w in sorted({float(c) for c in (*candidates, 0.0)}):
+    for w in sorted({float(c) for c in (*candidates, default, 0.0)}):
         scores = np.concatenate(
             [
                 torch.cat([post(f, v, (1 - w) * sc + w * p).pred_score for f, sc, p, v in chunks])
@@ -153,7 +165,7 @@ def select_position_weight(
         row: dict[str, Any] = {"weight": w, **_objective(scores, labels, maps, truth)}
         folds.append([f["objective"] for f in objective_by_fold(scores, labels, maps, truth, fold)])
         rows.append(row)
-    chosen = min(within_one_se(rows, np.asarray(folds)), key=lambda i: rows[i]["weight"])
+    chosen = choose_weight(rows, np.asarray(folds), default)
     for i, (row, f) in enumerate(zip(rows, folds, strict=True)):
         row["chosen"], row["folds"] = float(i == chosen), f
     weight = rows[chosen]["weight"]

@@ -485,7 +485,9 @@ def calibrate_model(
         good = probe.good if probe is not None else SharedInputs.compute(model, fit_images, spec, device, bs)
         set_position_statistics(model, good)
         if pc.select == "synthetic" and probe is not None:
-            position = select_position_weight(model, probe, pc.candidates, probe_cues if fitted else None)
+            position = select_position_weight(
+                model, probe, pc.candidates, pc.weight, probe_cues if fitted else None
+            )
         model.position_weight = position.weight if position is not None else pc.weight
         cfg = replace(cfg, position=replace(pc, weight=model.position_weight))
     result, review = set_thresholds(
