@@ -7,20 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import load_benchmark
 from torch import nn
 
 from engines.export.trt_ops import op_counts, trt10_issues, unsupported_ops
 from trainer.export.onnx import to_onnx_proto
-from trainer.models.masf.position import (
-    CellMoments,
-    PositionCue,
-    box_to_grid,
-    grid_to_box,
-    valid_box,
-    valid_cells,
-)
+from trainer.models.masf.position import CellMoments, PositionCue, position_cells, valid_box, valid_cells
 
 
 def _mask(n: int, h: int, w: int, boxes: list[tuple[int, int, int, int] | None]) -> torch.Tensor:
@@ -46,56 +38,50 @@ def test_valid_cells_are_the_letterbox_mask_at_the_feature_grid() -> None:
         valid_cells(_mask(1, 15, 16, [None]), 1, (4, 4))
 
 
-@pytest.mark.parametrize("out", [4, 8, 12])
-def test_box_to_grid_is_interpolate_of_the_cropped_box(out: int) -> None:
-    gen = torch.Generator().manual_seed(0)
-    feats = torch.randn(3, 5, 9, 11, generator=gen)
-    boxes = [(1, 8, 2, 7), (0, 9, 0, 11), (3, 5, 4, 10)]
-    got = box_to_grid(feats, torch.tensor(boxes, dtype=torch.float32), out)
-    for i, (r0, r1, c0, c1) in enumerate(boxes):
-        want = F.interpolate(
-            feats[i : i + 1, :, r0:r1, c0:c1], size=(out, out), mode="bilinear", align_corners=False
-        )
-        torch.testing.assert_close(got[i : i + 1], want, rtol=0, atol=1e-5)
-
-
-def test_grid_to_box_is_interpolate_onto_the_box_and_zero_elsewhere() -> None:
-    gen = torch.Generator().manual_seed(1)
-    values = torch.rand(2, 1, 8, 8, generator=gen) + 0.5
-    boxes = [(1, 8, 2, 7), (0, 9, 0, 11)]
-    got = grid_to_box(values, torch.tensor(boxes, dtype=torch.float32), (9, 11))
-    for i, (r0, r1, c0, c1) in enumerate(boxes):
-        want = torch.zeros(1, 1, 9, 11)
-        want[..., r0:r1, c0:c1] = F.interpolate(values[i : i + 1], size=(r1 - r0, c1 - c0), mode="bilinear")
-        torch.testing.assert_close(got[i : i + 1], want, rtol=0, atol=1e-5)
+def test_position_cells_cut_each_box_into_the_grid_as_the_diagnostic_does() -> None:
+    diag = load_benchmark("position_diag.py", "bench_position_diag_cells")
+    rng = np.random.default_rng(5)
+    valid = np.zeros((6, 36, 28), dtype=bool)
+    for v in valid:  # boxes of many sizes and places
+        r0, c0 = rng.integers(0, 12), rng.integers(0, 10)
+        v[r0 : r0 + rng.integers(5, 36 - r0 + 1), c0 : c0 + rng.integers(4, 28 - c0 + 1)] = True
+    cells = torch.from_numpy(valid[:, None]).float()
+    for grid in (4, 16):
+        got = position_cells(valid_box(cells), (36, 28), grid).view(6, 36, 28).numpy()
+        want = diag.relative_cells(valid, grid)
+        np.testing.assert_array_equal(got[valid], want[valid])
+        assert got.min() >= 0 and got.max() < grid * grid  # off the box: an edge cell, zeroed later
 
 
 def test_cell_moments_give_each_cells_shrunk_gaussian() -> None:
     rng = np.random.default_rng(0)
-    blocks = torch.from_numpy(rng.normal(size=(4, 300, 3)) * [1.0, 2.0, 0.5] + rng.normal(size=(4, 1, 3)) * 5)
+    cell = torch.from_numpy(rng.integers(0, 4, size=1200))
+    x = torch.from_numpy(
+        rng.normal(size=(1200, 3)) * [1.0, 2.0, 0.5] + rng.normal(size=(4, 3))[cell.numpy()] * 5
+    )
     acc = CellMoments(4, 3)
-    acc.add(blocks[:, :120])  # in two batches
-    acc.add(blocks[:, 120:])
+    acc.add(x[:500], cell[:500])  # in two batches
+    acc.add(x[500:], cell[500:])
     mean, factor = acc.gaussians(shrink=0.1)
     for k in range(4):
-        x = blocks[k].numpy()
-        cov = np.cov(x.T)
+        xs = x[cell == k].numpy()
+        cov = np.cov(xs.T)
         cov += 0.1 * np.diag(cov).mean() * np.eye(3)
-        np.testing.assert_allclose(mean[k].numpy(), x.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(mean[k].numpy(), xs.mean(0), rtol=1e-5)
         np.testing.assert_allclose((factor[k] @ factor[k].T).numpy(), np.linalg.inv(cov), rtol=1e-4)
     with pytest.raises(ValueError, match="fewer than 2"):
         one = CellMoments(2, 3)
-        one.add(blocks[:2, :1])
+        one.add(x[:3], torch.tensor([0, 0, 1]))
         one.gaussians()
 
 
-def _fitted_cue(gen: torch.Generator, channels: list[int], grid: int = 4, roi: int = 8) -> PositionCue:
-    cue = PositionCue(channels, grid=grid, roi=roi)
+def _fitted_cue(gen: torch.Generator, channels: list[int], grid: int = 4, chunk: int = 50) -> PositionCue:
+    cue = PositionCue(channels, grid=grid, chunk=chunk)
     acc = CellMoments(grid * grid, sum(channels))
     for _ in range(3):
         feats = [torch.randn(4, c, 16 // (2**j), 16 // (2**j), generator=gen) for j, c in enumerate(channels)]
-        x, _, _ = cue.resampled(feats, None)
-        acc.add(cue.cell_blocks(x))
+        x, cell, _ = cue.embed(feats, None)
+        acc.add(x.reshape(-1, x.shape[-1]), cell.reshape(-1))
     cue.mean, cue.factor = acc.gaussians()
     cue.stats = torch.tensor([2.0, 0.5])
     return cue
@@ -104,13 +90,14 @@ def _fitted_cue(gen: torch.Generator, channels: list[int], grid: int = 4, roi: i
 def test_distances_are_each_positions_mahalanobis_distance_to_its_cell() -> None:
     gen = torch.Generator().manual_seed(2)
     cue = _fitted_cue(gen, [3, 4])
-    x = torch.randn(2, 7, 8, 8, generator=gen)
-    got = cue.distances(x)
+    x = torch.randn(2, 130, 7, generator=gen)  # 130 positions: chunks of 50, 50 and 30
+    cell = torch.randint(0, 16, (2, 130), generator=gen)
+    got = cue.distances(x, cell)
     precision = cue.factor @ cue.factor.transpose(1, 2)
-    for n, i, j in [(0, 0, 0), (1, 7, 7), (0, 2, 5), (1, 5, 1)]:
-        k = (i // 2) * 4 + j // 2  # 8 positions per side, 4 cells: 2 positions per cell side
-        d = x[n, :, i, j] - cue.mean[k]
-        assert got[n, 0, i, j].item() == pytest.approx(float(d @ precision[k] @ d) ** 0.5, rel=1e-4)
+    for n, m in [(0, 0), (1, 129), (0, 77), (1, 50), (0, 49)]:
+        k = int(cell[n, m])
+        d = x[n, m] - cue.mean[k]
+        assert got[n, m].item() == pytest.approx(float(d @ precision[k] @ d) ** 0.5, rel=1e-4)
 
 
 def test_the_cue_matches_the_calibration_diagnostic() -> None:
@@ -126,7 +113,7 @@ def test_the_cue_matches_the_calibration_diagnostic() -> None:
     gauss = diag.PositionGaussians(4)
     gauss.mean, gauss.precision = cue.mean.double(), (cue.factor @ cue.factor.transpose(1, 2)).double()
     vgrid = cells[:, 0].bool().numpy()
-    want = diag.distance_maps(gauss, emb, vgrid, 8)
+    want = diag.distance_maps(gauss, emb, vgrid, None)  # the native form, confirmed on five splits
     torch.testing.assert_close(dist[:, 0], want, rtol=1e-4, atol=1e-4)
     p = cue(feats[1:], valid, (64, 64))
     torch.testing.assert_close(
@@ -148,7 +135,7 @@ class _Graph(nn.Module):
         return self.cue([f1, f2], valid, (64, 64))
 
 
-def test_the_cue_exports_with_parity_and_static_shapes() -> None:
+def test_the_cue_exports_with_parity_at_any_batch_size() -> None:
     import onnxruntime as ort
 
     gen = torch.Generator().manual_seed(4)
@@ -158,7 +145,7 @@ def test_the_cue_exports_with_parity_and_static_shapes() -> None:
     valid = _mask(2, 64, 64, [(8, 56, 4, 44), (0, 64, 12, 64)])
     proto = to_onnx_proto(graph, (*args, valid), ["f1", "f2", "valid"], ["position"], 18, "gemm")
     ops = op_counts(proto)
-    assert ops["GridSample"] == 2  # the box in and the distances back: no per-position gather
+    assert ops["Floor"] == 2 and ops["Gather"] >= 2  # each position's cell, its mean and factor gathered
     assert unsupported_ops(proto) == [] and trt10_issues(proto) == []
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

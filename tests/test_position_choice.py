@@ -23,7 +23,7 @@ from trainer.models.masf import apply_tta
 from trainer.runs import load_run
 from trainer.train import fit
 
-POSITION = {"enabled": True, "grid": 4, "roi": 8}
+POSITION = {"enabled": True, "grid": 4}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_the_cue_exports_with_parity(position_run: Path, synth_data: Path, tmp_p
     rec: dict[str, Any] = export_onnx(
         model, info, tmp_path / "p.onnx", tta=tta, parity_images=images, parity_batch_sizes=(1, 2), threads=1
     )
-    assert rec["ops"]["GridSample"] == 2 and rec["tensorrt10"]["issues"] == []
+    assert rec["ops"]["Floor"] == 2 and rec["tensorrt10"]["issues"] == []  # each position's cell
     parity = rec["parity"]
     assert (
         parity["passed"] and parity["map_max_rel_err"] < MAP_RTOL and parity["score_max_rel_err"] < SCORE_RTOL
@@ -107,7 +107,7 @@ def test_weight_zero_skips_the_cue_in_the_graph(position_run: Path, synth_data: 
     model, info = load_run(position_run)
     model.position_weight = 0.0
     rec = export_onnx(model, info, tmp_path / "off.onnx", parity_images=_images(synth_data), threads=1)
-    assert "GridSample" not in rec["ops"] and rec["parity"]["passed"]
+    assert "Floor" not in rec["ops"] and rec["parity"]["passed"]
 
 
 def test_a_tiled_part_fits_without_the_cue(tmp_path: Path) -> None:
@@ -144,9 +144,9 @@ def test_the_part_keeps_the_configured_weight_unless_its_data_says_otherwise() -
     assert choose_weight([dict(r) for r in rows], tight, default=0.0) == 1
 
 
-def test_config_checks_the_grid_and_the_resampled_box() -> None:
-    with pytest.raises(ConfigError, match=r"position.roi \(30\) must be a multiple of position.grid \(16\)"):
-        config_from_dict({"position": {"roi": 30}})
+def test_config_checks_the_position_fields() -> None:
+    with pytest.raises(ConfigError, match=r"position\.grid must be a positive int"):
+        config_from_dict({"position": {"grid": 0}})
     with pytest.raises(ConfigError, match=r"position\.weight"):
         config_from_dict({"position": {"weight": 1.0}})
     assert config_from_dict({}).position.enabled is False  # off unless asked for

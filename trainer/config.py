@@ -298,8 +298,6 @@ class PositionSection:
     # part). The bundle carries grid^2 precision matrices (29 MB at grid 16 with 168 channels).
     enabled: bool = _f(False)
     grid: int = _f(16, _pos, "a positive int")
-    # positions per side of each image's part, resampled (a multiple of grid)
-    roi: int = _f(32, _pos, "a positive int")
     weight: float = _f(0.0, _frac, "in [0, 1)")
     select: str = _f("synthetic", *_oneof("synthetic", "none"))
     candidates: list[float] = field(
@@ -380,11 +378,6 @@ def config_from_dict(data: Any, source: str = "config") -> Config:
     if cfg.data.scale == "common" and cfg.data.resize != "letterbox":
         raise ConfigError(
             f"{source}: data.scale 'common' needs data.resize 'letterbox' (got {cfg.data.resize!r})"
-        )
-    if cfg.position.roi % cfg.position.grid:
-        raise ConfigError(
-            f"{source}: position.roi ({cfg.position.roi}) must be a multiple of position.grid "
-            f"({cfg.position.grid})"
         )
     return cfg
 

@@ -51,8 +51,9 @@ def fit_position_gaussians(
     acc = CellMoments(cue.grid * cue.grid, cue.mean.shape[1])
     for s in range(0, feats[0].shape[0], batch_size):
         f = [t[s : s + batch_size].to(device).float() for t in feats[1:3]]
-        x, _, _ = cue.resampled(f, torch.from_numpy(valid[s : s + batch_size]).to(device))
-        acc.add(cue.cell_blocks(x).cpu())
+        x, cell, cells = cue.embed(f, torch.from_numpy(valid[s : s + batch_size]).to(device))
+        keep = cells.reshape(cell.shape) > 0  # the part's positions only
+        acc.add(x[keep].cpu(), cell[keep].cpu())
     mean, factor = acc.gaussians()
     cue.mean, cue.factor = mean.to(device), factor.to(device)
     _logger.info(

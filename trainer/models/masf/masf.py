@@ -127,7 +127,7 @@ class MASF(nn.Module):
             raise ValueError(
                 f"position.enabled needs teacher scales 1 and 2; the teacher has {len(channels)}"
             )
-        self.position = PositionCue(list(channels[1:3]), pc.grid, pc.roi) if pc.enabled else None
+        self.position = PositionCue(list(channels[1:3]), pc.grid) if pc.enabled else None
         self.position_weight = float(pc.weight) if pc.enabled else 0.0
 
     # -- teacher -----------------------------------------------------------------------------------------

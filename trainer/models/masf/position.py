@@ -8,12 +8,11 @@ per cell of a ``G x G`` grid laid over each image's valid box (the placed part w
 so parts of different sizes and aspect ratios share the grid), as PaDiM does per pixel, and scores each
 position by its Mahalanobis distance to its cell's Gaussian.
 
-Static shapes for export: each image's box is resampled to ``R x R`` positions (bilinear, as
-``F.interpolate(..., align_corners=False)`` on the cropped box), so every grid cell owns the same
-``(R / G)^2`` positions in every image and the distances are one batched product with the ``G^2`` cells'
-Cholesky factors; the distances are resampled back onto the box (0 off the part) and standardised with
-the fit images' statistics. Both resamplings are ``grid_sample`` with grids computed from the valid mask
-(ONNX ``GridSample``), the box from ``ReduceMax`` / ``Where`` / ``ReduceMin``: no data-dependent shape.
+In the graph: the box from the mask (``ReduceMax`` / ``Where`` / ``ReduceMin``), each position's cell
+from its place in the box (``Floor``), and a per-position ``Gather`` of its cell's mean and of the Cholesky
+factor of its precision, in static chunks of positions so the gathered factors (``chunk x C x C``) stay
+bounded. A form with static per-cell blocks (each box resampled to a fixed grid) or one shared covariance
+was cheaper but measurably weaker on calibration data (``benchmarks/RESULTS.md``, session 18).
 """
 
 from __future__ import annotations
@@ -54,49 +53,18 @@ def valid_box(cells: torch.Tensor) -> torch.Tensor:
     return torch.stack([r0, r1, c0, c1], 1).float()
 
 
-def _axis(start: torch.Tensor, end: torch.Tensor, out: int, size: int) -> torch.Tensor:
-    """Source coordinates (``[N, out]``, in cells of an axis of ``size``) of ``out`` samples spread over
-    ``[start, end)`` as ``F.interpolate(align_corners=False)`` places them, clamped inside the range,
-    normalised for ``grid_sample(align_corners=False)``."""
-    i = torch.arange(out, device=start.device, dtype=torch.float32)
-    step = (end - start)[:, None] / out
-    src = start[:, None] + ((i[None, :] + 0.5) * step - 0.5).clamp(min=0)
-    src = torch.minimum(src, end[:, None] - 1)
-    return (2 * src + 1) / size - 1
-
-
-def box_to_grid(feats: torch.Tensor, box: torch.Tensor, out: int) -> torch.Tensor:
-    """``[N, C, h, w]`` -> ``[N, C, out, out]``: each image's ``box`` resampled bilinearly to ``out x out``
-    (``F.interpolate(crop, (out, out), mode="bilinear", align_corners=False)`` of the cropped box)."""
-    h, w = feats.shape[-2:]
-    ys = _axis(box[:, 0], box[:, 1], out, h)  # [N, out]
-    xs = _axis(box[:, 2], box[:, 3], out, w)
-    grid = torch.stack(
-        [xs[:, None, :].expand(-1, out, -1), ys[:, :, None].expand(-1, -1, out)], dim=-1
-    )  # [N, out, out, 2]
-    return F.grid_sample(feats, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def grid_to_box(values: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[N, 1, R, R]`` -> ``[N, 1, h, w]``: each image's values resampled bilinearly onto its ``box`` of an
-    ``h x w`` grid (as ``F.interpolate`` of the ``R x R`` values to the box's size), 0 outside the box."""
-    r = values.shape[-1]
+def position_cells(box: torch.Tensor, size: tuple[int, int], grid: int) -> torch.Tensor:
+    """Each position's grid cell ``[N, h * w]`` (int64, row-major ``row_cell * grid + col_cell``): its place
+    in its image's ``box`` (``[N, 4]``, :func:`valid_box`) cut into ``grid x grid`` equal cells; positions
+    outside the box get the nearest edge cell (the cue is zeroed there)."""
     h, w = size
-    rows = torch.arange(h, device=values.device, dtype=torch.float32)[None, :]
-    cols = torch.arange(w, device=values.device, dtype=torch.float32)[None, :]
     r0, r1, c0, c1 = (box[:, k : k + 1] for k in range(4))
-    sy = ((rows - r0 + 0.5) * r / (r1 - r0) - 0.5).clamp(0, r - 1)  # [N, h], in the R grid's cells
-    sx = ((cols - c0 + 0.5) * r / (c1 - c0) - 0.5).clamp(0, r - 1)
-    grid = torch.stack(
-        [
-            ((2 * sx + 1) / r - 1)[:, None, :].expand(-1, h, -1),
-            ((2 * sy + 1) / r - 1)[:, :, None].expand(-1, -1, w),
-        ],
-        dim=-1,
-    )
-    back = F.grid_sample(values, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    inside = ((rows >= r0) & (rows < r1))[:, None, :, None] & ((cols >= c0) & (cols < c1))[:, None, None, :]
-    return back * inside.float()
+    rows = torch.arange(h, device=box.device, dtype=torch.float32)[None, :]
+    cols = torch.arange(w, device=box.device, dtype=torch.float32)[None, :]
+    # numerator first: small integers and halves, exact in float32, so the quotient rounds once
+    rc = torch.floor((rows - r0 + 0.5) * grid / (r1 - r0)).clamp(0, grid - 1)  # [N, h]
+    cc = torch.floor((cols - c0 + 0.5) * grid / (c1 - c0)).clamp(0, grid - 1)  # [N, w]
+    return (rc[:, :, None] * grid + cc[:, None, :]).reshape(box.shape[0], h * w).long()
 
 
 class PositionCue(nn.Module):
@@ -105,52 +73,47 @@ class PositionCue(nn.Module):
     Args:
         channels: the teacher scales' channels used (scales 1 and 2).
         grid: cells per side of the part's grid.
-        roi: positions per side of the resampled box (a multiple of ``grid``).
+        chunk: positions per gathered block (bounds the gathered factors to ``chunk x C x C`` per image).
     """
 
     mean: torch.Tensor  # [G*G, C]
     factor: torch.Tensor  # [G*G, C, C], precision = factor @ factor.T
     stats: torch.Tensor  # [2]: mean and std of the distance over the fit images' valid cells
 
-    def __init__(self, channels: list[int], grid: int = 16, roi: int = 32) -> None:
+    def __init__(self, channels: list[int], grid: int = 16, chunk: int = 256) -> None:
         super().__init__()
-        if grid < 1 or roi % grid:
-            raise ValueError(f"position.roi must be a multiple of position.grid, got {roi} and {grid}")
-        self.grid, self.roi = grid, roi
+        if grid < 1 or chunk < 1:
+            raise ValueError(f"position.grid and the chunk must be positive, got {grid} and {chunk}")
+        self.grid, self.chunk = grid, chunk
         self.embedder = JointEmbedder(channels, aggregate=3, spectral=False, normalize=False, count_pad=False)
         c, g2 = self.embedder.channels, grid * grid
         self.register_buffer("mean", torch.zeros(g2, c))
         self.register_buffer("factor", torch.zeros(g2, c, c))
         self.register_buffer("stats", torch.tensor([0.0, 1.0]))
 
-    def resampled(self, feats: list[torch.Tensor], valid: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Teacher scales 1 and 2 -> (embeddings on each image's resampled box ``[N, C, R, R]``, the valid
-        cells ``[N, 1, h, w]``, the boxes ``[N, 4]``)."""
-        emb = self.embedder(feats).permute(0, 3, 1, 2)  # [N, C, h, w]
-        cells = valid_cells(valid, emb.shape[0], (emb.shape[-2], emb.shape[-1]))
-        box = valid_box(cells)
-        return box_to_grid(emb, box, self.roi), cells, box
+    def embed(self, feats: list[torch.Tensor], valid: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Teacher scales 1 and 2 -> (embeddings ``[N, h * w, C]``, each position's cell ``[N, h * w]``,
+        the valid cells ``[N, 1, h, w]``)."""
+        emb = self.embedder(feats)  # [N, h, w, C]
+        n, h, w, c = emb.shape
+        cells = valid_cells(valid, n, (h, w))
+        return emb.reshape(n, h * w, c), position_cells(valid_box(cells), (h, w), self.grid), cells
 
-    def cell_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, C, R, R]`` -> ``[G*G, N * (R/G)^2, C]``: each grid cell's positions of every image."""
-        n, c, g, s = x.shape[0], x.shape[1], self.grid, self.roi // self.grid
-        x = x.reshape(n, c, g, s, g, s).permute(2, 4, 0, 3, 5, 1)  # [G, G, N, s, s, C]
-        return x.reshape(g * g, n * s * s, c)
-
-    def distances(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, C, R, R]`` resampled embeddings -> Mahalanobis distances ``[N, 1, R, R]`` to each
-        position's cell."""
-        n, g, s = x.shape[0], self.grid, self.roi // self.grid
-        d = self.cell_blocks(x) - self.mean[:, None, :]
-        y = torch.bmm(d, self.factor)  # [G*G, N*s*s, C]
-        dist = y.square().sum(-1).clamp_min(0).sqrt()  # [G*G, N*s*s]
-        return dist.reshape(g, g, n, s, s).permute(2, 0, 3, 1, 4).reshape(n, 1, g * s, g * s)
+    def distances(self, x: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """``[N, M, C]`` embeddings, ``[N, M]`` their cells -> Mahalanobis distances ``[N, M]``."""
+        out = []
+        for s in range(0, x.shape[1], self.chunk):
+            k = cell[:, s : s + self.chunk]
+            d = x[:, s : s + self.chunk] - self.mean[k]  # [N, m, C]
+            y = torch.matmul(d.unsqueeze(-2), self.factor[k]).squeeze(-2)  # [N, m, C]
+            out.append(y.square().sum(-1).clamp_min(0).sqrt())
+        return torch.cat(out, dim=1)
 
     def raw(self, feats: list[torch.Tensor], valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Unstandardised distances on the feature grid ``[N, 1, h, w]`` (0 off the part) and the valid
         cells ``[N, 1, h, w]``."""
-        x, cells, box = self.resampled(feats, valid)
-        return grid_to_box(self.distances(x), box, (cells.shape[-2], cells.shape[-1])) * cells, cells
+        x, cell, cells = self.embed(feats, valid)
+        return self.distances(x, cell).reshape(cells.shape) * cells, cells
 
     def forward(
         self, feats: list[torch.Tensor], valid: torch.Tensor | None, size: tuple[int, int]
@@ -169,12 +132,14 @@ class CellMoments:
         self.sum = torch.zeros(cells, channels, dtype=torch.float64)
         self.outer = torch.zeros(cells, channels, channels, dtype=torch.float64)
 
-    def add(self, blocks: torch.Tensor) -> None:
-        """``[G*G, M, C]`` (:meth:`PositionCue.cell_blocks`) of more training positions."""
-        b = blocks.double()
-        self.count += b.shape[1]
-        self.sum += b.sum(1)
-        self.outer += torch.bmm(b.transpose(1, 2), b)
+    def add(self, x: torch.Tensor, cell: torch.Tensor) -> None:
+        """More training positions: embeddings ``[M, C]`` and their cells ``[M]``."""
+        x = x.double()
+        for k in torch.unique(cell).tolist():
+            xs = x[cell == k]
+            self.count[k] += xs.shape[0]
+            self.sum[k] += xs.sum(0)
+            self.outer[k] += xs.T @ xs
 
     def gaussians(self, shrink: float = SHRINK) -> tuple[torch.Tensor, torch.Tensor]:
         """Each cell's mean ``[G*G, C]`` and the Cholesky factor ``L`` of its precision (``[G*G, C, C]``,
