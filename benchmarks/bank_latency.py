@@ -7,7 +7,12 @@ teacher; a joint 1 % bank 1,710 on bottle, 6,250 on magnetic tile with 20 % of t
 Each graph is exported exactly as ``masf-engine export`` does (gemm spectral mode) and timed in ONNX
 Runtime at batch 1, the graphs alternating call by call, so a shared CPU slows them alike.
 
-    .venv/bin/python benchmarks/bank_latency.py [--repeats 30] [--threads 2]
+    .venv/bin/python benchmarks/bank_latency.py [--repeats 30] [--threads 2] [--runs RUN ...]
+        [--reference-only]
+
+``--runs``: also time the bundle graph of each fitted run (exported as ``masf-engine export`` does, at the
+run's own input size, a frame with its part filling it); ``--reference-only``: of the designs above, only
+today's full MASF, the reference every ratio is taken against.
 """
 
 from __future__ import annotations
@@ -81,31 +86,52 @@ def main() -> int:
     )
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--runs", nargs="*", type=Path, default=[], help="fitted runs whose bundle graphs to time"
+    )
+    parser.add_argument("--reference-only", action="store_true", help="of the designs, only the reference")
     args = parser.parse_args()
     import onnxruntime as ort
 
+    from trainer.export.onnx import export_onnx
+    from trainer.runs import load_run
+
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bank_latency_"))
-    sessions = {}
-    for name, (config, overrides, sizes, a) in DESIGNS.items():
-        path = build(config, overrides, sizes, a, tmp)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
     rng = np.random.default_rng(0)
-    feeds = {
-        "image": rng.integers(0, 256, (1, 256, 256, 3), dtype=np.uint8),
-        "valid": np.ones((1, 1, 256, 256), np.uint8),
-    }
+
+    def feeds_for(h: int, w: int) -> dict[str, np.ndarray]:
+        return {
+            "image": rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8),
+            "valid": np.ones((1, 1, h, w), np.uint8),
+        }
+
+    sessions, feeds = {}, {}
+    designs = list(DESIGNS.items())[: 1 if args.reference_only else None]
+    for name, (config, overrides, sizes, a) in designs:
+        path = build(config, overrides, sizes, a, tmp)
+        sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feeds[name] = feeds_for(256, 256)
+    for run in args.runs:
+        model, info = load_run(run)
+        h, w = info.input_size
+        name = f"run {run.name} ({h}x{w})"
+        export_onnx(model, info, tmp / f"{run.name}.onnx")
+        sessions[name] = ort.InferenceSession(
+            str(tmp / f"{run.name}.onnx"), opts, providers=["CPUExecutionProvider"]
+        )
+        feeds[name] = feeds_for(h, w)
     times: dict[str, list[float]] = {n: [] for n in sessions}
     for _ in range(5):
-        for s in sessions.values():
-            s.run(None, feeds)
+        for name, s in sessions.items():
+            s.run(None, feeds[name])
     for _ in range(args.repeats):
         for name, s in sessions.items():
             time.sleep(0.005)
             t0 = time.perf_counter()
-            s.run(None, feeds)
+            s.run(None, feeds[name])
             times[name].append((time.perf_counter() - t0) * 1000)
     print(
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
@@ -116,7 +142,7 @@ def main() -> int:
     base_times = np.asarray(next(iter(times.values())))
     base = float(np.median(base_times))
     print(
-        "| graph (256x256, batch 1) | ORT median ms | p90 ms | vs today's full MASF "
+        "| graph (batch 1; the designs at 256x256) | ORT median ms | p90 ms | vs today's full MASF "
         "| paired ratio, median (95 % interval) |"
     )
     print("|---|---|---|---|---|")
