@@ -49,6 +49,30 @@ def tiny_config(**sections: dict[str, Any]) -> Config:
     return config_from_dict(base, "tiny")
 
 
+def plant_threshold_defect(synth_data: Path, data: Path, cfg: Config) -> Path:
+    """A copy of ``synth_data`` at ``data`` in which one of the good images that will set ``cfg``'s
+    threshold (the second threshold image) is a strongly defective part; returns its path."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from trainer.data import read_image, scan_train, split_train_calib
+    from trainer.data.synthetic import add_defect
+    from trainer.train import calibration_roles
+
+    shutil.copytree(synth_data, data)
+    split = split_train_calib(
+        scan_train(data), data, cfg.data.calib_fraction, cfg.data.min_calib, seed=cfg.seed
+    )
+    _, thr_idx = calibration_roles(cfg, len(split.calib))
+    path: Path = split.calib[int(thr_idx[1])]
+    img = read_image(path)
+    bad, _ = add_defect(np.random.default_rng(0), img, "patch", img[::-1], strength=1.0, scale=3.0)
+    cv2.imwrite(str(path), cv2.cvtColor(bad, cv2.COLOR_RGB2BGR))
+    return path
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated MVTec-layout parts: 20 train, 6 good + 3x4 defective test images, 96x96 RGB."""

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import plant_threshold_defect, tiny_config
 
 from trainer.calibrate import fit_threshold
 from trainer.cli import main
@@ -24,26 +23,11 @@ from trainer.train import fit, recalibrate
 @pytest.fixture(scope="module")
 def planted(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """A run whose good threshold images include a defective part: (data, run, its relative path)."""
-    import cv2
-
-    from trainer.data import scan_train, split_train_calib
-    from trainer.data.synthetic import add_defect
-    from trainer.train import calibration_roles
-
     tmp = tmp_path_factory.mktemp("planted")
-    data = tmp / "data"
-    shutil.copytree(synth_data, data)
     cfg = tiny_config(fusion={"select": "none"})
-    split = split_train_calib(
-        scan_train(data), data, cfg.data.calib_fraction, cfg.data.min_calib, seed=cfg.seed
-    )
-    _, thr_idx = calibration_roles(cfg, len(split.calib))
-    path = split.calib[int(thr_idx[1])]
-    img = read_image(path)
-    bad, _ = add_defect(np.random.default_rng(0), img, "patch", img[::-1], strength=1.0, scale=3.0)
-    cv2.imwrite(str(path), cv2.cvtColor(bad, cv2.COLOR_RGB2BGR))
-    fit(cfg, data, tmp / "run", progress=False)
-    return data, tmp / "run", path.relative_to(data).as_posix()
+    path = plant_threshold_defect(synth_data, tmp / "data", cfg)
+    fit(cfg, tmp / "data", tmp / "run", progress=False)
+    return tmp / "data", tmp / "run", path.relative_to(tmp / "data").as_posix()
 
 
 def test_dropping_a_defective_threshold_image_sets_the_threshold_from_the_others(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import plant_threshold_defect, tiny_config
 
 from trainer.data import read_image
 from trainer.data.synthetic import make_dataset
@@ -93,23 +93,9 @@ def test_a_defective_part_among_the_good_threshold_images_is_listed_first(
     synth_data: Path, tmp_path: Path
 ) -> None:
     """A defect filed among the good images raises the threshold; the review must point at it."""
-    import cv2
-
-    from trainer.data import scan_train, split_train_calib
-    from trainer.data.synthetic import add_defect
-    from trainer.train import calibration_roles
-
     data = tmp_path / "data"
-    shutil.copytree(synth_data, data)
     cfg = tiny_config(fusion={"select": "none"})
-    split = split_train_calib(
-        scan_train(data), data, cfg.data.calib_fraction, cfg.data.min_calib, seed=cfg.seed
-    )
-    _, thr_idx = calibration_roles(cfg, len(split.calib))
-    planted = split.calib[int(thr_idx[1])]
-    img = read_image(planted)
-    bad, _ = add_defect(np.random.default_rng(0), img, "patch", img[::-1], strength=1.0, scale=3.0)
-    cv2.imwrite(str(planted), cv2.cvtColor(bad, cv2.COLOR_RGB2BGR))
+    planted = plant_threshold_defect(synth_data, data, cfg)
 
     info = fit(cfg, data, tmp_path / "run", progress=False)
     review = info.meta["calibration_review"]
