@@ -73,6 +73,12 @@ def test_cell_moments_give_each_cells_shrunk_gaussian() -> None:
         one = CellMoments(2, 3)
         one.add(x[:3], torch.tensor([0, 0, 1]))
         one.gaussians()
+    with pytest.raises(ValueError, match="not finite"):
+        bad = CellMoments(1, 3)
+        bad.add(
+            torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]), torch.zeros(3).long()
+        )
+        bad.gaussians()
 
 
 def _fitted_cue(gen: torch.Generator, channels: list[int], grid: int = 4, chunk: int = 50) -> PositionCue:

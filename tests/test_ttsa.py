@@ -138,7 +138,10 @@ class _TinyModel(nn.Module):
         self.post = MapPostprocess(sigma=0)
         self.split = split  # the score from its own map, the channel maximum
 
-    def fused_maps(self, x_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def fused_maps(
+        self, x_norm: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.valid_seen = valid  # the wrapper hands each view its frame's letterbox mask
         scored = x_norm.amax(dim=1, keepdim=True) if self.split else None
         return x_norm.mean(dim=1, keepdim=True), scored
 
@@ -170,6 +173,13 @@ def test_apply_tta_enabled_wraps_and_averages_views() -> None:
     assert float((out.anomaly_map - model(x).anomaly_map).abs().max()) > 1e-4
     # the base model is untouched
     assert not hasattr(model, "perturb")
+    # each view gets its own frame's letterbox mask (view-major, as the views are)
+    valid = torch.zeros(2, 1, 16, 12)
+    valid[0, :, 2:14], valid[1, :, :, 3:9] = 1, 1
+    wrapped(x, valid)
+    assert model.valid_seen.shape == (8, 1, 16, 12)
+    for v in range(4):
+        torch.testing.assert_close(model.valid_seen[2 * v : 2 * v + 2], valid)
 
 
 def test_a_score_with_its_own_map_is_averaged_over_the_views_as_the_map_is() -> None:

@@ -9,7 +9,7 @@ so parts of different sizes and aspect ratios share the grid), as PaDiM does per
 position by its Mahalanobis distance to its cell's Gaussian.
 
 In the graph: the box from the mask (``ReduceMax`` / ``Where`` / ``ReduceMin``), each position's cell
-from its place in the box (``Floor``), and a per-position ``Gather`` of its cell's mean and of the Cholesky
+from its place in the box (``Floor``), and a per-position ``Gather`` of its cell's mean and of a triangular
 factor of its precision, in static chunks of positions so the gathered factors (``chunk x C x C``) stay
 bounded. A form with static per-cell blocks (each box resampled to a fixed grid) or one shared covariance
 was cheaper but measurably weaker on calibration data (``benchmarks/RESULTS.md``, session 18).
@@ -77,7 +77,7 @@ class PositionCue(nn.Module):
     """
 
     mean: torch.Tensor  # [G*G, C]
-    factor: torch.Tensor  # [G*G, C, C], precision = factor @ factor.T
+    factor: torch.Tensor  # [G*G, C, C], precision = factor @ factor.T (upper triangular)
     stats: torch.Tensor  # [2]: mean and std of the distance over the fit images' valid cells
 
     def __init__(self, channels: list[int], grid: int = 16, chunk: int = 256) -> None:
@@ -142,14 +142,20 @@ class CellMoments:
             self.outer[k] += xs.T @ xs
 
     def gaussians(self, shrink: float = SHRINK) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each cell's mean ``[G*G, C]`` and the Cholesky factor ``L`` of its precision (``[G*G, C, C]``,
-        precision ``= L @ L.T``) of the covariance shrunk by ``shrink * mean(diag)``."""
+        """Each cell's mean ``[G*G, C]`` and a triangular factor ``F`` of its precision (``[G*G, C, C]``,
+        precision ``= F @ F.T``) of the covariance shrunk by ``shrink * mean(diag)``: ``F = inv(L).T`` for
+        the covariance's Cholesky factor ``L`` (no general inverse: the shrunk covariance is positive
+        definite, and a triangular solve per cell is exact and stable)."""
         if float(self.count.min()) < 2:
             raise ValueError("a grid cell has fewer than 2 training positions: too few training images")
         n = self.count[:, None]
         mean = self.sum / n
         cov = (self.outer - n[..., None] * mean[:, :, None] * mean[:, None, :]) / (n[..., None] - 1)
+        if not bool(torch.isfinite(cov).all()):
+            raise ValueError("the position cue's training features are not finite: check the teacher weights")
         eye = torch.eye(cov.shape[-1], dtype=torch.float64)
         cov = cov + shrink * cov.diagonal(dim1=1, dim2=2).mean(1)[:, None, None] * eye
-        factor = torch.linalg.cholesky(torch.linalg.inv(cov))
+        factor = torch.stack(
+            [torch.linalg.solve_triangular(torch.linalg.cholesky(c), eye, upper=False).T for c in cov]
+        )
         return mean.float(), factor.float()
