@@ -157,6 +157,9 @@ class Calibration:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+MIN_THRESHOLD_IMAGES = 2  # fewer good images cannot set a threshold (fit_threshold)
+
+
 def fit_threshold(scores: np.ndarray, target_frr: float = 0.01) -> tuple[float, str]:
     """Threshold for a target false-reject rate on good-image ``scores`` ``[n]`` (see module docstring).
 
@@ -168,7 +171,7 @@ def fit_threshold(scores: np.ndarray, target_frr: float = 0.01) -> tuple[float, 
     """
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     n = s.size
-    if n < 2:
+    if n < MIN_THRESHOLD_IMAGES:
         raise DataError(
             f"cannot calibrate a threshold from {n} image(s): add defect-free images to train/good"
         )

@@ -75,14 +75,17 @@ def position_maps(model: MASF, inputs: SharedInputs) -> list[tuple[torch.Tensor,
     ]
 
 
-def set_position_statistics(model: MASF, good: SharedInputs) -> None:
-    """The distance's mean and standard deviation over the valid cells of the fit images ``good``."""
+def set_position_statistics(model: MASF, good: SharedInputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The distance's mean and standard deviation over the valid cells of the fit images ``good``; returns
+    their :func:`position_maps` (for :func:`select_position_weight`, which scores the same images)."""
     cue = model.position
     assert cue is not None
-    d = torch.cat([dist[cells > 0].double().cpu() for dist, cells in position_maps(model, good)])
+    maps = position_maps(model, good)
+    d = torch.cat([dist[cells > 0].double().cpu() for dist, cells in maps])
     std = float(d.std()) if d.numel() > 1 else 0.0
     cue.stats = torch.tensor([float(d.mean()), std if std > 0 else 1.0], device=cue.stats.device)
     _logger.info("position cue: distance %.3f +- %.3f over the fit images' parts", *cue.stats.tolist())
+    return maps
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,13 @@ def select_position_weight(
     candidates: Sequence[float],
     default: float,
     cues: tuple[CueSet, CueSet] | None = None,
+    good_maps: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> PositionSelection:
     """Choose the position cue's weight in the image score's map for ``model`` as it is (cue statistics,
     mix, image score and the position cue's statistics set) among ``candidates`` and 0, on ``probe``
-    (``cues``: its good and defective cues under ``model``, when the caller has them), by
-    :func:`choose_weight` with the configured weight ``default``; applies it to ``model``."""
+    (``cues``: its good and defective cues under ``model``, when the caller has them; ``good_maps``: the
+    good images' :func:`position_maps`, likewise), by :func:`choose_weight` with the configured weight
+    ``default``; applies it to ``model``."""
     cue = model.position
     assert cue is not None
     good, bad = cues if cues is not None else (probe.good.cues(model), probe.defective.cues(model))
@@ -134,15 +139,15 @@ def select_position_weight(
     score_w = fusion.score_weights()
     s = slice(None, None, _PIXEL_STRIDE)
     per_set = []
-    for cue_set, inputs in ((good, probe.good), (bad, probe.defective)):
+    if good_maps is None:
+        good_maps = position_maps(model, probe.good)
+    sets = ((good, good_maps), (bad, position_maps(model, probe.defective)))
+    for cue_set, raw in sets:
         chunks = []
-        for (cos, bank, v), (dist, cells) in zip(cue_set.chunks, position_maps(model, inputs), strict=True):
+        for (cos, bank, v), (dist, cells) in zip(cue_set.chunks, raw, strict=True):
             fused = fusion(cos, bank, size)
             scored = fused if score_w is None else fusion(cos, bank, size, score_w)
-            p = torch.nn.functional.interpolate(
-                (dist - cue.stats[0]) / cue.stats[1] * cells, size=size, mode="bilinear", align_corners=False
-            )
-            chunks.append((fused, scored, p, v))
+            chunks.append((fused, scored, cue.standardised(dist, cells, size), v))
         per_set.append(chunks)
     boxes = [_valid_boxes(probe.good.frame_valid), _valid_boxes(probe.defective.frame_valid)]
     n_good, n_bad = len(boxes[0]), len(boxes[1])

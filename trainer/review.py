@@ -20,27 +20,27 @@ from pathlib import Path
 
 import torch
 
+from trainer.calibrate import MIN_THRESHOLD_IMAGES
 from trainer.data import read_image
 from trainer.errors import RunError
 from trainer.models.masf import MASF
 from trainer.runs import RunInfo
 from trainer.train import review_entries, set_thresholds
 
-MIN_THRESHOLD_IMAGES = 2  # fewer cannot set a threshold (trainer.calibrate.fit_threshold)
-
 
 def find_calibration_images(names: Sequence[str], calib: Sequence[str]) -> list[int]:
     """Each of ``names`` as an index into the run's calibration images ``calib`` (paths relative to the
     data root): an exact relative path, or a file name that exactly one calibration image has. Raises
     :class:`RunError` (one line, what to do) for a name that matches none or several."""
+    by_path = {p: i for i, p in enumerate(calib)}
     by_name: dict[str, list[int]] = {}
     for i, p in enumerate(calib):
         by_name.setdefault(Path(p).name, []).append(i)
     out = []
     for name in names:
         key = Path(name).as_posix()
-        if key in calib:
-            out.append(list(calib).index(key))
+        if key in by_path:
+            out.append(by_path[key])
             continue
         hits = by_name.get(Path(name).name, []) if Path(name).name == key else []
         if len(hits) != 1:

@@ -483,11 +483,10 @@ def calibrate_model(
         if probe is None and pc.select == "synthetic":
             probe = synthetic_probe(model, fit_images, spec, device, cfg.seed, bs)
         good = probe.good if probe is not None else SharedInputs.compute(model, fit_images, spec, device, bs)
-        set_position_statistics(model, good)
+        good_maps = set_position_statistics(model, good)
         if pc.select == "synthetic" and probe is not None:
-            position = select_position_weight(
-                model, probe, pc.candidates, pc.weight, probe_cues if fitted else None
-            )
+            cues = probe_cues if fitted else None
+            position = select_position_weight(model, probe, pc.candidates, pc.weight, cues, good_maps)
         model.position_weight = position.weight if position is not None else pc.weight
         cfg = replace(cfg, position=replace(pc, weight=model.position_weight))
     result, review = set_thresholds(

@@ -115,13 +115,17 @@ class PositionCue(nn.Module):
         x, cell, cells = self.embed(feats, valid)
         return self.distances(x, cell).reshape(cells.shape) * cells, cells
 
+    def standardised(self, dist: torch.Tensor, cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """:meth:`raw`'s distances and valid cells -> ``P`` ``[N, 1, H, W]``: standardised with the fit
+        images' statistics, 0 on letterbox cells, upsampled to ``size``."""
+        p = (dist - self.stats[0]) / self.stats[1] * cells
+        return F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+
     def forward(
         self, feats: list[torch.Tensor], valid: torch.Tensor | None, size: tuple[int, int]
     ) -> torch.Tensor:
-        """``P`` ``[N, 1, H, W]``: the standardised distance, 0 on letterbox cells, upsampled to ``size``."""
-        dist, cells = self.raw(feats, valid)
-        p = (dist - self.stats[0]) / self.stats[1] * cells
-        return F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+        """``P`` ``[N, 1, H, W]`` of teacher scales 1 and 2 (:meth:`raw`, :meth:`standardised`)."""
+        return self.standardised(*self.raw(feats, valid), size)
 
 
 class CellMoments:
