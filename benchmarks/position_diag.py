@@ -14,10 +14,13 @@ for the map and the score's map alike (before smoothing), for each ``G`` and ``w
 ``--score-only`` for the image score's map alone (the map, and so the two pixel terms, unchanged).
 ``--shared-cov``: one covariance for all grid cells (per-cell means). ``--roi R``: the Gaussians fitted and
 ``P`` computed on each image's valid box resampled to ``R x R`` positions (static shapes: what an exported
-graph can compute), ``P`` resampled back onto the box.
+graph can compute), ``P`` resampled back onto the box. ``--pca D ...``: also each grid's Gaussians of the
+embedding projected onto its top ``D`` principal components (over the training images' valid cells,
+centred), one more row per ``D`` (a cheaper cue: ``D x D`` factors instead of ``C x C``).
 
     .venv/bin/python benchmarks/position_diag.py --run RUN --data DATA_ROOT [--kinds KIND ...]
-        [--grids 8 16] [--weights 0.25 0.5] [--score-only] [--shared-cov] [--roi R] [--out position.json]
+        [--grids 8 16] [--weights 0.25 0.5] [--score-only] [--shared-cov] [--roi R] [--pca D ...]
+        [--out position.json]
 """
 
 from __future__ import annotations
@@ -108,6 +111,16 @@ class PositionGaussians:
             d = x[sel].double() - self.mean[k]
             out[sel] = ((d @ self.precision[0 if self.shared else k]) * d).sum(1).clamp_min(0).sqrt()
         return out.float()
+
+
+def principal_axes(x: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``x`` ``[M, C]`` -> their mean ``[C]`` and top ``dims`` principal axes ``[C, dims]`` (float64
+    covariance, eigenvectors by decreasing variance)."""
+    xd = x.double()
+    mean = xd.mean(0)
+    d = xd - mean
+    _, vecs = torch.linalg.eigh(d.T @ d / (xd.shape[0] - 1))
+    return mean.float(), vecs[:, -dims:].flip(1).float()
 
 
 def _box(v: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -202,6 +215,9 @@ def main() -> None:
     ap.add_argument(
         "--shared-cov", action="store_true", help="one covariance for all grid cells (per-cell means)"
     )
+    ap.add_argument(
+        "--pca", nargs="+", type=int, default=[], help="also rows with the embedding on its top D axes"
+    )
     ap.add_argument("--out", type=Path, default=Path("position.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -225,19 +241,33 @@ def main() -> None:
     train_emb, train_valid = torch.cat(embs), np.concatenate(vgrid)
     del inputs, embs
     logging.info("training embedding %s, %d valid cells", tuple(train_emb.shape), int(train_valid.sum()))
-    gaussians = {}
+    # the projections: None (all channels) and each --pca D
     c = train_emb.shape[-1]
+    axes: dict[int | None, tuple[torch.Tensor, torch.Tensor] | None] = {None: None}
+    if args.pca:
+        tv = torch.from_numpy(train_valid).reshape(-1)
+        mu, vecs = principal_axes(train_emb.reshape(-1, c)[tv], max(args.pca))
+        axes.update({d: (mu, vecs[:, :d]) for d in args.pca})
+
+    def project(emb: torch.Tensor, d: int | None) -> torch.Tensor:
+        ax = axes[d]
+        return emb if ax is None else (emb - ax[0]) @ ax[1]
+
+    gaussians = {}
     for g in args.grids:
-        if args.roi is None:
-            cells = torch.from_numpy(relative_cells(train_valid, g).reshape(-1))
-            keep = cells >= 0
-            x, cells = train_emb.reshape(-1, c)[keep], cells[keep]
-        else:
-            x = roi_resample(train_emb, train_valid, args.roi).reshape(-1, c)
-            cells = roi_cells(args.roi, g).repeat(train_emb.shape[0])
-        gaussians[g] = PositionGaussians(g, shared=args.shared_cov).fit(x, cells)
-        logging.info("grid %d: %d Gaussians fitted", g, g * g)
-    del train_emb, x
+        for d in axes:
+            e = project(train_emb, d)
+            ce = e.shape[-1]
+            if args.roi is None:
+                cells = torch.from_numpy(relative_cells(train_valid, g).reshape(-1))
+                keep = cells >= 0
+                x, cells = e.reshape(-1, ce)[keep], cells[keep]
+            else:
+                x = roi_resample(e, train_valid, args.roi).reshape(-1, ce)
+                cells = roi_cells(args.roi, g).repeat(train_emb.shape[0])
+            gaussians[(g, d)] = PositionGaussians(g, shared=args.shared_cov).fit(x, cells)
+            logging.info("grid %d, %d channels: %d Gaussians fitted", g, ce, g * g)
+    del train_emb, x, e
 
     # the fit images and their synthetic defects, as the selection draws them
     calib = split["calib"]
@@ -267,14 +297,16 @@ def main() -> None:
     base = [fused(c) for c, _, _ in sets]
     # P's statistics: the fit (good) images' valid cells
     dists = {
-        g: [distance_maps(gauss, e, vg, args.roi) for _, e, vg in sets] for g, gauss in gaussians.items()
+        key: [distance_maps(gauss, project(e, key[1]), vg, args.roi) for _, e, vg in sets]
+        for key, gauss in gaussians.items()
     }
     good_valid = torch.from_numpy(sets[0][2])
     stats = {}
-    for g in gaussians:
-        d = dists[g][0][good_valid]
-        stats[g] = (float(d.mean()), float(d.std()))
-        logging.info("grid %d: P on the fit images' valid cells: mean %.3f, std %.3f", g, *stats[g])
+    for key in gaussians:
+        dg = dists[key][0][good_valid]
+        stats[key] = (float(dg.mean()), float(dg.std()))
+        msg = "grid %d, pca %s: P on the fit images' valid cells: mean %.3f, std %.3f"
+        logging.info(msg, *key, *stats[key])
 
     s = slice(None, None, _PIXEL_STRIDE)
     frame_valid = [probe.good.frame_valid, probe.defective.frame_valid]
@@ -300,10 +332,14 @@ def main() -> None:
         return row
 
     rows = [{"name": "baseline", "grid": None, "w": 0.0, **evaluate(None, 0.0)}]
-    for g in gaussians:
-        extra = [position_maps(model, d, vg, stats[g]) for d, (_, _, vg) in zip(dists[g], sets, strict=True)]
+    for key in gaussians:
+        g, pca = key
+        extra = [
+            position_maps(model, dm, vg, stats[key]) for dm, (_, _, vg) in zip(dists[key], sets, strict=True)
+        ]
         for w in args.weights:
-            rows.append({"name": f"G{g} w{w}", "grid": g, "w": w, **evaluate(extra, w)})
+            name = f"G{g} w{w}" + ("" if pca is None else f" pca{pca}")
+            rows.append({"name": name, "grid": g, "w": w, "pca": pca, **evaluate(extra, w)})
     ref = np.asarray(rows[0]["folds"])
     for r in rows:
         diff = np.asarray(r["folds"]) - ref
@@ -315,9 +351,10 @@ def main() -> None:
         "score_only": args.score_only,
         "shared_cov": args.shared_cov,
         "roi": args.roi,
+        "pca": args.pca,
         "n_good": n_good,
         "n_synthetic": n_bad,
-        "stats": {str(g): v for g, v in stats.items()},
+        "stats": {f"{g}" + ("" if d is None else f" pca{d}"): v for (g, d), v in stats.items()},
         "rows": rows,
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -118,3 +118,19 @@ def test_distance_maps_native_and_roi_are_zero_off_the_part() -> None:
         assert (d[torch.from_numpy(~valid)] == 0).all() and (d[torch.from_numpy(valid)] > 0).all()
     # same Gaussians, nearby positions: the two forms agree on the scale of the distances
     assert 0.5 < roi[torch.from_numpy(valid)].mean() / native[torch.from_numpy(valid)].mean() < 1.5
+
+
+def test_principal_axes_order_and_projection() -> None:
+    # variance 9, 4, 1 along three axes rotated by a known orthogonal matrix
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 3, generator=gen) * torch.tensor([3.0, 2.0, 1.0])
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=gen))
+    x = z @ q.T + torch.tensor([5.0, -1.0, 2.0])
+    mean, axes = position_diag.principal_axes(x, 2)
+    assert axes.shape == (3, 2)
+    torch.testing.assert_close(mean, torch.tensor([5.0, -1.0, 2.0]), atol=0.06, rtol=0)
+    # the first axis is q's first column, the second q's second (up to sign)
+    assert abs(float(axes[:, 0] @ q[:, 0])) > 0.999
+    assert abs(float(axes[:, 1] @ q[:, 1])) > 0.999
+    var = ((x - mean) @ axes).var(0)
+    torch.testing.assert_close(var, torch.tensor([9.0, 4.0]), rtol=0.05, atol=0)
