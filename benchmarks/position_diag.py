@@ -192,8 +192,6 @@ def main() -> None:
     from trainer.select import (
         _PIXEL_STRIDE,
         _objective,
-        _valid_boxes,
-        fold_assignment,
         model_frames,
         objective_by_fold,
         paired_se,
@@ -309,12 +307,9 @@ def main() -> None:
         logging.info(msg, *key, *stats[key])
 
     s = slice(None, None, _PIXEL_STRIDE)
-    frame_valid = [probe.good.frame_valid, probe.defective.frame_valid]
-    boxes = [_valid_boxes(v) for v in frame_valid]
-    n_good, n_bad = len(boxes[0]), len(boxes[1])
-    truth = [None] * n_good + [m[s, s][b] for m, b in zip(probe.masks, boxes[1], strict=True)]
-    labels = np.r_[np.zeros(n_good), np.ones(n_bad)]
-    fold = fold_assignment(np.arange(n_good), probe.sources)
+    pt = probe.truth()
+    boxes, truth, labels, fold = pt.boxes, pt.truth, pt.labels, pt.fold
+    n_good, n_bad = pt.n_good, pt.n_bad
 
     def evaluate(extra: list[torch.Tensor] | None, w: float) -> dict[str, Any]:
         scores, maps = [], []

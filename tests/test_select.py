@@ -19,6 +19,7 @@ from trainer.select import (
     fold_assignment,
     mix_candidates,
     objective_by_fold,
+    probe_truth,
     rank_mixes,
     select_cue_mix,
     synthetic_defects,
@@ -165,6 +166,30 @@ def test_folds_follow_the_calibration_image_a_defect_was_drawn_into() -> None:
     assert fold.tolist() == [0, 1, 2, 3, 4, 0, 1, 1, 0, 3, 3]
     # fewer good images than folds: one fold per good image
     assert fold_assignment(np.arange(3), np.array([2, 1])).tolist() == [0, 1, 2, 2, 1]
+
+
+def test_probe_truth_boxes_labels_truth_and_folds() -> None:
+    # frames 8 x 8, the pixel stride 2: good image 0 fills the frame, good image 1 is letterboxed to
+    # rows 2..5; the defective image (drawn into good image 1) keeps columns 0..3 and its defect is the
+    # 2 x 2 block at rows 2..3, columns 2..3
+    valid_good = np.zeros((2, 1, 8, 8), dtype=np.uint8)
+    valid_good[0] = 1
+    valid_good[1, 0, 2:6] = 1
+    valid_bad = np.zeros((1, 1, 8, 8), dtype=np.uint8)
+    valid_bad[0, 0, :, :4] = 1
+    masks = np.zeros((1, 8, 8), dtype=bool)
+    masks[0, 2:4, 2:4] = True
+    pt = probe_truth(valid_good, valid_bad, masks, np.arange(2), np.array([1]))
+    assert (pt.n_good, pt.n_bad) == (2, 1)
+    assert pt.boxes[0] == [(slice(0, 4), slice(0, 4)), (slice(1, 3), slice(0, 4))]
+    assert pt.boxes[1] == [(slice(0, 4), slice(0, 2))]
+    assert pt.labels.tolist() == [0.0, 0.0, 1.0]
+    assert pt.truth[0] is None and pt.truth[1] is None
+    # strided mask rows 0..3, columns 0..1: the defect is at strided (1, 1) only
+    expected = np.zeros((4, 2), dtype=bool)
+    expected[1, 1] = True
+    np.testing.assert_array_equal(pt.truth[2], expected)
+    assert pt.fold.tolist() == [0, 1, 1]
 
 
 def test_objective_by_fold_scores_each_fold_on_its_own_images() -> None:

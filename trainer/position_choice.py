@@ -30,8 +30,6 @@ from trainer.select import (
     SharedInputs,
     SyntheticProbe,
     _objective,
-    _valid_boxes,
-    fold_assignment,
     objective_by_fold,
     within_one_se,
 )
@@ -149,11 +147,8 @@ def select_position_weight(
             scored = fused if score_w is None else fusion(cos, bank, size, score_w)
             chunks.append((fused, scored, cue.standardised(dist, cells, size), v))
         per_set.append(chunks)
-    boxes = [_valid_boxes(probe.good.frame_valid), _valid_boxes(probe.defective.frame_valid)]
-    n_good, n_bad = len(boxes[0]), len(boxes[1])
-    truth = [None] * n_good + [m[s, s][b] for m, b in zip(probe.masks, boxes[1], strict=True)]
-    labels = np.r_[np.zeros(n_good), np.ones(n_bad)]
-    fold = fold_assignment(np.arange(n_good), probe.sources)
+    pt = probe.truth()
+    boxes, truth, labels, fold = pt.boxes, pt.truth, pt.labels, pt.fold
     maps: list[np.ndarray] = []  # the anomaly map does not depend on the weight
     for chunks, b in zip(per_set, boxes, strict=True):
         am = torch.cat([post(f, v).anomaly_map[:, 0, s, s] for f, _, _, v in chunks]).float().cpu().numpy()
@@ -177,4 +172,4 @@ def select_position_weight(
     weight = rows[chosen]["weight"]
     model.position_weight = weight
     _logger.info("position cue weight %.2f in the image score (chosen on synthetic defects)", weight)
-    return PositionSelection(weight, rows, n_good, n_bad)
+    return PositionSelection(weight, rows, pt.n_good, pt.n_bad)

@@ -270,6 +270,50 @@ class SyntheticProbe:
         assert self.defective.masks is not None
         return self.defective.masks
 
+    def truth(self) -> ProbeTruth:
+        """The probe's boxes, labels, strided truth masks and folds (:func:`probe_truth`)."""
+        n_good = self.good.frame_valid.shape[0]
+        return probe_truth(
+            self.good.frame_valid, self.defective.frame_valid, self.masks, np.arange(n_good), self.sources
+        )
+
+
+@dataclass(frozen=True)
+class ProbeTruth:
+    """What every candidate of a synthetic probe is scored against: each image's placed-part box (strided;
+    good images, then defective ones), the labels (0 good, 1 defective), each image's strided truth mask in
+    its box (``None`` for the good ones) and its fold (:func:`fold_assignment`)."""
+
+    boxes: tuple[list[tuple[slice, slice]], list[tuple[slice, slice]]]
+    labels: np.ndarray
+    truth: list[np.ndarray | None]
+    fold: np.ndarray
+
+    @property
+    def n_good(self) -> int:
+        return len(self.boxes[0])
+
+    @property
+    def n_bad(self) -> int:
+        return len(self.boxes[1])
+
+
+def probe_truth(
+    valid_good: np.ndarray,
+    valid_bad: np.ndarray,
+    masks: np.ndarray,
+    group_good: np.ndarray,
+    group_bad: np.ndarray,
+) -> ProbeTruth:
+    """:class:`ProbeTruth` from the good and defective images' letterbox masks (``[N, 1, H, W]``), the
+    defects' masks (bool ``[N_bad, H, W]``) and the calibration image each image comes from."""
+    s = slice(None, None, _PIXEL_STRIDE)
+    boxes = (_valid_boxes(valid_good), _valid_boxes(valid_bad))
+    truth: list[np.ndarray | None] = [None] * len(boxes[0])
+    truth += [m[s, s][box] for m, box in zip(masks, boxes[1], strict=True)]
+    labels = np.r_[np.zeros(len(boxes[0])), np.ones(len(boxes[1]))]
+    return ProbeTruth(boxes, labels, truth, fold_assignment(group_good, group_bad))
+
 
 @torch.no_grad()
 def synthetic_probe(
@@ -456,10 +500,10 @@ def rank_mixes(
     s = slice(None, None, _PIXEL_STRIDE)
     good = good if isinstance(good, CueSet) else CueSet.of(good)
     defective = defective if isinstance(defective, CueSet) else CueSet.of(defective)
-    boxes_good, boxes_bad = _valid_boxes(good.valid), _valid_boxes(defective.valid)
-    n_good, n_bad = len(boxes_good), len(boxes_bad)
+    n_good, n_bad = good.valid.shape[0], defective.valid.shape[0]
     group_good, group_bad = groups if groups is not None else (np.arange(n_good), np.arange(n_bad))
-    fold = fold_assignment(group_good, group_bad)
+    pt = probe_truth(good.valid, defective.valid, masks, group_good, group_bad)
+    (boxes_good, boxes_bad), truth, labels, fold = pt.boxes, pt.truth, pt.labels, pt.fold
 
     def fused(cues: CueSet, boxes: list[tuple[slice, slice]]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Image scores ``[N]`` and each image's strided map of its placed part, for the current weights."""
@@ -472,8 +516,6 @@ def rank_mixes(
             maps, scores = cues.grid.stitch(tiles)[:, s, s], cues.grid.reduce_scores(scores)
         return scores, [m[box] for m, box in zip(maps, boxes, strict=True)]
 
-    truth = [None] * n_good + [m[s, s][box] for m, box in zip(masks, boxes_bad, strict=True)]
-    labels = np.r_[np.zeros(n_good), np.ones(n_bad)]
     pairs = [_pair(c) for c in candidates]
     whole: dict[float, dict[str, float]] = {}  # per distinct mix: its metrics, and per fold
     by_fold: dict[float, list[dict[str, float]]] = {}
