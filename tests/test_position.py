@@ -12,7 +12,14 @@ from torch import nn
 
 from engines.export.trt_ops import op_counts, trt10_issues, unsupported_ops
 from trainer.export.onnx import to_onnx_proto
-from trainer.models.masf.position import CellMoments, PositionCue, position_cells, valid_box, valid_cells
+from trainer.models.masf.position import (
+    CellMoments,
+    PositionCue,
+    cell_blocks,
+    position_cells,
+    valid_box,
+    valid_cells,
+)
 
 
 def _mask(n: int, h: int, w: int, boxes: list[tuple[int, int, int, int] | None]) -> torch.Tensor:
@@ -81,8 +88,34 @@ def test_cell_moments_give_each_cells_shrunk_gaussian() -> None:
         bad.gaussians()
 
 
-def _fitted_cue(gen: torch.Generator, channels: list[int], grid: int = 4, chunk: int = 50) -> PositionCue:
-    cue = PositionCue(channels, grid=grid, chunk=chunk)
+def test_cell_blocks_put_each_position_in_a_slot_of_its_own_cell() -> None:
+    rng = np.random.default_rng(7)
+    h, w = 36, 28
+    valid = np.zeros((8, h, w), dtype=bool)
+    for v in valid[:-1]:  # boxes of many sizes and places, some smaller than the grid
+        r0, c0 = rng.integers(0, 30), rng.integers(0, 24)
+        v[r0 : r0 + rng.integers(1, h - r0 + 1), c0 : c0 + rng.integers(1, w - c0 + 1)] = True
+    valid[-1] = True  # the whole grid
+    cells = torch.from_numpy(valid[:, None]).float()
+    for grid in (1, 4, 16, 40):  # 40: more cells than positions along each side
+        box = valid_box(cells)
+        index, slot = cell_blocks(box, (h, w), grid)
+        per = -(-h // grid) * -(-w // grid)
+        assert index.shape == (8, grid * grid * per) and slot.shape == (8, h * w)
+        assert int(index.min()) >= 0 and int(index.max()) < h * w
+        assert int(slot.min()) >= 0 and int(slot.max()) < grid * grid * per
+        cell = position_cells(box, (h, w), grid)
+        for n in range(8):
+            inside = np.flatnonzero(valid[n].reshape(-1))
+            s = slot[n, inside]
+            # every position of the box has a slot of its own, in its own cell's block, that reads it back
+            assert len(set(s.tolist())) == inside.size
+            np.testing.assert_array_equal((s // per).numpy(), cell[n, inside].numpy())
+            np.testing.assert_array_equal(index[n, s].numpy(), inside)
+
+
+def _fitted_cue(gen: torch.Generator, channels: list[int], grid: int = 4) -> PositionCue:
+    cue = PositionCue(channels, grid=grid)
     acc = CellMoments(grid * grid, sum(channels))
     for _ in range(3):
         feats = [torch.randn(4, c, 16 // (2**j), 16 // (2**j), generator=gen) for j, c in enumerate(channels)]
@@ -96,14 +129,19 @@ def _fitted_cue(gen: torch.Generator, channels: list[int], grid: int = 4, chunk:
 def test_distances_are_each_positions_mahalanobis_distance_to_its_cell() -> None:
     gen = torch.Generator().manual_seed(2)
     cue = _fitted_cue(gen, [3, 4])
-    x = torch.randn(2, 130, 7, generator=gen)  # 130 positions: chunks of 50, 50 and 30
-    cell = torch.randint(0, 16, (2, 130), generator=gen)
-    got = cue.distances(x, cell)
+    h, w = 13, 10  # 130 positions, sides not multiples of the grid
+    x = torch.randn(2, h * w, 7, generator=gen)
+    box = torch.tensor([[2.0, 13.0, 1.0, 8.0], [0.0, 13.0, 0.0, 10.0]])
+    index, slot = cell_blocks(box, (h, w), 4)
+    cell = position_cells(box, (h, w), 4)
+    got = cue.distances(x, index, slot)
     precision = cue.factor @ cue.factor.transpose(1, 2)
-    for n, m in [(0, 0), (1, 129), (0, 77), (1, 50), (0, 49)]:
-        k = int(cell[n, m])
-        d = x[n, m] - cue.mean[k]
-        assert got[n, m].item() == pytest.approx(float(d @ precision[k] @ d) ** 0.5, rel=1e-4)
+    for n in range(2):
+        r0, r1, c0, c1 = (int(v) for v in box[n])
+        for m in [r * w + c for r in range(r0, r1) for c in range(c0, c1)]:
+            k = int(cell[n, m])
+            d = x[n, m] - cue.mean[k]
+            assert got[n, m].item() == pytest.approx(float(d @ precision[k] @ d) ** 0.5, rel=1e-4)
 
 
 def test_the_cue_matches_the_calibration_diagnostic() -> None:
@@ -151,7 +189,11 @@ def test_the_cue_exports_with_parity_at_any_batch_size() -> None:
     valid = _mask(2, 64, 64, [(8, 56, 4, 44), (0, 64, 12, 64)])
     proto = to_onnx_proto(graph, (*args, valid), ["f1", "f2", "valid"], ["position"], 18, "gemm")
     ops = op_counts(proto)
-    assert ops["Floor"] == 2 and ops["Gather"] >= 2  # each position's cell, its mean and factor gathered
+    # each position's cell; the positions into their cells' blocks and the distances back; no gathered factor
+    assert ops["Floor"] == 2 and ops["GatherElements"] >= 2
+    factors = {i.name for i in proto.graph.initializer if list(i.dims) == [16, 7, 7]}
+    assert len(factors) == 1
+    assert {n.op_type for n in proto.graph.node if factors & set(n.input)} == {"MatMul"}
     assert unsupported_ops(proto) == [] and trt10_issues(proto) == []
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

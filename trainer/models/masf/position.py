@@ -9,10 +9,15 @@ so parts of different sizes and aspect ratios share the grid), as PaDiM does per
 position by its Mahalanobis distance to its cell's Gaussian.
 
 In the graph: the box from the mask (``ReduceMax`` / ``Where`` / ``ReduceMin``), each position's cell
-from its place in the box (``Floor``), and a per-position ``Gather`` of its cell's mean and of a triangular
-factor of its precision, in static chunks of positions so the gathered factors (``chunk x C x C``) stay
-bounded. A form with static per-cell blocks (each box resampled to a fixed grid) or one shared covariance
-was cheaper but measurably weaker on calibration data (``benchmarks/RESULTS.md``, session 18).
+from its place in the box (``Floor``), then the positions **regrouped by cell**: each box side cut into
+``grid`` runs of at most ``ceil(side / grid)`` positions, so every cell owns a static block of
+``S = ceil(h / grid) * ceil(w / grid)`` slots; one ``GatherElements`` puts each cell's positions into its
+slots, one batched ``MatMul`` applies every cell's triangular precision factor to its own block (each
+factor read once, none copied), and a second ``GatherElements`` reads each position's distance back from
+its slot. The same distances as a per-position gather of the factors (which copied ``h * w`` factors of
+``C x C`` per image: 3-4x slower on a CPU), to float rounding. A form with each box resampled to a fixed
+grid, or one shared covariance, was cheaper still but measurably weaker on calibration data
+(``benchmarks/RESULTS.md``, session 18).
 """
 
 from __future__ import annotations
@@ -53,18 +58,57 @@ def valid_box(cells: torch.Tensor) -> torch.Tensor:
     return torch.stack([r0, r1, c0, c1], 1).float()
 
 
+def _axis_cells(lo: torch.Tensor, hi: torch.Tensor, n: int, grid: int) -> torch.Tensor:
+    """Box sides ``lo``/``hi`` ``[N, 1]`` along an axis of ``n`` positions -> each position's cell along
+    it, float ``[N, n]`` (off the box: the nearest edge cell)."""
+    idx = torch.arange(n, device=lo.device, dtype=torch.float32)[None, :]
+    # numerator first: small integers and halves, exact in float32, so the quotient rounds once
+    return torch.floor((idx - lo + 0.5) * grid / (hi - lo)).clamp(0, grid - 1)
+
+
 def position_cells(box: torch.Tensor, size: tuple[int, int], grid: int) -> torch.Tensor:
     """Each position's grid cell ``[N, h * w]`` (int64, row-major ``row_cell * grid + col_cell``): its place
     in its image's ``box`` (``[N, 4]``, :func:`valid_box`) cut into ``grid x grid`` equal cells; positions
     outside the box get the nearest edge cell (the cue is zeroed there)."""
     h, w = size
-    r0, r1, c0, c1 = (box[:, k : k + 1] for k in range(4))
-    rows = torch.arange(h, device=box.device, dtype=torch.float32)[None, :]
-    cols = torch.arange(w, device=box.device, dtype=torch.float32)[None, :]
-    # numerator first: small integers and halves, exact in float32, so the quotient rounds once
-    rc = torch.floor((rows - r0 + 0.5) * grid / (r1 - r0)).clamp(0, grid - 1)  # [N, h]
-    cc = torch.floor((cols - c0 + 0.5) * grid / (c1 - c0)).clamp(0, grid - 1)  # [N, w]
+    rc = _axis_cells(box[:, 0:1], box[:, 1:2], h, grid)  # [N, h]
+    cc = _axis_cells(box[:, 2:3], box[:, 3:4], w, grid)  # [N, w]
     return (rc[:, :, None] * grid + cc[:, None, :]).reshape(box.shape[0], h * w).long()
+
+
+def _axis_slots(
+    lo: torch.Tensor, hi: torch.Tensor, n: int, grid: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One axis of :func:`cell_blocks`: each position's cell and offset in its cell's run (``[N, n]``
+    each, int64; off the box: clamped, never read), and the position in each cell's ``ceil(n / grid)``
+    slots (``[N, grid, per]``, int64; slots past a cell's run: clamped, never read back)."""
+    per = -(-n // grid)
+    idx = torch.arange(n, device=lo.device, dtype=torch.float32)[None, :]
+    cell = _axis_cells(lo, hi, n, grid)  # non-decreasing inside the box: each cell owns one run
+    inside = (idx >= lo) & (idx < hi)
+    cells = torch.arange(grid, device=lo.device, dtype=torch.float32)[None, :, None]
+    member = (cell[:, None, :] == cells) & inside[:, None, :]  # [N, grid, n]
+    start = torch.where(member, idx[:, None, :], float(n)).amin(-1)  # [N, grid]; n: no position
+    offset = (idx - torch.gather(start, 1, cell.long())).clamp(0, per - 1)
+    at = start[:, :, None] + torch.arange(per, device=lo.device, dtype=torch.float32)[None, None, :]
+    return cell.long(), offset.long(), at.clamp(0, n - 1).long()
+
+
+def cell_blocks(box: torch.Tensor, size: tuple[int, int], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's positions regrouped by grid cell (:func:`position_cells`' cells), static shapes:
+    ``index`` ``[N, grid^2 * S]``, the position (row-major in ``h x w``) in each cell's ``S`` slots
+    (``S = ceil(h / grid) * ceil(w / grid)``, cells row-major, slots row-major within a cell; unused slots
+    hold some position, never read back), and ``slot`` ``[N, h * w]``, each position's slot in that layout
+    (positions off the box: some slot, to be zeroed)."""
+    h, w = size
+    n = box.shape[0]
+    rc, ro, rat = _axis_slots(box[:, 0:1], box[:, 1:2], h, grid)
+    cc, co, cat = _axis_slots(box[:, 2:3], box[:, 3:4], w, grid)
+    sr, sc = rat.shape[-1], cat.shape[-1]
+    index = rat[:, :, None, :, None] * w + cat[:, None, :, None, :]  # [N, G (rows), G (cols), SR, SC]
+    cell = rc[:, :, None] * grid + cc[:, None, :]  # [N, h, w]
+    slot = cell * (sr * sc) + ro[:, :, None] * sc + co[:, None, :]
+    return index.reshape(n, -1), slot.reshape(n, h * w)
 
 
 class PositionCue(nn.Module):
@@ -73,18 +117,17 @@ class PositionCue(nn.Module):
     Args:
         channels: the teacher scales' channels used (scales 1 and 2).
         grid: cells per side of the part's grid.
-        chunk: positions per gathered block (bounds the gathered factors to ``chunk x C x C`` per image).
     """
 
     mean: torch.Tensor  # [G*G, C]
     factor: torch.Tensor  # [G*G, C, C], precision = factor @ factor.T (upper triangular)
     stats: torch.Tensor  # [2]: mean and std of the distance over the fit images' valid cells
 
-    def __init__(self, channels: list[int], grid: int = 16, chunk: int = 256) -> None:
+    def __init__(self, channels: list[int], grid: int = 16) -> None:
         super().__init__()
-        if grid < 1 or chunk < 1:
-            raise ValueError(f"position.grid and the chunk must be positive, got {grid} and {chunk}")
-        self.grid, self.chunk = grid, chunk
+        if grid < 1:
+            raise ValueError(f"position.grid must be positive, got {grid}")
+        self.grid = grid
         self.embedder = JointEmbedder(channels, aggregate=3, spectral=False, normalize=False, count_pad=False)
         c, g2 = self.embedder.channels, grid * grid
         self.register_buffer("mean", torch.zeros(g2, c))
@@ -99,21 +142,24 @@ class PositionCue(nn.Module):
         cells = valid_cells(valid, n, (h, w))
         return emb.reshape(n, h * w, c), position_cells(valid_box(cells), (h, w), self.grid), cells
 
-    def distances(self, x: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """``[N, M, C]`` embeddings, ``[N, M]`` their cells -> Mahalanobis distances ``[N, M]``."""
-        out = []
-        for s in range(0, x.shape[1], self.chunk):
-            k = cell[:, s : s + self.chunk]
-            d = x[:, s : s + self.chunk] - self.mean[k]  # [N, m, C]
-            y = torch.matmul(d.unsqueeze(-2), self.factor[k]).squeeze(-2)  # [N, m, C]
-            out.append(y.square().sum(-1).clamp_min(0).sqrt())
-        return torch.cat(out, dim=1)
+    def distances(self, x: torch.Tensor, index: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """``[N, M, C]`` embeddings and their :func:`cell_blocks` -> each position's Mahalanobis distance
+        to its cell's Gaussian ``[N, M]``: the positions gathered into their cells' blocks, each block
+        times its cell's factor (one batched product), read back from the slots."""
+        n, c, g2 = x.shape[0], x.shape[2], self.mean.shape[0]
+        blocks = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, c)).reshape(n, g2, -1, c)
+        y = torch.matmul(blocks - self.mean[:, None, :], self.factor)  # [N, G*G, S, C]
+        d = y.square().sum(-1).clamp_min(0).sqrt().reshape(n, -1)
+        return torch.gather(d, 1, slot)
 
     def raw(self, feats: list[torch.Tensor], valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Unstandardised distances on the feature grid ``[N, 1, h, w]`` (0 off the part) and the valid
         cells ``[N, 1, h, w]``."""
-        x, cell, cells = self.embed(feats, valid)
-        return self.distances(x, cell).reshape(cells.shape) * cells, cells
+        emb = self.embedder(feats)  # [N, h, w, C]
+        n, h, w, c = emb.shape
+        cells = valid_cells(valid, n, (h, w))
+        index, slot = cell_blocks(valid_box(cells), (h, w), self.grid)
+        return self.distances(emb.reshape(n, h * w, c), index, slot).reshape(cells.shape) * cells, cells
 
     def standardised(self, dist: torch.Tensor, cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """:meth:`raw`'s distances and valid cells -> ``P`` ``[N, 1, H, W]``: standardised with the fit
