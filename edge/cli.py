@@ -5,7 +5,8 @@
     masf-edge subscribe --connect tcp://127.0.0.1:5556 [--save-heatmaps DIR] [--count N]
     masf-edge keys --out DIR --name NAME
     masf-edge demo [--out runs/demo] [--data DIR]
-    masf-edge part collect|import|train|cancel|promote|rollback|status ... --config configs/edge/LINE.yaml
+    masf-edge part collect|import|review|train|cancel|promote|rollback|status ...
+        --config configs/edge/LINE.yaml
     masf-edge gateway opcua|modbus --config configs/edge/LINE.yaml
     masf-edge page --config configs/edge/LINE.yaml
 
@@ -110,6 +111,11 @@ _PART_ACTIONS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
         ("--part", {"required": True}), ("--dir", {}), ("--evidence", {}),
         ("--kind", {"choices": ("good", "defect"), "default": "good"}),
     ]),
+    "review": ("a verdict on a good image a job's validation lists (defect: moved to the defects)", [
+        ("--part", {"required": True}), ("--image", {"required": True}),
+        ("--verdict", {"choices": ("defect", "good"), "required": True}),
+        ("--retrain", {"action": "store_true", "help": "then start a training job"}),
+    ]),
     "train": ("train and validate a new version in a low-priority worker", [
         ("--part", {"required": True}), ("--train-config", {"dest": "train_config"}),
     ]),
@@ -143,12 +149,14 @@ def _part(args: argparse.Namespace) -> int:
 
     cfg = load_edge_config(args.config, args.set)
     request: dict[str, Any] = {"cmd": {"status": "parts"}.get(args.action, args.action)}
-    for key in ("camera", "part", "count", "dir", "evidence", "kind", "job", "version"):
+    for key in ("camera", "part", "count", "dir", "evidence", "kind", "job", "version", "image", "verdict"):
         value = getattr(args, key, None)
         if value is not None:
             request[key] = value
     if args.action == "train" and args.train_config:
         request["config"] = args.train_config
+    if args.action == "review" and args.retrain:
+        request["retrain"] = True
     if args.action == "import" and request.get("dir"):
         request.pop("kind", None)
     client = ControlClient(cfg.control.address, timeout_s=args.timeout, curve_client=curve_client_for(cfg))

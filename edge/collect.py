@@ -9,6 +9,9 @@
   first: one unreadable file refuses the whole import, which names it.
 * :func:`import_evidence`: a FAIL frame from the evidence store that an operator marked as good (a false
   reject: it becomes a training image) or as a confirmed defect (a validation defect).
+* :func:`review_image`: an operator's verdict on one of the part's good images, typically one that a
+  training job's ``validation.review`` lists (the threshold rests on the highest-scoring good images, so a
+  defective part collected as good raises it): ``defect`` moves it to the confirmed defects.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from edge.errors import EdgeError
 from edge.store import ModelStore
 from engines.pixels import list_images, read_image_file
 
-__all__ = ["Collector", "import_evidence", "import_folder"]
+__all__ = ["Collector", "import_evidence", "import_folder", "review_image"]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,12 @@ def _safe(text: str) -> str:
     return _UNSAFE.sub("_", text)[:80] or "frame"
 
 
-def _unique(folder: Path, stem: str) -> Path:
+def _unique(folder: Path, stem: str, suffix: str = ".png") -> Path:
     """``folder/stem.png``, or ``stem_2.png``, ``stem_3.png``... when taken (imports never overwrite)."""
-    path, n = folder / f"{stem}.png", 1
+    path, n = folder / f"{stem}{suffix}", 1
     while path.exists():
         n += 1
-        path = folder / f"{stem}_{n}.png"
+        path = folder / f"{stem}_{n}{suffix}"
     return path
 
 
@@ -251,3 +254,42 @@ def import_evidence(store: ModelStore, part: str, evidence_root: str | Path, ite
     _write_png(target, image)
     store.record(part, "imported_evidence", item=item, kind=kind)
     return str(target)
+
+
+def review_image(store: ModelStore, part: str, image: str, verdict: str) -> dict[str, Any]:
+    """An operator's verdict on one of ``part``'s good training images.
+
+    ``"defect"`` moves it to ``images/defects`` (a confirmed defect: out of the next training and of its
+    threshold, into its validation's escape rate); ``"good"`` keeps it (checked). Either way the store's
+    history records the verdict.
+
+    Args:
+        image: ``images/good/<name>`` (as ``validation.review`` lists it) or ``<name>``.
+        verdict: ``"defect"`` or ``"good"``.
+
+    Raises:
+        EdgeError: a bad verdict, a name outside the part's good images, a missing image.
+    """
+    if verdict not in ("good", "defect"):
+        raise EdgeError(f"review: verdict must be 'defect' or 'good', got {verdict!r}")
+    name = Path(image).name
+    if image not in (name, f"images/good/{name}") or name in ("", ".", ".."):
+        raise EdgeError(
+            f"review: {image!r} is not one of part {part}'s good images: give images/good/<name> as the "
+            "job's validation.review lists it"
+        )
+    good = store.images_dir(part, "good")
+    path = good / name
+    if not path.is_file():
+        raise EdgeError(
+            f"review: images/good/{name} not found in part {part} (already reviewed as a defect? "
+            "see 'parts' for the history)"
+        )
+    result: dict[str, Any] = {"part": part, "image": f"images/good/{name}", "verdict": verdict}
+    if verdict == "defect":
+        target = _unique(store.images_dir(part, "defects"), path.stem, path.suffix)
+        os.replace(path, target)
+        result["moved_to"] = f"images/defects/{target.name}"
+    store.record(part, "reviewed", **{k: v for k, v in result.items() if k != "part"})
+    log.info("part %s: %s reviewed as %s", part, result["image"], verdict)
+    return result

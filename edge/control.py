@@ -75,6 +75,11 @@ class ControlHandler(Protocol):
         """The ``import`` command: a folder of images, or one evidence item as good / defect."""
         ...
 
+    def review(self, part: str, image: str, verdict: str, retrain: bool) -> dict[str, Any]:
+        """An operator's verdict on one of a part's good images (``defect``: moved to the confirmed
+        defects), then optionally a training job."""
+        ...
+
     def train(self, part: str, config: str | None) -> dict[str, Any]:
         """Start a training job for ``part``; returns its id."""
         ...
@@ -169,6 +174,12 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "dir": Arg("str", nullable=True),
         "evidence": Arg("str", nullable=True),
         "kind": Arg("str", default="good", choices=("good", "defect")),
+    },
+    "review": {
+        "part": Arg("str", required=True),
+        "image": Arg("str", required=True),
+        "verdict": Arg("str", required=True, choices=("defect", "good")),
+        "retrain": Arg("bool", default=False),
     },
     "train": {"part": Arg("str", required=True), "config": Arg("str", nullable=True)},
     "cancel": {"job": Arg("str", required=True)},

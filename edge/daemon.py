@@ -601,6 +601,9 @@ class Daemon:
     def import_images(self, part: str, dir: str | None, evidence: str | None, kind: str) -> dict[str, Any]:
         return self.parts_service.import_images(part, dir, evidence, kind)
 
+    def review(self, part: str, image: str, verdict: str, retrain: bool) -> dict[str, Any]:
+        return self.parts_service.review(part, image, verdict, retrain)
+
     def train(self, part: str, config: str | None) -> dict[str, Any]:
         return self.parts_service.train(part, config)
 

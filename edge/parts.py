@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.collect import Collector, import_evidence, import_folder
+from edge.collect import Collector, import_evidence, import_folder, review_image
 from edge.config import EdgeConfig
 from edge.errors import ControlError, EdgeError
 from edge.metrics import Metrics
@@ -180,11 +180,8 @@ class PartsService:
             store.images_dir(part, "good")
         except EdgeError as err:
             raise ControlError(str(err)) from None
-        for job in self.jobs.values():
-            if job.state.part == part and job.state.finished is None:
-                raise ControlError(
-                    f"part {part} is already being trained (job {job.state.job}): wait or cancel it"
-                )
+        if (running := self._running_job(part)) is not None:
+            raise ControlError(f"part {part} is already being trained (job {running}): wait or cancel it")
         if config is not None and not Path(config).is_file():
             raise ControlError(f"train: config file {config} not found")
         n = sum(1 for _ in store.images_dir(part, "good").glob("*.png"))
@@ -201,6 +198,36 @@ class PartsService:
         self.jobs[job_id] = job.start()
         log.info("training job %s for part %s started", job_id, part)
         return {"job": job_id, "part": part}
+
+    def _running_job(self, part: str) -> str | None:
+        return next(
+            (j.state.job for j in self.jobs.values() if j.state.part == part and j.state.finished is None),
+            None,
+        )
+
+    def review(self, part: str, image: str, verdict: str, retrain: bool) -> dict[str, Any]:
+        """An operator's verdict on a good image (:func:`~edge.collect.review_image`); ``retrain``: then
+        start a training job (its error, e.g. too few good images left, is in ``retrain_error``: the
+        verdict stands)."""
+        store = self._need_store()
+        running = self._running_job(part)
+        if running is not None and verdict == "defect":
+            raise ControlError(
+                f"part {part} is being trained (job {running}) on its good images: wait or cancel it, "
+                "then review"
+            )
+        try:
+            result = review_image(store, part, image, verdict)
+        except EdgeError as err:
+            raise ControlError(str(err)) from None
+        except OSError as err:
+            raise ControlError(f"review failed: {err.strerror or err}: the image was not moved") from None
+        if retrain:
+            try:
+                result["job"] = self.train(part, None)["job"]
+            except ControlError as err:
+                result["job"], result["retrain_error"] = None, str(err)
+        return result
 
     def cancel(self, job: str) -> dict[str, Any]:
         found = self.jobs.get(job)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from edge_support import part_image
 
-from edge.collect import Collector, import_evidence, import_folder
+from edge.collect import Collector, import_evidence, import_folder, review_image
 from edge.errors import EdgeError
 from edge.store import ModelStore
 
@@ -93,6 +93,41 @@ def test_import_evidence_as_false_reject_or_defect(tmp_path: Path) -> None:
         import_evidence(store, "widget", evidence, "cam1/none.png", "good")
     with pytest.raises(EdgeError, match="kind must be"):
         import_evidence(store, "widget", evidence, "cam1/20261201/00000007_FAIL_0006.png", "maybe")
+
+
+def test_review_moves_a_defective_good_image_to_the_defects_and_records_every_verdict(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    good = store.images_dir("widget", "good")
+    for i in range(3):
+        _png(good / f"g{i}.png", part_image(i == 1, seed=i))
+    _png(store.images_dir("widget", "defects") / "g1.png", part_image(True, seed=9))  # a name already taken
+    before = (good / "g1.png").read_bytes()
+    moved = review_image(store, "widget", "images/good/g1.png", "defect")
+    assert moved == {
+        "part": "widget",
+        "image": "images/good/g1.png",
+        "verdict": "defect",
+        "moved_to": "images/defects/g1_2.png",
+    }
+    assert not (good / "g1.png").exists()
+    # moved, not re-encoded
+    assert (store.images_dir("widget", "defects") / "g1_2.png").read_bytes() == before
+    kept = review_image(store, "widget", "g0.png", "good")  # a bare name works too
+    assert kept == {"part": "widget", "image": "images/good/g0.png", "verdict": "good"}
+    assert (good / "g0.png").is_file()
+    reviewed = [e for e in store.history("widget") if e["event"] == "reviewed"]
+    assert [(e["image"], e["verdict"], e.get("moved_to")) for e in reviewed] == [
+        ("images/good/g1.png", "defect", "images/defects/g1_2.png"),
+        ("images/good/g0.png", "good", None),
+    ]
+    with pytest.raises(EdgeError, match="not found in part widget"):
+        review_image(store, "widget", "images/good/g1.png", "defect")  # already moved
+    for bad in ("../defects/g1.png", "images/defects/g1.png", "/etc/passwd", "images/good/../../x.png", ".."):
+        with pytest.raises(EdgeError, match="is not one of part widget's good images"):
+            review_image(store, "widget", bad, "defect")
+    with pytest.raises(EdgeError, match="verdict must be"):
+        review_image(store, "widget", "g2.png", "maybe")
+    assert sorted(p.name for p in good.iterdir()) == ["g0.png", "g2.png"]
 
 
 def test_a_full_disk_refuses_the_whole_import_and_leaves_no_partial_file(tmp_path: Path) -> None:

@@ -146,11 +146,28 @@ def test_collect_train_validate_promote_rollback(tmp_path: Path) -> None:
                 capture_output=True, text=True, cwd=REPO, timeout=60,
             )  # fmt: skip
             assert cli.returncode == 0 and json.loads(cli.stdout)["imported"] == {"good": 0, "defects": 4}
-            # a second version, validated with a shadow run beside the live one, then promoted
-            job2 = ctl.request("train", part="widget")["job"]
+            # the operator checks the good images the threshold rests on: the lowest is kept, the highest
+            # sent back as a defect with a retraining (through the CLI): a second version, validated with
+            # the five defects and a shadow run beside the live one, then promoted
+            kept = ctl.request("review", part="widget", image=review[-1]["image"], verdict="good")
+            assert kept["ok"] and kept["verdict"] == "good" and "moved_to" not in kept
+            cli = subprocess.run(
+                [sys.executable, "-m", "edge", "part", "review", "--part", "widget",
+                 "--image", review[0]["image"], "--verdict", "defect", "--retrain", "--config", str(cfg)],
+                capture_output=True, text=True, cwd=REPO, timeout=60,
+            )  # fmt: skip
+            assert cli.returncode == 0, cli.stderr
+            sent_back = json.loads(cli.stdout)
+            assert not (part_dir / review[0]["image"]).exists()
+            assert sent_back["moved_to"].startswith("images/defects/")
+            assert (part_dir / sent_back["moved_to"]).is_file()
+            job2 = sent_back["job"]
+            busy = ctl.request("review", part="widget", image=review[-1]["image"], verdict="defect")
+            assert busy["ok"] is False and f"being trained (job {job2})" in busy["error"]
             state2 = _wait_job(ctl, job2)
             assert state2["state"] == "done" and state2["version"] == "v0002"
-            assert state2["validation"]["defects"] == 4 and 0 <= state2["validation"]["escape_rate"] <= 1
+            assert state2["validation"]["defects"] == 5 and 0 <= state2["validation"]["escape_rate"] <= 1
+            assert review[0]["image"] not in [r["image"] for r in state2["validation"]["review"]]
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{doc['metrics']['port']}/metrics").read()
             assert b'masf_edge_train_epochs{part="widget"} 1.0' in metrics
             shadow = state2["validation"]["shadow"]
@@ -178,8 +195,9 @@ def test_collect_train_validate_promote_rollback(tmp_path: Path) -> None:
             parts = ctl.request("parts", part="widget")["parts"]["widget"]
             assert parts["current"] == "v0001" and parts["versions"] == ["v0001", "v0002"]
             events = [e["event"] for e in parts["history"]]
-            for event in ("collected", "training", "added", "validated", "promoted", "rolled_back"):
+            for event in ("collected", "reviewed", "training", "added", "validated", "promoted"):
                 assert event in events
+            assert "rolled_back" in events
         finally:
             ctl.close()
             sub.close()
