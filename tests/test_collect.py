@@ -127,6 +127,9 @@ def test_review_moves_a_defective_good_image_to_the_defects_and_records_every_ve
             review_image(store, "widget", bad, "defect")
     with pytest.raises(EdgeError, match="verdict must be"):
         review_image(store, "widget", "g2.png", "maybe")
+    with pytest.raises(EdgeError, match=r"part gadget has no good images here: parts are \['widget'\]"):
+        review_image(store, "gadget", "g2.png", "defect")
+    assert not store.part_dir("gadget").exists()  # a typo creates no part
     assert sorted(p.name for p in good.iterdir()) == ["g0.png", "g2.png"]
 
 
