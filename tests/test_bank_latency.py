@@ -1,0 +1,46 @@
+"""benchmarks/bank_latency.py: the paired ratio, and ``--runs`` timing a fitted run's bundle graph beside
+the reference graph (a real export and ONNX Runtime, a few calls)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import load_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+bank_latency = load_benchmark("bank_latency.py", "bench_bank_latency")
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
+    base = np.array([10.0, 20.0, 10.0, 40.0, 10.0])
+    times = np.array([15.0, 30.0, 15.0, 60.0, 15.0])  # every round 1.5x, whatever the round's load
+    ratio, low, high = bank_latency.paired_ratio(times, base, np.random.default_rng(0))
+    assert (ratio, low, high) == (1.5, 1.5, 1.5)
+    times = np.array([10.0, 40.0, 20.0, 40.0, 20.0])  # ratios 1, 2, 2, 1, 2
+    ratio, low, high = bank_latency.paired_ratio(times, base, np.random.default_rng(0))
+    assert ratio == 2.0 and 1.0 <= low <= ratio <= high <= 2.0
+
+
+def test_runs_are_timed_beside_the_reference_graph(trained_run: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "benchmarks/bank_latency.py", "--repeats", "3", "--threads", "1", "--reference-only",
+         "--runs", str(trained_run)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 3  # header, the reference, the run
+    assert rows[1].startswith("| today: full MASF") and rows[1].endswith("| 1.000 (1.000-1.000) |")
+    m = re.fullmatch(
+        rf"\| run {trained_run.name} \((\d+)x(\d+)\) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| ([\d.]+) "
+        r"\(([\d.]+)-([\d.]+)\) \|",
+        rows[2],
+    )
+    assert m is not None, rows[2]
+    median, p90 = float(m.group(3)), float(m.group(4))
+    ratio, low, high = (float(m.group(i)) for i in (6, 7, 8))
+    assert 0 < median <= p90 and 0 < low <= ratio <= high
