@@ -96,6 +96,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     # Round 14 (fixed before its run): the position cue in the image score, weight 0.25 unless the part's
     # own fit images say 0 is better beyond one standard error.
     "position": ({"position.enabled": True, "position.weight": 0.25}, "", False),
+    # Round 15 (fixed before its run): the same in the on-device profile.
+    "fast_position": ({"position.enabled": True, "position.weight": 0.25}, "", False),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
@@ -106,6 +108,7 @@ VARIANT_CONFIG = {
     "cand_r2_D_zero": REPRO,
     "fast": FAST,
     "fast_lite0": FAST,
+    "fast_position": FAST,
 }
 LABELS = {
     "full": "full MASF",
@@ -132,6 +135,7 @@ LABELS = {
     "lite0_bank_only": "bank only, lite0 teacher",
     "lite0_distill_only": "distillation only, lite0 teacher",
     "position": "full MASF with the position cue in the image score (weight 0.25 or 0, chosen per part)",
+    "fast_position": "on-device profile with the position cue in the image score (weight 0.25 or 0)",
 }
 METRICS = (
     "image_auroc",
