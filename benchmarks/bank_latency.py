@@ -8,11 +8,12 @@ Each graph is exported exactly as ``masf-engine export`` does (gemm spectral mod
 Runtime at batch 1, the graphs alternating call by call, so a shared CPU slows them alike.
 
     .venv/bin/python benchmarks/bank_latency.py [--repeats 30] [--threads 2] [--runs RUN ...]
-        [--reference-only]
+        [--reference-only] [--pairs]
 
 ``--runs``: also time the bundle graph of each fitted run (exported as ``masf-engine export`` does, at the
 run's own input size, a frame with its part filling it); ``--reference-only``: of the designs above, only
-today's full MASF, the reference every ratio is taken against.
+today's full MASF, the reference every ratio is taken against; ``--pairs``: the runs are (base,
+candidate) pairs, and a second table gives each candidate's paired ratio to its own base.
 """
 
 from __future__ import annotations
@@ -90,7 +91,14 @@ def main() -> int:
         "--runs", nargs="*", type=Path, default=[], help="fitted runs whose bundle graphs to time"
     )
     parser.add_argument("--reference-only", action="store_true", help="of the designs, only the reference")
+    parser.add_argument(
+        "--pairs",
+        action="store_true",
+        help="the runs are (base, candidate) pairs: each candidate vs its base",
+    )
     args = parser.parse_args()
+    if args.pairs and len(args.runs) % 2:
+        parser.error(f"--pairs needs (base, candidate) pairs of runs, got {len(args.runs)} runs")
     import onnxruntime as ort
 
     from trainer.export.onnx import export_onnx
@@ -108,7 +116,7 @@ def main() -> int:
             "valid": np.ones((1, 1, h, w), np.uint8),
         }
 
-    sessions, feeds = {}, {}
+    sessions, feeds, run_names = {}, {}, []
     designs = list(DESIGNS.items())[: 1 if args.reference_only else None]
     for name, (config, overrides, sizes, a) in designs:
         path = build(config, overrides, sizes, a, tmp)
@@ -118,6 +126,9 @@ def main() -> int:
         model, info = load_run(run)
         h, w = info.input_size
         name = f"run {run.name} ({h}x{w})"
+        if name in sessions:  # the same folder name twice: two sessions, told apart
+            name += f" #{run_names.count(name) + 1}"
+        run_names.append(name)
         export_onnx(model, info, tmp / f"{run.name}.onnx")
         sessions[name] = ort.InferenceSession(
             str(tmp / f"{run.name}.onnx"), opts, providers=["CPUExecutionProvider"]
@@ -153,6 +164,11 @@ def main() -> int:
             f"| {name} | {med:.1f} | {float(np.percentile(t, 90)):.1f} | {med / base:.2f}x "
             f"| {ratio:.3f} ({low:.3f}-{high:.3f}) |"
         )
+    if args.pairs:
+        print("\n| candidate run | its base run | paired ratio, median (95 % interval) |\n|---|---|---|")
+        for base_name, cand_name in zip(run_names[::2], run_names[1::2], strict=True):
+            ratio, low, high = paired_ratio(np.asarray(times[cand_name]), np.asarray(times[base_name]), rng)
+            print(f"| {cand_name} | {base_name} | {ratio:.3f} ({low:.3f}-{high:.3f}) |")
     return 0
 
 

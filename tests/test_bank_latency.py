@@ -26,21 +26,35 @@ def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
 
 
 def test_runs_are_timed_beside_the_reference_graph(trained_run: Path) -> None:
+    # the run twice as a (base, candidate) pair: two sessions of one graph, timed side by side
     out = subprocess.run(
         [sys.executable, "benchmarks/bank_latency.py", "--repeats", "3", "--threads", "1", "--reference-only",
-         "--runs", str(trained_run)],
+         "--runs", str(trained_run), str(trained_run), "--pairs"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 3  # header, the reference, the run
+    assert len(rows) == 6, rows  # header, the reference, the two sessions; the pairs' header and row
     assert rows[1].startswith("| today: full MASF") and rows[1].endswith("| 1.000 (1.000-1.000) |")
-    m = re.fullmatch(
-        rf"\| run {trained_run.name} \((\d+)x(\d+)\) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| ([\d.]+) "
-        r"\(([\d.]+)-([\d.]+)\) \|",
-        rows[2],
+    name = re.escape(trained_run.name)
+    for row, tag in ((rows[2], ""), (rows[3], " #2")):
+        m = re.fullmatch(
+            rf"\| run {name} \((\d+)x(\d+)\){tag} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| ([\d.]+) "
+            r"\(([\d.]+)-([\d.]+)\) \|",
+            row,
+        )
+        assert m is not None, row
+        median, p90 = float(m.group(3)), float(m.group(4))
+        ratio, low, high = (float(m.group(i)) for i in (6, 7, 8))
+        assert 0 < median <= p90 and 0 < low <= ratio <= high
+    pair = re.fullmatch(
+        rf"\| run {name} \(\d+x\d+\) #2 \| run {name} \(\d+x\d+\) \| ([\d.]+) \(([\d.]+)-([\d.]+)\) \|",
+        rows[5],
     )
-    assert m is not None, rows[2]
-    median, p90 = float(m.group(3)), float(m.group(4))
-    ratio, low, high = (float(m.group(i)) for i in (6, 7, 8))
-    assert 0 < median <= p90 and 0 < low <= ratio <= high
+    assert pair is not None, rows[5]
+    assert 0 < float(pair.group(2)) <= float(pair.group(1)) <= float(pair.group(3))
+    odd = subprocess.run(
+        [sys.executable, "benchmarks/bank_latency.py", "--runs", str(trained_run), "--pairs"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert odd.returncode == 2 and "--pairs needs (base, candidate) pairs of runs, got 1 runs" in odd.stderr
