@@ -57,6 +57,9 @@ DESIGNS: dict[str, tuple[str, dict[str, Any], list[int], float]] = {
 }
 
 
+REFERENCE = next(iter(DESIGNS.values()))
+
+
 def build(config: str, overrides: dict[str, Any], sizes: list[int], cos_weight: float, out: Path) -> Path:
     from engines.preprocess import PreprocessSpec
     from trainer.calibrate import calibrate
@@ -67,6 +70,10 @@ def build(config: str, overrides: dict[str, Any], sizes: list[int], cos_weight: 
 
     cfg = load_config(REPO / "configs" / "train" / config, overrides)
     model = create_masf(cfg, (256, 256)).eval()
+    if config == REFERENCE[0] and overrides == REFERENCE[1] and model.scorer is not None:
+        # the reference is the graph of the code the issue measured: its kNN selection score took a
+        # second elementwise pass (session 19 folded it into the product, as every other graph here has it)
+        model.scorer.fused = False
     gen = torch.Generator().manual_seed(0)
     for bank, n in zip(model.bank_list(), sizes, strict=True):
         bank.fill(torch.randn(n, bank.bank.shape[1], generator=gen))

@@ -97,12 +97,12 @@ def test_bank_chunked_knn_matches_brute_force_in_bounded_memory(
     seen: list[int] = []
     scores = KNNScorer._scores
 
-    def spy(qc: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-        out = scores(qc, b, b_sq)
+    def spy(self: KNNScorer, qc: torch.Tensor, b_aug: torch.Tensor) -> torch.Tensor:
+        out = scores(self, qc, b_aug)
         seen.append(out.numel())
         return out
 
-    monkeypatch.setattr(KNNScorer, "_scores", staticmethod(spy))
+    monkeypatch.setattr(KNNScorer, "_scores", spy)
     got = KNNScorer(k=k, chunk=16, bank_chunk=128)(q, bank)
     # 100 queries in 7 chunks x 1000 prototypes in 8 slices; no step holds more than N x 16 x 128 scores
     assert len(seen) == 7 * 8 and max(seen) <= 2 * 16 * 128

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engines.export.trt_ops import op_counts
+from trainer.export.onnx import to_onnx_proto
 from trainer.models.masf.samb import GreedyCoresetSampler, KNNScorer, MemoryBank, PatchEmbedder, RandomSampler
 from trainer.models.masf.spectral import set_spectral_mode
 
@@ -225,6 +227,43 @@ def test_knn_scorer_matches_brute_force(k: int) -> None:
     assert got.shape == (2, 6, 5)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, _brute_knn(q, bank, k), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_selection_in_one_product_picks_the_same_neighbours(k: int) -> None:
+    """The selection score as one product with ``[-2 y, |y|^2]`` equals ``|y|^2 - 2 x.y`` (the former
+    two-pass form, the latency benchmark's reference), and the graph exports it as one MatMul."""
+    torch.manual_seed(8)
+    q = torch.randn(2, 6, 5, 16) * 3
+    bank = torch.randn(300, 16) * 3
+    fused, plain = KNNScorer(k=k, bank_chunk=128), KNNScorer(k=k, bank_chunk=128)
+    plain.fused = False
+    b = bank.float()
+    b_aug = torch.cat([-2.0 * b, (b * b).sum(1, keepdim=True)], dim=1)
+    qc = q.reshape(2, 30, 16)
+    want = (b * b).sum(1) - 2.0 * qc @ b.T
+    torch.testing.assert_close(fused._scores(qc, b_aug), want, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(plain._scores(qc, b_aug), want, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(fused._nearest(qc, b_aug, k), plain._nearest(qc, b_aug, k), atol=0, rtol=0)
+    torch.testing.assert_close(fused(q, bank), plain(q, bank), atol=0, rtol=0)
+    torch.testing.assert_close(fused(q, bank), _brute_knn(q, bank, k), atol=1e-4, rtol=1e-4)
+
+    class Graph(torch.nn.Module):
+        def __init__(self, scorer: KNNScorer) -> None:
+            super().__init__()
+            self.scorer = scorer
+            self.register_buffer("bank", bank)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.scorer(x, self.bank)
+
+    ops = {}
+    for name, scorer in (("fused", fused), ("plain", plain)):
+        proto = to_onnx_proto(Graph(scorer).eval(), (q,), ["q"], ["score"], 18, "gemm")
+        ops[name] = op_counts(proto)
+    # 3 bank slices of <= 128: one MatMul each for the selection (+ none elsewhere on the bank side)
+    assert ops["fused"]["MatMul"] == ops["plain"]["MatMul"] == 3
+    assert ops["plain"].get("Add", 0) - ops["fused"].get("Add", 0) == 3  # the second pass, gone
 
 
 def test_knn_scorer_chunking_gives_same_result() -> None:
