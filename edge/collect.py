@@ -278,9 +278,9 @@ def review_image(store: ModelStore, part: str, image: str, verdict: str) -> dict
             f"review: {image!r} is not one of part {part}'s good images: give images/good/<name> as the "
             "job's validation.review lists it"
         )
-    if not (store.part_dir(part) / "images" / "good").is_dir():
+    good = store.part_dir(part) / "images" / "good"  # not images_dir: an unknown part gets no folder
+    if not good.is_dir():
         raise EdgeError(f"review: part {part} has no good images here: parts are {store.parts()}")
-    good = store.images_dir(part, "good")
     path = good / name
     if not path.is_file():
         raise EdgeError(

@@ -134,13 +134,22 @@ class PositionCue(nn.Module):
         self.register_buffer("factor", torch.zeros(g2, c, c))
         self.register_buffer("stats", torch.tensor([0.0, 1.0]))
 
-    def embed(self, feats: list[torch.Tensor], valid: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Teacher scales 1 and 2 -> (embeddings ``[N, h * w, C]``, each position's cell ``[N, h * w]``,
-        the valid cells ``[N, 1, h, w]``)."""
+    def _embedded(
+        self, feats: list[torch.Tensor], valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher scales 1 and 2 -> (embeddings ``[N, h * w, C]``, each image's box ``[N, 4]``, the valid
+        cells ``[N, 1, h, w]``)."""
         emb = self.embedder(feats)  # [N, h, w, C]
         n, h, w, c = emb.shape
         cells = valid_cells(valid, n, (h, w))
-        return emb.reshape(n, h * w, c), position_cells(valid_box(cells), (h, w), self.grid), cells
+        return emb.reshape(n, h * w, c), valid_box(cells), cells
+
+    def embed(self, feats: list[torch.Tensor], valid: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Teacher scales 1 and 2 -> (embeddings ``[N, h * w, C]``, each position's cell ``[N, h * w]``,
+        the valid cells ``[N, 1, h, w]``)."""
+        x, box, cells = self._embedded(feats, valid)
+        h, w = cells.shape[-2:]
+        return x, position_cells(box, (h, w), self.grid), cells
 
     def distances(self, x: torch.Tensor, index: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """``[N, M, C]`` embeddings and their :func:`cell_blocks` -> each position's Mahalanobis distance
@@ -155,11 +164,10 @@ class PositionCue(nn.Module):
     def raw(self, feats: list[torch.Tensor], valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Unstandardised distances on the feature grid ``[N, 1, h, w]`` (0 off the part) and the valid
         cells ``[N, 1, h, w]``."""
-        emb = self.embedder(feats)  # [N, h, w, C]
-        n, h, w, c = emb.shape
-        cells = valid_cells(valid, n, (h, w))
-        index, slot = cell_blocks(valid_box(cells), (h, w), self.grid)
-        return self.distances(emb.reshape(n, h * w, c), index, slot).reshape(cells.shape) * cells, cells
+        x, box, cells = self._embedded(feats, valid)
+        h, w = cells.shape[-2:]
+        index, slot = cell_blocks(box, (h, w), self.grid)
+        return self.distances(x, index, slot).reshape(cells.shape) * cells, cells
 
     def standardised(self, dist: torch.Tensor, cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """:meth:`raw`'s distances and valid cells -> ``P`` ``[N, 1, H, W]``: standardised with the fit
