@@ -6,7 +6,7 @@ calibration *fit* images, one standard error over paired folds, the cheapest kNN
 designs below. No test image is read. Prints every design's row and writes them as JSON.
 
     .venv/bin/python benchmarks/design_diag.py --run RUN --data DATA_ROOT [--out designs.json]
-        [--designs NAME ...] [--kinds KIND ...] [--base-size N] [--bank-only] [--coarse]
+        [--designs NAME ...] [--kinds KIND ...] [--base-size N] [--bank-only] [--coarse] [--brightness]
 
 ``--base-size`` places the images into the frame ``data.base_size: N`` would give (the training
 patches and the synthetic defects alike; the defects are drawn in the images' own pixels, so the folds
@@ -17,6 +17,10 @@ run's teacher and learned scale weights without the student.
 ``--coarse`` gives the (lite0) teacher a fourth scale, stride 32 (``blocks.6``, 320 channels, the same
 weights), for the ``joint_coarse`` (scales 1 + 2 + 3) and ``joint_16_32`` (2 + 3) designs; bank only, and
 the designs are applied without the config's check that bank scales lie in 0..2.
+
+``--brightness`` scales every placed image to the training images' median mean grey level
+(``PreprocessSpec.brightness``: one gain per image, after the synthetic defect is drawn, as a deployed
+spec would); bank only is implied (the run's student was trained on unscaled images).
 
 ``--kinds`` replaces the selection's synthetic defect kinds (``trainer.data.synthetic.SELECTION_DEFECTS``)
 for this run only, e.g. to add the low-contrast ``SURFACE_DEFECTS``; the product is not changed.
@@ -82,7 +86,7 @@ def coarse_teacher(teacher: Any) -> Any:
 def main() -> None:
     import trainer.design
     import trainer.select
-    from engines.preprocess import preprocess_batch
+    from engines.preprocess import median_brightness, preprocess_batch
     from trainer.config import BankDesign, load_config
     from trainer.data import read_image
     from trainer.data.synthetic import SELECTION_DEFECTS, SURFACE_DEFECTS
@@ -108,6 +112,11 @@ def main() -> None:
     )
     ap.add_argument("--bank-only", action="store_true", help="score the bank cue alone")
     ap.add_argument(
+        "--brightness",
+        action="store_true",
+        help="scale each image to the training images' median brightness; implies --bank-only",
+    )
+    ap.add_argument(
         "--coarse", action="store_true", help="a teacher with a 4th scale (stride 32); implies --bank-only"
     )
     args = ap.parse_args()
@@ -129,6 +138,9 @@ def main() -> None:
     if args.scale_share is not None:
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in train_images]
         spec = replace(spec, max_scale=common_scale(sizes, spec, args.scale_share))
+    if args.brightness:
+        spec = replace(spec, brightness=median_brightness(train_images, spec.color))
+        args.bank_only = True
     if args.bank_only or args.coarse:  # the run's teacher and scale weights, no student, at the frame
         cfg = replace(cfg, student=replace(cfg.student, enabled=False))
         teacher = coarse_teacher(model.teacher) if args.coarse else model.teacher
@@ -142,10 +154,11 @@ def main() -> None:
             bank_only.fusion.log_var[:n].copy_(model.fusion.log_var)
         model = bank_only.eval()
     logging.info(
-        "frame %dx%d, max scale %s, %s",
+        "frame %dx%d, max scale %s, brightness %s, %s",
         spec.height,
         spec.width,
         spec.max_scale,
+        spec.brightness,
         "bank only" if args.bank_only or args.coarse else "mixed",
     )
     batch, _ = preprocess_batch(train_images, spec)
@@ -168,6 +181,7 @@ def main() -> None:
         "frame": [spec.height, spec.width],
         "bank_only": args.bank_only,
         "max_scale": spec.max_scale,
+        "brightness": spec.brightness,
     }
     args.out.write_text(json.dumps(out, indent=1))
     for r in choice.candidates:

@@ -25,7 +25,12 @@ Pipeline of :func:`preprocess` (input uint8 ``(h, w)``, ``(h, w, 3)`` RGB or ``(
    (placed height <= h and placed width <= w) ``cv2.INTER_AREA`` is used, otherwise ``cv2.INTER_LINEAR``.
    ``interpolation == "linear"`` always uses ``cv2.INTER_LINEAR``. No resize at all happens when the
    placed size equals the input size.
-3. Output: uint8 ``(H, W, 3)`` RGB, C-contiguous (gray models get the luminance in all 3 channels).
+3. Brightness (only with ``brightness`` set, e.g. a part photographed under lighting that drifts): the
+   placed image (after the resize, before the padding) is multiplied by one gain, ``brightness / m``
+   with ``m`` its mean grey level over every pixel and channel (float64), so that its mean becomes
+   ``brightness``; the products are rounded half up in float32 and clipped to 0..255. An image whose
+   mean is below 1 (black) is left as it is. The padding is not scaled.
+4. Output: uint8 ``(H, W, 3)`` RGB, C-contiguous (gray models get the luminance in all 3 channels).
 
 The returned :class:`Geometry` records what was done, so maps computed in the model frame can be brought
 back to the original image (:meth:`Geometry.to_original`) and ground-truth masks can be brought into the
@@ -53,6 +58,7 @@ __all__ = [
     "RESIZE_MODES",
     "Geometry",
     "PreprocessSpec",
+    "median_brightness",
     "merge_outputs",
     "model_inputs",
     "preprocess",
@@ -70,7 +76,18 @@ COLORS = ("rgb", "gray")
 INTERPOLATIONS = ("area", "linear")
 ORIENTS = ("keep", "auto")
 
-_FIELDS = ("height", "width", "resize", "color", "pad_value", "interpolation", "orient", "max_scale", "tiles")
+_FIELDS = (
+    "height",
+    "width",
+    "resize",
+    "color",
+    "pad_value",
+    "interpolation",
+    "orient",
+    "max_scale",
+    "brightness",
+    "tiles",
+)
 _TILE_FIELDS = ("frame_height", "frame_width", "overlap")
 _REQUIRED = ("height", "width", "resize", "color")
 
@@ -95,6 +112,12 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 def _check_scale(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
         raise ValueError(f"preprocess.max_scale must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_brightness(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 255:
+        raise ValueError(f"preprocess.brightness must be a number in (0, 255), got {value!r}")
     return float(value)
 
 
@@ -135,6 +158,8 @@ class PreprocessSpec:
             first, so that a part photographed either way fills the frame instead of being letterboxed to
             a fraction of it (square images and square frames are never turned). Maps and boxes are
             turned back (:class:`Geometry`).
+        brightness: ``None`` (pixels kept) or the mean grey level (``0 < brightness < 255``) every
+            placed image is scaled to (module docstring, step 3): the part's training images' median.
     """
 
     height: int
@@ -147,6 +172,7 @@ class PreprocessSpec:
     tile_overlap: int = 0
     orient: str = "keep"
     max_scale: float | None = None
+    brightness: float | None = None
 
     def __post_init__(self) -> None:
         # Validate (and normalise numpy integers to int) so that an invalid spec can never exist.
@@ -161,6 +187,8 @@ class PreprocessSpec:
             object.__setattr__(self, "max_scale", _check_scale(self.max_scale))
             if self.resize != "letterbox":
                 raise ValueError("preprocess.max_scale is only for resize 'letterbox'")
+        if self.brightness is not None:
+            object.__setattr__(self, "brightness", _check_brightness(self.brightness))
         if self.tile_frame is not None:
             if len(self.tile_frame) != 2:
                 raise ValueError(f"preprocess.tiles frame must be (height, width), got {self.tile_frame!r}")
@@ -220,6 +248,8 @@ class PreprocessSpec:
             out["orient"] = self.orient
         if self.max_scale is not None:
             out["max_scale"] = self.max_scale
+        if self.brightness is not None:
+            out["brightness"] = self.brightness
         if self.tile_frame is not None:
             out["tiles"] = {
                 "frame_height": self.tile_frame[0],
@@ -274,6 +304,7 @@ class PreprocessSpec:
             interpolation=_check_choice("interpolation", d.get("interpolation", "area"), INTERPOLATIONS),
             orient=_check_choice("orient", d.get("orient", "keep"), ORIENTS),
             max_scale=None if d.get("max_scale") is None else _check_scale(d["max_scale"]),
+            brightness=None if d.get("brightness") is None else _check_brightness(d["brightness"]),
             tile_frame=frame,
             tile_overlap=overlap,
         )
@@ -553,6 +584,25 @@ def _to_color(image: np.ndarray, color: str) -> np.ndarray:
     return image
 
 
+def _with_brightness(img: np.ndarray, target: float) -> np.ndarray:
+    """``img`` (uint8) scaled by one gain to the mean grey level ``target`` (module docstring, step 3)."""
+    mean = float(img.mean(dtype=np.float64))
+    if mean < 1.0:
+        return img
+    gain = np.float32(target / mean)
+    scaled = img.astype(np.float32) * gain + np.float32(0.5)
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def median_brightness(images: Sequence[np.ndarray], color: str) -> float:
+    """The median of the images' mean grey levels after the colour rule (``spec.color``): the
+    ``brightness`` a part's training images give (at least 1, at most 254)."""
+    if len(images) == 0:
+        raise ValueError("median_brightness needs at least one image")
+    means = [float(_to_color(_check_image(im), color).mean(dtype=np.float64)) for im in images]
+    return float(min(254.0, max(1.0, float(np.median(means)))))
+
+
 def _interp(spec: PreprocessSpec, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
     if spec.interpolation == "area" and dst_hw[0] <= src_hw[0] and dst_hw[1] <= src_hw[1]:
         return cv2.INTER_AREA
@@ -590,6 +640,8 @@ def _preprocess_into(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -
         if not img.flags.c_contiguous:
             img = np.ascontiguousarray(img)
         img = cv2.resize(img, (pw, ph), interpolation=_interp(spec, (h, w), (ph, pw)))
+    if spec.brightness is not None:
+        img = _with_brightness(img, spec.brightness)
     if (ph, pw) != spec.frame_size:
         out[...] = spec.pad_value
     region = out[top : top + ph, left : left + pw]
