@@ -15,6 +15,7 @@ import pytest
 from engines.preprocess import (
     Geometry,
     PreprocessSpec,
+    median_brightness,
     merge_outputs,
     model_inputs,
     preprocess,
@@ -215,6 +216,66 @@ def test_max_scale_travels_in_the_spec_and_is_validated() -> None:
             PreprocessSpec.from_dict({**d, "max_scale": bad})
     with pytest.raises(ValueError, match="max_scale is only for resize 'letterbox'"):
         PreprocessSpec.from_dict({**d, "resize": "stretch"})
+
+
+# --------------------------------------------------------------------------- one brightness for the part
+
+BRIGHT = PreprocessSpec(height=64, width=64, resize="letterbox", color="gray", brightness=100.0)
+
+
+def test_brightness_scales_the_placed_image_by_one_gain_and_leaves_the_padding() -> None:
+    img = np.full((32, 64), 40, np.uint8)
+    img[:, 32:] = 60  # mean 50: gain 2
+    out, geo = preprocess(img, BRIGHT)
+    top, left, h, w = geo.region
+    region = out[top : top + h, left : left + w, 0]
+    assert (h, w) == (32, 64)
+    assert (region[:, :32] == 80).all() and (region[:, 32:] == 120).all()
+    assert (out[~geo.valid_mask()] == 114).all()  # padding is not scaled
+    # Hand case with rounding half up and clipping: mean 100.5, gain 100 / 100.5.
+    img = np.array([[1, 200]], np.uint8).repeat(32, 0).repeat(16, 1)
+    out, geo = preprocess(img, replace(BRIGHT, height=32, width=32))
+    gain = np.float32(100.0 / 100.5)
+    expected = [int(np.float32(v) * gain + np.float32(0.5)) for v in (1, 200)]
+    assert expected == [1, 199]
+    assert sorted(np.unique(out).tolist()) == expected
+    bright = np.full((32, 32), 50, np.uint8)
+    bright[0, 0] = 255  # gain ~2: 255 clips, the rest doubles
+    out, _ = preprocess(bright, replace(BRIGHT, height=32, width=32))
+    assert out[0, 0, 0] == 255 and abs(int(out[1, 1, 0]) - 100) <= 1
+
+
+def test_brightness_makes_two_exposures_of_a_part_nearly_equal() -> None:
+    texture = np.random.default_rng(3).normal(120, 30, (64, 64)).clip(0, 255).astype(np.uint8)
+    dark = (texture.astype(np.float32) * 0.5 + 0.5).astype(np.uint8)
+    a, _ = preprocess(texture, BRIGHT)
+    b, _ = preprocess(dark, BRIGHT)
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 3 and abs(float(a.mean()) - 100.0) < 0.5 and abs(float(b.mean()) - 100.0) < 0.5
+    # Without the field the two stay apart; a black image is left as it is.
+    assert abs(float(preprocess(dark, replace(BRIGHT, brightness=None))[0].mean()) - 60) < 1
+    assert (preprocess(np.zeros((64, 64), np.uint8), BRIGHT)[0] == 0).all()
+
+
+def test_brightness_travels_in_the_spec_and_is_validated() -> None:
+    d = BRIGHT.to_dict()
+    assert d["brightness"] == 100.0 and PreprocessSpec.from_dict(d) == BRIGHT
+    assert "brightness" not in LETTERBOX.to_dict()
+    for bad in (0, 255, -3.0, float("nan"), "100", True):
+        with pytest.raises(ValueError, match=r"preprocess\.brightness must be a number in \(0, 255\)"):
+            PreprocessSpec.from_dict({**d, "brightness": bad})
+
+
+def test_median_brightness_after_the_colour_rule() -> None:
+    gray = [np.full((4, 4), v, np.uint8) for v in (10, 30, 200)]
+    assert median_brightness(gray, "gray") == 30.0
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 1] = 90  # rgb mean 30; gray luminance 0.587 * 90 = 53
+    assert median_brightness([rgb], "rgb") == 30.0
+    assert median_brightness([rgb], "gray") == float(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).mean())
+    assert median_brightness([np.zeros((4, 4), np.uint8)], "gray") == 1.0
+    with pytest.raises(ValueError, match="at least one image"):
+        median_brightness([], "gray")
 
 
 # --------------------------------------------------------------------------- stretch / interpolation
