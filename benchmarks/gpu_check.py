@@ -18,6 +18,12 @@ pycuda (``pip install 'masf-edge[gpu]'``). Steps, each printed:
    the step is skipped and says why. ``--skip-plugin`` leaves it out.
 
     .venv/bin/python benchmarks/gpu_check.py [--data DIR] [--work DIR] [--epochs 3] [--json OUT]
+        [--set KEY=VALUE ...]
+
+``--set`` passes config overrides to the small run (step 1), e.g. the position cue's bundle at its
+option's weight: ``--set position.enabled=true --set position.select=none --set position.weight=0.25
+--work runs/gpu_check_position --skip-plugin``. A run in ``--work`` is reused only when it was made with
+the same overrides (``overrides.json`` beside it).
 
 Exit status 0 when the verdicts agree on every image (both engines), 1 otherwise (2: a setup error).
 """
@@ -165,7 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensorrt", choices=("auto", "tensorrt", "tensorrt_rtx"), default="auto")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--skip-plugin", action="store_true", help="leave out step 6 (plugin spectral mode)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the small run (repeatable), e.g. position.enabled=true",
+    )
     args = parser.parse_args(argv)
+    bad = [o for o in args.set if "=" not in o]
+    if bad:
+        print(f"error: --set {bad[0]!r} is not KEY=VALUE", file=sys.stderr)
+        return 2
 
     from engines.backends.ort import OrtBackend
     from engines.backends.tensorrt import TensorRTBackend, check_available
@@ -183,7 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     gpu = gpu_info()
     print(f"GPU: {gpu.name} ({gpu.sm})" if gpu else "GPU: none found", flush=True)
     run_dir, bundle_dir = args.work / "run", args.work / "bundle"
-    t0 = _step(f"1. small run on {args.data} ({args.epochs} epochs)")
+    t0 = _step(f"1. small run on {args.data} ({args.epochs} epochs, overrides {args.set or 'none'})")
+    marker = args.work / "overrides.json"
+    made_with = json.loads(marker.read_text()) if marker.is_file() else []
+    if (run_dir / "model.safetensors").is_file() and made_with != args.set:
+        print(
+            f"error: the run in {run_dir} was made with overrides {made_with}, not {args.set}: "
+            "give another --work",
+            file=sys.stderr,
+        )
+        return 2
     if not (run_dir / "model.safetensors").is_file():
         fit = [str(BIN / "masf-train"), "fit", "--config", str(CONFIG), "--data", str(args.data)]
         _run(
@@ -195,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"train.epochs={args.epochs}",
                 "--set",
                 "train.warmup_epochs=1",
+                *[x for o in args.set for x in ("--set", o)],
             ]
         )
+        marker.write_text(json.dumps(args.set) + "\n")
     _step(f"2. bundle (parity on the test images) [{time.perf_counter() - t0:.0f} s]")
     export = [str(BIN / "masf-engine"), "export", "--run", str(run_dir), "--out", str(bundle_dir)]
     _run([*export, "--verify-data", str(args.data), "--overwrite"])
