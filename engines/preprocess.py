@@ -160,6 +160,7 @@ class PreprocessSpec:
             turned back (:class:`Geometry`).
         brightness: ``None`` (pixels kept) or the mean grey level (``0 < brightness < 255``) every
             placed image is scaled to (module docstring, step 3): the part's training images' median.
+            No training configuration sets it yet (measured on calibration data: benchmarks/RESULTS.md).
     """
 
     height: int
