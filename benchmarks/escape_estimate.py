@@ -1,0 +1,154 @@
+"""Calibration-only diagnostic: how many synthetic defects pass at a run's own calibrated threshold.
+
+A line's first question is how many bad parts get through. A run's test escapes are decided where its
+threshold sits in the tail of the good scores, which the selection's objective (a ranking: image AUROC,
+pixel AUROC, AUPRO) does not see. This script measures, for each fitted run, the share of the graded
+synthetic defects that score **below the run's calibrated threshold**, without any test image:
+
+- the defects are the selection's own (``trainer.select.synthetic_defects`` with the run's seed and
+  kinds, drawn into the run's calibration *fit* images), so every run of a part is judged on the same
+  defects when the runs share the calibration split;
+- each is scored by the run's deployed path (``predict_arrays``: preprocessing, tiling, the chosen cue
+  mix, image score and position cue), against the threshold of that path (``run.json``);
+- reported overall, per kind, and per contrast tercile (the mean absolute grey-level change inside the
+  defect's mask: a measured strength, the faint third first), with the fit images' own false-reject rate
+  at the threshold beside it (in-sample: the fit images set the cue statistics).
+
+The fit images also chose the run's cue mix and image score, so the estimate is optimistic for the run's
+own choices; it compares runs and settings, it does not predict a line's escape rate.
+
+    .venv/bin/python benchmarks/escape_estimate.py --runs RUN ... --data DATA ... [--json OUT]
+        [--markdown OUT]
+
+``--data``: one data set root per run (MVTec layout), or one for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TERCILES = ("faint", "medium", "strong")
+
+
+def contrast(defective: np.ndarray, original: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute grey-level change inside ``mask`` (0 for an empty mask)."""
+    m = mask > 0
+    if not m.any():
+        return 0.0
+    diff = np.abs(defective.astype(np.float64) - original.astype(np.float64))
+    if diff.ndim == 3:
+        diff = diff.mean(axis=2)
+    return float(diff[m].mean())
+
+
+def escape_table(
+    scores: np.ndarray, kinds: Sequence[str], contrasts: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """Shares of ``scores`` below ``threshold`` (the verdict rule: a score at the threshold FAILs):
+    overall, per kind (in first-seen order) and per contrast tercile."""
+    from engines.verdict import fails
+
+    passed = ~fails(scores, threshold)
+    kinds_arr = np.asarray(kinds)
+    out: dict[str, Any] = {"n": len(scores), "escapes": float(passed.mean()) if len(scores) else 0.0}
+    out["by_kind"] = {k: float(passed[kinds_arr == k].mean()) for k in dict.fromkeys(kinds)}
+    if len(scores) >= 3:
+        edges = np.quantile(contrasts, [1 / 3, 2 / 3])
+        band = np.searchsorted(edges, contrasts, side="right")
+        out["by_contrast"] = {
+            name: float(passed[band == i].mean()) if (band == i).any() else None
+            for i, name in enumerate(TERCILES)
+        }
+        out["contrast_edges"] = [float(e) for e in edges]
+    return out
+
+
+def estimate(run: Path, data: Path, batch: int = 8) -> dict[str, Any]:
+    """The escape estimate of one run (module docstring)."""
+    import torch
+
+    from trainer.data import read_image
+    from trainer.data.synthetic import SELECTION_DEFECTS
+    from trainer.inference import predict_arrays
+    from trainer.models.masf.ttsa import apply_tta
+    from trainer.runs import load_run
+    from trainer.select import synthetic_defects
+    from trainer.train import calibration_for
+
+    model, info = load_run(run)
+    cfg, spec, device = info.config, info.preprocess, torch.device("cpu")
+    calib = info.meta["data"]["split"]["calib"]
+    fit = [read_image(data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
+    defects = synthetic_defects(fit, int(cfg.seed))
+    kinds = [SELECTION_DEFECTS[j % len(SELECTION_DEFECTS)] for j in range(len(defects))]
+    deployed, _ = apply_tta(model, cfg.tta.enabled, cfg.tta.views, cfg.tta.sigma, cfg.tta.seed)
+    threshold = float(calibration_for(info, cfg.tta.enabled).threshold)
+
+    def scores(images: Sequence[np.ndarray]) -> np.ndarray:
+        out: list[float] = []
+        for s in range(0, len(images), batch):
+            out += [p.score for p in predict_arrays(deployed, images[s : s + batch], spec, device)]
+        return np.asarray(out)
+
+    bad = scores([d[0] for d in defects])
+    good = scores(fit)
+    c = np.array([contrast(img, fit[src], mask) for img, mask, src in defects])
+    table = escape_table(bad, kinds, c, threshold)
+    return {
+        "run": str(run),
+        "threshold": threshold,
+        "fit_images": len(fit),
+        "fit_frr": float((good >= threshold).mean()),
+        "synthetic_scores": [float(x) for x in bad],
+        **table,
+    }
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    kinds = list(dict.fromkeys(k for r in rows for k in r["by_kind"]))
+    head = ["run", "threshold", "fit FRR", "synthetic escapes", *kinds, *TERCILES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [Path(r["run"]).name, f"{r['threshold']:.3f}", f"{r['fit_frr']:.3f}", f"{r['escapes']:.3f}"]
+        cells += [f"{r['by_kind'].get(k, float('nan')):.3f}" for k in kinds]
+        bands = r.get("by_contrast") or {}
+        cells += ["-" if bands.get(t) is None else f"{bands[t]:.3f}" for t in TERCILES]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", nargs="+", type=Path, required=True)
+    ap.add_argument("--data", nargs="+", type=Path, required=True, help="one root per run, or one for all")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if len(args.data) not in (1, len(args.runs)):
+        print(f"error: give one --data for all runs or one per run ({len(args.runs)})", flush=True)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    import torch
+
+    torch.set_num_threads(2)
+    roots = args.data * len(args.runs) if len(args.data) == 1 else args.data
+    rows = [estimate(run, root) for run, root in zip(args.runs, roots, strict=True)]
+    table = markdown(rows)
+    print(table, end="")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    if args.markdown:
+        args.markdown.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
