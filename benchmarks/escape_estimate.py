@@ -10,9 +10,14 @@ synthetic defects that score **below the run's calibrated threshold**, without a
   defects when the runs share the calibration split;
 - each is scored by the run's deployed path (``predict_arrays``: preprocessing, tiling, the chosen cue
   mix, image score and position cue), against the threshold of that path (``run.json``);
-- reported overall, per kind, and per contrast tercile (the mean absolute grey-level change inside the
-  defect's mask: a measured strength, the faint third first), with the fit images' own false-reject rate
-  at the threshold beside it (in-sample: the fit images set the cue statistics).
+- reported overall, per kind, and per contrast third (``trainer.escapes.escape_table``: the mean absolute
+  grey-level change inside the defect's mask, a measured strength, the faint third first), with the fit
+  images' own false-reject rate at the threshold beside it (in-sample: the fit images set the cue
+  statistics).
+
+A run fitted since session 20 stores the same estimate in ``run.json`` (``synthetic_escapes``, computed
+from the selection's cached cues, :mod:`trainer.escapes`); this script computes it afresh through
+``predict_arrays`` for any stored run, older ones included.
 
 The fit images also chose the run's cue mix and image score, so the estimate is optimistic for the run's
 own choices; it compares runs and settings, it does not predict a line's escape rate.
@@ -35,40 +40,6 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TERCILES = ("faint", "medium", "strong")
-
-
-def contrast(defective: np.ndarray, original: np.ndarray, mask: np.ndarray) -> float:
-    """Mean absolute grey-level change inside ``mask`` (0 for an empty mask)."""
-    m = mask > 0
-    if not m.any():
-        return 0.0
-    diff = np.abs(defective.astype(np.float64) - original.astype(np.float64))
-    if diff.ndim == 3:
-        diff = diff.mean(axis=2)
-    return float(diff[m].mean())
-
-
-def escape_table(
-    scores: np.ndarray, kinds: Sequence[str], contrasts: np.ndarray, threshold: float
-) -> dict[str, Any]:
-    """Shares of ``scores`` below ``threshold`` (the verdict rule: a score at the threshold FAILs):
-    overall, per kind (in first-seen order) and per contrast tercile."""
-    from engines.verdict import fails
-
-    passed = ~fails(scores, threshold)
-    kinds_arr = np.asarray(kinds)
-    out: dict[str, Any] = {"n": len(scores), "escapes": float(passed.mean()) if len(scores) else 0.0}
-    out["by_kind"] = {k: float(passed[kinds_arr == k].mean()) for k in dict.fromkeys(kinds)}
-    if len(scores) >= 3:
-        edges = np.quantile(contrasts, [1 / 3, 2 / 3])
-        band = np.searchsorted(edges, contrasts, side="right")
-        out["by_contrast"] = {
-            name: float(passed[band == i].mean()) if (band == i).any() else None
-            for i, name in enumerate(TERCILES)
-        }
-        out["contrast_edges"] = [float(e) for e in edges]
-    return out
 
 
 def estimate(run: Path, data: Path, batch: int = 8) -> dict[str, Any]:
@@ -76,7 +47,8 @@ def estimate(run: Path, data: Path, batch: int = 8) -> dict[str, Any]:
     import torch
 
     from trainer.data import read_image
-    from trainer.data.synthetic import SELECTION_DEFECTS
+    from trainer.data.synthetic import SELECTION_DEFECTS, defect_contrast
+    from trainer.escapes import escape_table
     from trainer.inference import predict_arrays
     from trainer.models.masf.ttsa import apply_tta
     from trainer.runs import load_run
@@ -100,7 +72,7 @@ def estimate(run: Path, data: Path, batch: int = 8) -> dict[str, Any]:
 
     bad = scores([d[0] for d in defects])
     good = scores(fit)
-    c = np.array([contrast(img, fit[src], mask) for img, mask, src in defects])
+    c = np.array([defect_contrast(img, fit[src], mask) for img, mask, src in defects])
     table = escape_table(bad, kinds, c, threshold)
     return {
         "run": str(run),
@@ -113,14 +85,16 @@ def estimate(run: Path, data: Path, batch: int = 8) -> dict[str, Any]:
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    from trainer.escapes import THIRDS
+
     kinds = list(dict.fromkeys(k for r in rows for k in r["by_kind"]))
-    head = ["run", "threshold", "fit FRR", "synthetic escapes", *kinds, *TERCILES]
+    head = ["run", "threshold", "fit FRR", "synthetic escapes", *kinds, *THIRDS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [Path(r["run"]).name, f"{r['threshold']:.3f}", f"{r['fit_frr']:.3f}", f"{r['escapes']:.3f}"]
         cells += [f"{r['by_kind'].get(k, float('nan')):.3f}" for k in kinds]
         bands = r.get("by_contrast") or {}
-        cells += ["-" if bands.get(t) is None else f"{bands[t]:.3f}" for t in TERCILES]
+        cells += ["-" if bands.get(t) is None else f"{bands[t]:.3f}" for t in THIRDS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

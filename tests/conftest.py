@@ -148,3 +148,20 @@ def tiled_run(strip_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def tiled_bundle(tiled_run: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedBundle:
     """``tiled_run`` exported with ``masf-engine export`` (parity on tiles, stitched)."""
     return exported_bundle(tiled_run, tmp_path_factory)
+
+
+def deployed_synthetic_scores(model: Any, info: Any, data: Path) -> Any:
+    """A run's synthetic defects (its seed, drawn into its calibration fit images, as the selection draws
+    them) scored through ``predict_arrays``, the deployed path: what ``run.json`` ``synthetic_escapes``
+    records from the selection's cached cues."""
+    import numpy as np
+    import torch
+
+    from trainer.data import read_image
+    from trainer.inference import predict_arrays
+    from trainer.select import synthetic_defects
+
+    calib = info.meta["data"]["split"]["calib"]
+    fit = [read_image(data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
+    images = [d[0] for d in synthetic_defects(fit, int(info.config.seed))]
+    return np.array([p.score for p in predict_arrays(model, images, info.preprocess, torch.device("cpu"))])

@@ -64,6 +64,9 @@ def test_fit_then_evaluate_writes_every_metric(
     printed = capsys.readouterr().out
     top = json.loads((run / "run.json").read_text())["calibration_review"][0]
     assert f"highest-scoring good threshold images: {Path(top['image']).name} " in printed
+    # and how many of the selection's synthetic defects its threshold lets through
+    escapes = json.loads((run / "run.json").read_text())["synthetic_escapes"]
+    assert f"synthetic defects below the threshold: {100 * escapes['escapes']:.0f} % (" in printed
     assert (
         main(
             [

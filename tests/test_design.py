@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import deployed_synthetic_scores, tiny_config
 
 from trainer.config import BankDesign
 from trainer.data import read_image
@@ -169,3 +169,14 @@ def test_a_split_score_mix_is_chosen_saved_and_reloaded(synth_data: Path, tmp_pa
     redone = recalibrate(model, loaded, synth_data)
     assert redone.meta["fusion_selection"]["score_cos_weight"] == sel["score_cos_weight"]
     assert redone.config.fusion.cos_weight == pytest.approx(info.config.fusion.cos_weight)
+    # the escape estimate: the synthetic defects scored as deployed (the split mix), from the design
+    # selection's cached cues in the fit and from freshly computed bank cues in the recalibration
+    deployed = deployed_synthetic_scores(model, loaded, synth_data)
+    for meta, threshold in (
+        (info.meta, info.calibration.threshold),
+        (redone.meta, redone.calibration.threshold),
+    ):
+        est = meta["synthetic_escapes"]
+        assert est["threshold"] == threshold and est["n"] == len(deployed) == len(est["kinds"])
+        np.testing.assert_allclose(est["scores"], deployed, rtol=1e-4, atol=1e-4)
+        assert est["escapes"] == pytest.approx(float(np.mean(deployed < threshold)), abs=1 / len(deployed))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import deployed_synthetic_scores, tiny_config
 
 from trainer.config import config_from_dict
 from trainer.data import read_image
@@ -54,6 +54,31 @@ def test_the_fit_records_the_cue_and_the_run_reloads_it(position_run: Path) -> N
     assert cue is not None and model.position_weight == chosen["weight"]
     assert cue.mean.shape == (16, 40 + 112) and cue.factor.abs().sum() > 0
     assert cue.stats[1] > 0 and cue.stats[0] > 0  # the fit images' distance statistics
+
+
+def test_the_escape_estimate_scores_the_synthetic_defects_with_the_cue(
+    position_run: Path, synth_data: Path
+) -> None:
+    # the run's synthetic defects scored from the probe's cues, the position cue mixed into the image score,
+    # as deployed: the same scores as predict_arrays on the same images (at the chosen weight, stored in
+    # run.json, and at 0.5 whatever was chosen)
+    from trainer.escapes import deployed_scores
+    from trainer.select import synthetic_probe
+
+    model, info = load_run(position_run)
+    est = info.meta["synthetic_escapes"]
+    assert est["threshold"] == info.calibration.threshold
+    assert set(est["by_kind"]) == {"scratch", "spot", "crack", "patch"}
+    np.testing.assert_allclose(est["scores"], deployed_synthetic_scores(model, info, synth_data), atol=1e-4)
+    model.position_weight = 0.5
+    calib = info.meta["data"]["split"]["calib"]
+    fit_images = [read_image(synth_data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
+    probe = synthetic_probe(model, fit_images, info.preprocess, torch.device("cpu"), info.config.seed, 4)
+    assert probe is not None
+    on = deployed_scores(model, probe)
+    np.testing.assert_allclose(on, deployed_synthetic_scores(model, info, synth_data), rtol=1e-4, atol=1e-4)
+    model.position_weight = 0.0
+    assert np.abs(deployed_scores(model, probe) - on).max() > 1e-3  # the cue moved the scores
 
 
 def test_the_weight_mixes_the_cue_into_the_score_only(position_run: Path, synth_data: Path) -> None:

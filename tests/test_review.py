@@ -103,6 +103,26 @@ def test_names_resolve_by_path_or_by_a_unique_file_name() -> None:
         find_calibration_images(["good/a.png"], calib)  # a partial path is not guessed
 
 
+def test_a_drop_redoes_the_escape_estimate_at_the_new_threshold(planted: tuple[Path, Path, str]) -> None:
+    # the model does not change when a threshold image is dropped, so the stored synthetic scores are
+    # counted again against the new threshold (this run records none of its own: one is planted)
+    from trainer.escapes import at_threshold
+
+    data, run, bad = planted
+    model, info = load_run(run)
+    t = info.calibration.threshold
+    scores = [0.1 * t, 0.5 * t, 0.99 * t, 2.0 * t]
+    stored = {"scores": scores, "kinds": ["a", "b", "a", "b"], "contrasts": [1.0, 2.0, 3.0, 4.0]}
+    info.meta["synthetic_escapes"] = at_threshold(stored, t)
+    assert info.meta["synthetic_escapes"]["escapes"] == 0.75
+    new = drop_threshold_images(model, info, data, [bad])
+    est = new.meta["synthetic_escapes"]
+    lower = new.calibration.threshold
+    assert est["threshold"] == lower < 0.8 * t and est["scores"] == scores
+    assert est["escapes"] == pytest.approx(float(np.mean(np.asarray(scores) < lower)))
+    assert est["escapes"] < 0.75  # the defect had lifted the threshold: fewer synthetic defects pass now
+
+
 def test_cli_drop_writes_the_run_and_reports_the_new_threshold(
     planted: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

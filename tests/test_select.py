@@ -408,6 +408,18 @@ def test_shared_inputs_rank_exactly_like_cues_computed_directly(
     want = synthetic_defects(images, seed=3, kinds=("stain", "smear"))
     assert list(surface.sources) == [src for *_, src in want]
     assert not np.array_equal(surface.masks, probe.masks)
+    assert surface.kinds is not None and set(surface.kinds) == {"stain", "smear"}
+    # the escape estimate's scores of the probe's defects: those of the deployed path (tiled: stitched,
+    # the largest tile score per image), with each defect's kind and measured contrast recorded
+    from trainer.data.synthetic import SELECTION_DEFECTS
+    from trainer.escapes import deployed_scores
+    from trainer.inference import predict_arrays
+
+    preds = predict_arrays(model, [d[0] for d in defects], spec, device)
+    np.testing.assert_allclose(deployed_scores(model, probe), [p.score for p in preds], rtol=1e-4, atol=1e-4)
+    assert probe.kinds == tuple(SELECTION_DEFECTS[j % 4] for j in range(len(defects)))
+    assert probe.contrasts is not None and probe.contrasts.shape == (len(defects),)
+    assert (probe.contrasts > 0).mean() > 0.9  # nearly every drawn defect changes its pixels
 
 
 def test_shared_inputs_keep_fp16_features_above_the_memory_limit(

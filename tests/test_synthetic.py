@@ -87,3 +87,17 @@ def test_surface_defects_are_soft_and_low_contrast(gray: bool) -> None:
         return np.abs(np.diff(g, axis=1))[inside[:, 1:]]
 
     assert grain(smear).mean() < 0.5 * grain(grainy).mean()
+
+
+def test_defect_contrast_is_the_mean_change_inside_the_mask() -> None:
+    from trainer.data.synthetic import defect_contrast
+
+    original = np.full((4, 4), 100, np.uint8)
+    defective = original.copy()
+    defective[0, :2] = [70, 130]
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, :3] = 1  # the third masked pixel did not change
+    assert defect_contrast(defective, original, mask) == pytest.approx(60 / 3)
+    assert defect_contrast(defective, original, np.zeros_like(mask)) == 0.0
+    rgb = np.stack([defective] * 3, axis=2)
+    assert defect_contrast(rgb, np.stack([original] * 3, axis=2), mask) == pytest.approx(20.0)

@@ -115,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "fit":
         from trainer.config import load_config
+        from trainer.escapes import summary
         from trainer.train import fit, review_line
 
         cfg = load_config(args.config, _parse_set(args.set))
@@ -133,10 +134,17 @@ def _run(args: argparse.Namespace) -> int:
                 "defective part among the good images raises the threshold and lets its kind of defect "
                 "through: leave it out with 'masf-train drop'; all listed in run.json calibration_review)"
             )
+        if escapes := summary(info.meta.get("synthetic_escapes")):
+            print(
+                f"synthetic defects below the threshold: {escapes} (drawn into the calibration fit images: "
+                "an estimate for comparing parts and settings, optimistic for real defects; run.json "
+                "synthetic_escapes)"
+            )
         return 0
     if args.command == "drop":
         from pathlib import Path
 
+        from trainer.escapes import summary
         from trainer.review import drop_threshold_images
         from trainer.runs import load_run, save_run
         from trainer.train import review_line
@@ -152,6 +160,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         if review := review_line(new):
             print(f"highest-scoring good threshold images now: {review}")
+        if escapes := summary(new.meta.get("synthetic_escapes")):
+            print(f"synthetic defects below the threshold now: {escapes}")
         return 0
     if args.command == "evaluate":
         from trainer.evaluate.runner import evaluate_run

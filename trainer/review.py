@@ -23,6 +23,7 @@ import torch
 from trainer.calibrate import MIN_THRESHOLD_IMAGES
 from trainer.data import read_image
 from trainer.errors import RunError
+from trainer.escapes import at_threshold
 from trainer.models.masf import MASF
 from trainer.runs import RunInfo
 from trainer.train import review_entries, set_thresholds
@@ -99,5 +100,6 @@ def drop_threshold_images(model: MASF, info: RunInfo, data_root: str | Path, nam
         "calibration_roles": {"fit": fit_idx, "threshold": keep},
         "calibration_review": review_entries(review, list(calib)),
         "calibration_dropped": dropped,
+        "synthetic_escapes": at_threshold(meta.get("synthetic_escapes"), deployed.threshold),
     }
     return RunInfo(info.config, info.preprocess, deployed, new_meta)

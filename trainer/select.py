@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from engines.preprocess import PreprocessSpec, model_inputs, preprocess_batch, valid_masks
 from engines.tiling import TileGrid
-from trainer.data.synthetic import SELECTION_DEFECTS, add_defect
+from trainer.data.synthetic import SELECTION_DEFECTS, add_defect, defect_contrast
 from trainer.evaluate.metrics import pixel_metrics, roc_auc
 from trainer.inference import feature_dtype, frames_to_tensor
 from trainer.models.masf import MASF
@@ -259,11 +259,15 @@ class SharedInputs:
 @dataclass(frozen=True)
 class SyntheticProbe:
     """The calibration fit images and their graded synthetic defects (:func:`synthetic_defects`), as
-    :class:`SharedInputs`, with each defect's source image (for the paired folds)."""
+    :class:`SharedInputs`, with each defect's source image (for the paired folds) and, when known, its
+    kind and measured contrast (:func:`~trainer.data.synthetic.defect_contrast`; the escape estimate,
+    :mod:`trainer.escapes`)."""
 
     good: SharedInputs
     defective: SharedInputs
     sources: np.ndarray
+    kinds: tuple[str, ...] | None = None
+    contrasts: np.ndarray | None = None
 
     @property
     def masks(self) -> np.ndarray:
@@ -336,7 +340,11 @@ def synthetic_probe(
     if not bad.masks[:, ::_PIXEL_STRIDE, ::_PIXEL_STRIDE].any():
         return None
     good = SharedInputs.compute(model, fit_images, spec, device, batch_size)
-    return SyntheticProbe(good, bad, np.array([src for *_, src in defects]))
+    sources = np.array([src for *_, src in defects])
+    # synthetic_defects draws one of each kind per image and round, in this order
+    drawn = tuple(kinds[j % len(kinds)] for j in range(len(defects)))
+    contrasts = np.array([defect_contrast(img, fit_images[src], mask) for img, mask, src in defects])
+    return SyntheticProbe(good, bad, sources, drawn, contrasts)
 
 
 def valid_at(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -49,6 +49,7 @@ from trainer.config import Config
 from trainer.data import data_fingerprint, is_grayscale, read_image, scan_train, split_train_calib
 from trainer.design import DesignChoice, design_config, select_bank_design, with_design
 from trainer.errors import RunError
+from trainer.escapes import synthetic_escapes
 from trainer.inference import (
     FEATURE_FP16_BYTES,
     feature_dtype,
@@ -353,6 +354,7 @@ class Calibrated:
     score: ScoreSelection | None = None
     review: list[tuple[int, float]] | None = None
     position: PositionSelection | None = None
+    escapes: dict[str, Any] | None = None
 
     def reindexed(self, keep: Sequence[int]) -> Calibrated:
         """The same, its roles and review as indices into a longer list of which the calibrated images
@@ -371,6 +373,7 @@ class Calibrated:
             "position_selection": self.position.to_dict() if self.position else None,
             "calibration_roles": self.roles,
             "calibration_review": None if self.review is None else review_entries(self.review, names),
+            "synthetic_escapes": self.escapes,
         }
 
 
@@ -442,7 +445,7 @@ def calibrate_model(
         set_cue_statistics(model, good_cues.chunks)
         if cfg.fusion.select == "synthetic":
             mixing = model.use_student and model.use_bank
-            if mixing and probe is None and cfg.score.select == "synthetic":  # one probe for both choices
+            if mixing and probe is None:  # one probe for the choices and the escape estimate
                 probe = synthetic_probe(model, fit_images, spec, device, cfg.seed, cfg.train.batch_size)
             selection = select_cue_mix(
                 model,
@@ -493,7 +496,11 @@ def calibrate_model(
         model, cfg, thr_images, [int(i) for i in thr_idx], len(fit_images), spec, device
     )
     roles = {"fit": [int(i) for i in fit_idx], "threshold": [int(i) for i in thr_idx]}
-    return Calibrated(cfg, result, selection, roles, score, review, position)
+    escapes = None
+    if probe is not None and not cfg.tta.enabled:  # the probe's cues are the plain path's
+        bad = probe_cues[1] if fitted and probe_cues is not None else None
+        escapes = synthetic_escapes(model, probe, result["plain"].threshold, bad)
+    return Calibrated(cfg, result, selection, roles, score, review, position, escapes)
 
 
 def set_thresholds(

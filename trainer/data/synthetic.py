@@ -23,9 +23,23 @@ __all__ = [
     "SELECTION_DEFECTS",
     "SURFACE_DEFECTS",
     "add_defect",
+    "defect_contrast",
     "make_dataset",
     "render_part",
 ]
+
+
+def defect_contrast(defective: np.ndarray, original: np.ndarray, mask: np.ndarray) -> float:
+    """A drawn defect's measured strength: the mean absolute grey-level change inside ``mask`` (0 for an
+    empty mask; colour images: the channels' mean)."""
+    m = mask > 0
+    if not m.any():
+        return 0.0
+    diff = np.abs(defective.astype(np.float64) - original.astype(np.float64))
+    if diff.ndim == 3:
+        diff = diff.mean(axis=2)
+    return float(diff[m].mean())
+
 
 DEFECT_TYPES = ("scratch", "spot", "crack")
 # The kinds drawn into calibration images to choose the cue mix (``trainer/select.py``).
