@@ -15,7 +15,8 @@ Runtime (one thread):
    live model on the camera's next frames (agreement rate and score distributions) when a camera
    inspects this part; the results go into the version's manifest (``validation``, ``model.version``),
    with the good images whose calibration scores are highest (``validation.review``: a defective part
-   collected as good sets the threshold, so the operator checks these first);
+   collected as good sets the threshold, so the operator checks these first) and the trainer's escape
+   estimate (``validation.synthetic_escapes``: synthetic defects below the new threshold);
 5. **add**: the complete bundle (signed with ``store.signing_key`` when set, so a line that only loads
    signed bundles can load it) is renamed into the store as a new version (and promoted when
    ``store.auto_promote`` is on and the validation passed).
@@ -346,6 +347,7 @@ class TrainJob:
             self._export(incoming / "run", incoming / "bundle", logs)
             validation = self._validate(incoming / "bundle")
             validation["review"] = calibration_review(incoming / "run" / "run.json")
+            validation["synthetic_escapes"] = synthetic_escapes(incoming / "run" / "run.json")
             manifest = Bundle.open(incoming / "bundle").manifest
             update_bundle(
                 incoming / "bundle",
@@ -389,6 +391,24 @@ class TrainJob:
 
 class _Cancelled(Exception):
     pass
+
+
+_ESCAPE_KEYS = ("escapes", "n", "threshold", "by_kind", "by_contrast")
+
+
+def synthetic_escapes(run_json: Path) -> dict[str, Any] | None:
+    """The run's escape estimate (``synthetic_escapes`` of ``run.json``: the share of the selection's
+    synthetic defects, drawn into the calibration fit images, that score below the threshold, per kind and
+    contrast third), without the per-defect lists; None when the run has none or ``run.json`` is
+    unreadable. An estimate for comparing versions, optimistic for real defects."""
+    try:
+        est = json.loads(run_json.read_text(encoding="utf-8")).get("synthetic_escapes")
+        if not isinstance(est, dict):
+            return None
+        out = {k: est[k] for k in _ESCAPE_KEYS if k in est}
+        return out if "escapes" in out else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def calibration_review(run_json: Path) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ def _tiny_train_config(tmp: Path) -> Path:
     # (epochs metric) must follow the trainer's plan, not the config's epochs
     cfg["train"].update({"epochs": 3, "max_steps": 1})
     cfg["fusion"] = {"select": "none"}
-    cfg["bank"] = {"max_size": 256}
+    cfg["bank"]["max_size"] = 256  # the per-part bank designs stay: their synthetic defects give the estimate
     path = tmp / "tiny_train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -133,6 +133,9 @@ def test_collect_train_validate_promote_rollback(tmp_path: Path) -> None:
             )
             part_dir = tmp_path / "store" / "parts" / "widget"
             assert all((part_dir / r["image"]).is_file() for r in review)
+            # and the trainer's estimate of how many synthetic defects the new threshold lets through
+            escapes = state["validation"]["synthetic_escapes"]
+            assert 0.0 <= escapes["escapes"] <= 1.0 and escapes["n"] > 0 and "scores" not in escapes
             _drain(sub, seen)
             promoted = ctl.request("promote", part="widget", version="v0001")
             assert promoted["ok"] and promoted["cameras"] == ["cam1"]
@@ -345,3 +348,29 @@ def test_calibration_review_maps_the_runs_images_to_the_parts_own(tmp_path: Path
     assert calibration_review(tmp_path / "missing.json") == []
     run_json.write_text(json.dumps({"calibration_review": None}))  # a run from before the review
     assert calibration_review(run_json) == []
+
+
+def test_synthetic_escapes_keep_the_estimate_without_the_per_defect_lists(tmp_path: Path) -> None:
+    from edge.retrain import synthetic_escapes
+
+    run_json = tmp_path / "run.json"
+    est = {
+        "rule": "...",
+        "threshold": 3.0,
+        "n": 2,
+        "escapes": 0.5,
+        "by_kind": {"scratch": 0.5},
+        "by_contrast": {"faint": 1.0, "medium": None, "strong": 0.0},
+        "scores": [1.0, 4.0],
+        "kinds": ["scratch", "scratch"],
+        "contrasts": [1.0, 9.0],
+    }
+    run_json.write_text(json.dumps({"synthetic_escapes": est}))
+    assert synthetic_escapes(run_json) == {
+        k: est[k] for k in ("escapes", "n", "threshold", "by_kind", "by_contrast")
+    }
+    run_json.write_text(json.dumps({"synthetic_escapes": None}))  # a run without synthetic defects
+    assert synthetic_escapes(run_json) is None
+    run_json.write_text("{not json")
+    assert synthetic_escapes(run_json) is None
+    assert synthetic_escapes(tmp_path / "missing.json") is None
