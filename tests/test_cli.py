@@ -90,6 +90,16 @@ def test_fit_then_evaluate_writes_every_metric(
         assert isinstance(res[key], float) and 0.0 <= res[key] <= 1.0, key
     assert res["n_test_images"] == 18
     assert set(res["per_defect_image_auroc"]) == {"scratch", "spot", "crack"}
+    # the fit's escape estimate at the same threshold, beside the measured rate
+    assert res["synthetic_escape_estimate"] == escapes["escapes"] and res["threshold"] == escapes["threshold"]
+    assert f"escapes {res['escape_rate']:.3f} (synthetic estimate {escapes['escapes']:.3f})" in (
+        capsys.readouterr().out
+    )
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert (
+        f"| Escape estimate of the fit (its synthetic defects, same threshold) | {escapes['escapes']:.4f} |"
+        in report
+    )
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "examples.png").is_file()
 
 

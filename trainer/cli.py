@@ -175,10 +175,12 @@ def _run(args: argparse.Namespace) -> int:
             tta=args.tta,
             progress=progress,
         )
+        est = res.get("synthetic_escape_estimate")
+        estimate = "" if est is None else f" (synthetic estimate {est:.3f})"
         print(
             f"image AUROC {res['image_auroc']:.4f}  pixel AUROC {res['pixel_auroc']:.4f}  "
             f"AUPRO {res['aupro']:.4f}  FRR {res['false_reject_rate']:.3f}  "
-            f"escapes {res['escape_rate']:.3f}  "
+            f"escapes {res['escape_rate']:.3f}{estimate}  "
             f"-> {args.json}"
         )
         return 0

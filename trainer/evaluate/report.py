@@ -42,6 +42,7 @@ _METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("aupro", "Pixel AUPRO (FPR <= 0.3)"),
     ("false_reject_rate", "False-reject rate at threshold"),
     ("escape_rate", "Escape rate at threshold"),
+    ("synthetic_escape_estimate", "Escape estimate of the fit (its synthetic defects, same threshold)"),
     ("threshold", "Threshold"),
     ("n_test_images", "Test images"),
     ("n_good", "Good test images"),

@@ -106,6 +106,11 @@ def evaluate_model(
     result["tta"] = bool(applied)
     result["seconds_per_image"] = elapsed / len(samples)
     result["calibration_rule"] = calibration.rule
+    # beside the measured escape rate, the fit's estimate of it at the same threshold (trainer/escapes.py:
+    # synthetic defects in the calibration images; None when the run has none or another path is run)
+    est = info.meta.get("synthetic_escapes") or {}
+    same = not applied and est.get("threshold") == threshold
+    result["synthetic_escape_estimate"] = float(est["escapes"]) if same and "escapes" in est else None
 
     if report_dir is not None:
         examples = [
