@@ -85,28 +85,18 @@ def synthetic_escapes(
     if probe.kinds is None or probe.contrasts is None:
         return None
     scores = deployed_scores(model, probe, cues)
-    return {
+    stored = {
         "scores": [round(float(x), 6) for x in scores],
         "kinds": list(probe.kinds),
         "contrasts": [round(float(x), 3) for x in probe.contrasts],
-        **at_threshold_table(scores, probe.kinds, probe.contrasts, threshold),
     }
-
-
-def at_threshold_table(
-    scores: np.ndarray, kinds: Sequence[str], contrasts: np.ndarray, threshold: float
-) -> dict[str, Any]:
-    return {
-        "rule": "graded synthetic defects in the calibration fit images scored as deployed; the share "
-        "below the threshold",
-        "threshold": float(threshold),
-        **escape_table(np.asarray(scores), kinds, np.asarray(contrasts), threshold),
-    }
+    return at_threshold(stored, threshold)
 
 
 def at_threshold(estimate: dict[str, Any] | None, threshold: float) -> dict[str, Any] | None:
-    """A stored estimate (:func:`synthetic_escapes`, ``run.json`` ``synthetic_escapes``) redone for a new
-    ``threshold`` of the same model (e.g. after ``masf-train drop``); None stays None."""
+    """The estimate's table for ``threshold`` from its stored ``scores``, ``kinds`` and ``contrasts``: in a
+    fit (:func:`synthetic_escapes`) and again for a new threshold of the same model (e.g. after
+    ``masf-train drop``), so both count the same stored values; None stays None."""
     if estimate is None:
         return None
     scores, kinds, contrasts = estimate["scores"], estimate["kinds"], estimate["contrasts"]
@@ -114,7 +104,10 @@ def at_threshold(estimate: dict[str, Any] | None, threshold: float) -> dict[str,
         "scores": scores,
         "kinds": kinds,
         "contrasts": contrasts,
-        **at_threshold_table(np.asarray(scores), kinds, np.asarray(contrasts), threshold),
+        "rule": "graded synthetic defects in the calibration fit images scored as deployed; the share "
+        "below the threshold",
+        "threshold": float(threshold),
+        **escape_table(np.asarray(scores), kinds, np.asarray(contrasts), threshold),
     }
 
 
