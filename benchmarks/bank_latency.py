@@ -92,7 +92,7 @@ def build(
     return path
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -107,7 +107,7 @@ def main() -> int:
         action="store_true",
         help="the runs are (base, candidate) pairs: each candidate vs its base",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.pairs and len(args.runs) % 2:
         parser.error(f"--pairs needs (base, candidate) pairs of runs, got {len(args.runs)} runs")
     import onnxruntime as ort
@@ -128,6 +128,7 @@ def main() -> int:
         }
 
     sessions, feeds, run_names = {}, {}, []
+    graphs: dict[Path, Path] = {}  # a run given twice is exported once: one graph, two sessions
     designs = list(DESIGNS.items())[: 1 if args.reference_only else None]
     for i, (name, (config, overrides, sizes, a)) in enumerate(designs):
         path = build(config, overrides, sizes, a, tmp, two_pass_selection=i == 0)  # the reference: first
@@ -140,10 +141,11 @@ def main() -> int:
         if name in sessions:  # the same folder name twice: two sessions, told apart
             name += f" #{run_names.count(name) + 1}"
         run_names.append(name)
-        export_onnx(model, info, tmp / f"{run.name}.onnx")
-        sessions[name] = ort.InferenceSession(
-            str(tmp / f"{run.name}.onnx"), opts, providers=["CPUExecutionProvider"]
-        )
+        key = run.resolve()
+        if key not in graphs:
+            graphs[key] = tmp / f"run{len(graphs)}_{run.name}.onnx"
+            export_onnx(model, info, graphs[key])
+        sessions[name] = ort.InferenceSession(str(graphs[key]), opts, providers=["CPUExecutionProvider"])
         feeds[name] = feeds_for(h, w)
     times: dict[str, list[float]] = {n: [] for n in sessions}
     for _ in range(5):

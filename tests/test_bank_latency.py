@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,8 +54,10 @@ def test_runs_are_timed_beside_the_reference_graph(trained_run: Path) -> None:
     )
     assert pair is not None, rows[5]
     assert 0 < float(pair.group(2)) <= float(pair.group(1)) <= float(pair.group(3))
-    odd = subprocess.run(
-        [sys.executable, "benchmarks/bank_latency.py", "--runs", str(trained_run), "--pairs"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )  # fmt: skip
-    assert odd.returncode == 2 and "--pairs needs (base, candidate) pairs of runs, got 1 runs" in odd.stderr
+
+
+def test_pairs_need_an_even_number_of_runs(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bank_latency.main(["--runs", str(trained_run), "--pairs"])
+    assert exit_.value.code == 2
+    assert "--pairs needs (base, candidate) pairs of runs, got 1 runs" in capsys.readouterr().err

@@ -378,13 +378,15 @@ def test_shared_inputs_rank_exactly_like_cues_computed_directly(
     )
 
     run = request.getfixturevalue("trained_run" if which == "plain" else "tiled_run")
+    # the tiled part: fewer defects (five tiles each), the same paths
+    n_min = MIN_SYNTHETIC if which == "plain" else 40
     data = request.getfixturevalue("synth_data" if which == "plain" else "strip_data")
     model, info = load_run(run)
     assert model.use_student and model.use_bank
     images = [read_image(p) for p in sorted((data / "train" / "good").glob("*.png"))[:4]]
     device, spec = torch.device("cpu"), info.preprocess
     grid = mix_grid(model, [0.0, 0.5, 1.0])
-    defects = synthetic_defects(images, seed=3)
+    defects = synthetic_defects(images, seed=3, min_total=n_min)
     good, _ = cue_batches(model, images, spec, device, 8)
     bad, masks = cue_batches(model, [d[0] for d in defects], spec, device, 8, [d[1] for d in defects])
     assert masks is not None
@@ -393,19 +395,19 @@ def test_shared_inputs_rank_exactly_like_cues_computed_directly(
     chosen, rows = rank_mixes(model, good, bad, masks, grid, groups, fold_values=folds)
     assert len(folds) == len(grid) and all(len(f) == min(FOLDS, len(images)) for f in folds)
 
-    probe = synthetic_probe(model, images, spec, device, seed=3)
+    probe = synthetic_probe(model, images, spec, device, seed=3, min_total=n_min)
     assert probe is not None
     shared = rank_on_synthetic(model, images, spec, device, grid, seed=3, probe=probe)
-    alone = rank_on_synthetic(model, images, spec, device, grid, seed=3)  # makes its own probe
+    alone = rank_on_synthetic(model, images, spec, device, grid, seed=3, min_total=n_min)  # its own probe
     assert shared is not None and alone is not None
-    assert shared.n_synthetic == alone.n_synthetic == len(defects) == len(probe.sources) >= MIN_SYNTHETIC
+    assert shared.n_synthetic == alone.n_synthetic == len(defects) == len(probe.sources) >= n_min
     assert shared.rows == alone.rows == rows and shared.folds == alone.folds == folds
     assert shared.cos_weight == alone.cos_weight == chosen
     assert isinstance(probe.good, SharedInputs) and probe.good.masks is None
     assert all(cos is not None for _, cos, _ in probe.good.batches)  # the distillation cue is kept
-    surface = synthetic_probe(model, images, spec, device, seed=3, kinds=("stain", "smear"))
+    surface = synthetic_probe(model, images, spec, device, seed=3, kinds=("stain", "smear"), min_total=n_min)
     assert surface is not None  # other kinds (diagnostics): drawn as synthetic_defects draws them
-    want = synthetic_defects(images, seed=3, kinds=("stain", "smear"))
+    want = synthetic_defects(images, seed=3, kinds=("stain", "smear"), min_total=n_min)
     assert list(surface.sources) == [src for *_, src in want]
     assert not np.array_equal(surface.masks, probe.masks)
     assert surface.kinds is not None and set(surface.kinds) == {"stain", "smear"}

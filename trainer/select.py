@@ -328,11 +328,12 @@ def synthetic_probe(
     seed: int,
     batch_size: int = 8,
     kinds: Sequence[str] = SELECTION_DEFECTS,
+    min_total: int = MIN_SYNTHETIC,
 ) -> SyntheticProbe | None:
     """:class:`SyntheticProbe` of ``fit_images`` under ``model``'s teacher and student, the defects drawn
-    with ``seed`` exactly as :func:`rank_on_synthetic` draws them (other ``kinds``: for diagnostics).
-    ``None`` when no defect survives the resize."""
-    defects = synthetic_defects(fit_images, seed, kinds)
+    with ``seed`` exactly as :func:`rank_on_synthetic` draws them (other ``kinds``: for diagnostics;
+    ``min_total``: :func:`synthetic_defects`'). ``None`` when no defect survives the resize."""
+    defects = synthetic_defects(fit_images, seed, kinds, min_total)
     bad = SharedInputs.compute(
         model, [d[0] for d in defects], spec, device, batch_size, [d[1] for d in defects]
     )
@@ -601,15 +602,17 @@ def rank_on_synthetic(
     good_cues: CueSet | None = None,
     probe: SyntheticProbe | None = None,
     defect_cues: CueSet | None = None,
+    min_total: int = MIN_SYNTHETIC,
 ) -> SyntheticRanking | None:
     """Rank the candidate mixes of ``grid`` for ``model`` (cue statistics must be set) on graded synthetic
     defects drawn into ``calib_images`` (:func:`rank_mixes`). ``None`` when the defects are too small to
     survive the resize. ``good_cues``: :func:`cue_batches` of ``calib_images``, when known.
     ``probe``: :func:`synthetic_probe` of ``calib_images`` with this ``seed`` under the model's teacher
     and student, when known (only the bank cues are computed then); ``defect_cues``: its defective
-    images' cues under ``model`` (``probe.defective.cues(model)``), when known."""
+    images' cues under ``model`` (``probe.defective.cues(model)``), when known. ``min_total``: how many
+    defects at least when the probe is made here (:func:`synthetic_defects`)."""
     if probe is None:
-        probe = synthetic_probe(model, calib_images, spec, device, seed, batch_size)
+        probe = synthetic_probe(model, calib_images, spec, device, seed, batch_size, min_total=min_total)
         if probe is None:
             return None
     good = good_cues if good_cues is not None else probe.good.cues(model)
