@@ -15,6 +15,15 @@ synthetic defects that score **below the run's calibrated threshold**, without a
   images' own false-reject rate at the threshold beside it (in-sample: the fit images set the cue
   statistics).
 
+``--reduce CANDIDATE ...`` (values of ``score.reduce``) judges image scores instead: for each candidate,
+the run's fit images, synthetic defects and threshold images are scored from one pass of cached cues
+(``trainer.select.SharedInputs``; only the image score changes between candidates), and the estimate is
+given at two thresholds set by the product's rule (``trainer.calibrate.fit_threshold`` at the run's
+target false-reject rate): on the run's threshold images scored with that candidate (``calibrated``; for
+the run's own candidate it reproduces ``run.json``'s threshold, checked) and on the fit images' own scores
+(``fit``: what a selection could use without spending the threshold images). Plain inference path, no
+TTSA.
+
 A run fitted since session 20 stores the same estimate in ``run.json`` (``synthetic_escapes``, computed
 from the selection's cached cues, :mod:`trainer.escapes`); this script computes it afresh through
 ``predict_arrays`` for any stored run, older ones included.
@@ -23,7 +32,7 @@ The fit images also chose the run's cue mix and image score, so the estimate is 
 own choices; it compares runs and settings, it does not predict a line's escape rate.
 
     .venv/bin/python benchmarks/escape_estimate.py --runs RUN ... --data DATA ... [--json OUT]
-        [--markdown OUT]
+        [--markdown OUT] [--reduce CANDIDATE ...]
 
 ``--data``: one data set root per run (MVTec layout), or one for all.
 """
@@ -84,6 +93,81 @@ def estimate(run: Path, data: Path, batch: int = 8) -> dict[str, Any]:
     }
 
 
+def by_reduce(run: Path, data: Path, candidates: Sequence[str], batch: int = 8) -> dict[str, Any]:
+    """Each image-score candidate's escape estimate at its own calibrated threshold and at a threshold
+    from the fit images' own scores (module docstring)."""
+    import torch
+
+    from trainer.calibrate import fit_threshold
+    from trainer.data import read_image
+    from trainer.escapes import deployed_scores, escape_table
+    from trainer.runs import load_run
+    from trainer.select import SharedInputs, SyntheticProbe, synthetic_probe
+    from trainer.train import calibration_for
+
+    model, info = load_run(run)
+    cfg, spec, device = info.config, info.preprocess, torch.device("cpu")
+    if cfg.tta.enabled:
+        raise SystemExit(f"error: {run} deploys TTSA; --reduce judges the plain path only")
+    calib = info.meta["data"]["split"]["calib"]
+    roles = info.meta["calibration_roles"]
+    fit = [read_image(data / calib[i]) for i in roles["fit"]]
+    held = [read_image(data / calib[i]) for i in roles["threshold"]]
+    probe = synthetic_probe(model, fit, spec, device, int(cfg.seed), batch)
+    assert probe is not None and probe.kinds is not None and probe.contrasts is not None
+    threshold_inputs = SharedInputs.compute(model, held, spec, device, batch)
+    # deployed_scores scores a probe's defective images: the good sets go through it as such
+    sets = {
+        "defects": (probe, probe.defective.cues(model)),
+        "fit": (SyntheticProbe(probe.good, probe.good, np.zeros(0)), probe.good.cues(model)),
+        "threshold": (
+            SyntheticProbe(probe.good, threshold_inputs, np.zeros(0)),
+            threshold_inputs.cues(model),
+        ),
+    }
+    stored, chosen = float(calibration_for(info, False).threshold), info.config.score.reduce
+    target = float(cfg.calibration.target_frr)
+    post, rows = model.post, []
+    try:
+        for reduce in candidates:
+            model.post = post.with_reduce(reduce)
+            scores = {name: deployed_scores(model, p, cues) for name, (p, cues) in sets.items()}
+            row: dict[str, Any] = {"reduce": reduce, "chosen": reduce == chosen}
+            for where, good in (("calibrated", scores["threshold"]), ("fit", scores["fit"])):
+                thr, rule = fit_threshold(good, target)
+                table = escape_table(scores["defects"], probe.kinds, probe.contrasts, thr)
+                row[where] = {"threshold": thr, "rule": rule, **table}
+            if reduce == chosen and abs(row["calibrated"]["threshold"] - stored) > 1e-4 * max(1.0, stored):
+                raise SystemExit(
+                    f"error: {run}: the threshold images give {row['calibrated']['threshold']:.6f} for "
+                    f"{reduce}, the run stores {stored:.6f}"
+                )
+            rows.append(row)
+    finally:
+        model.post = post
+    objective = {
+        r["reduce"]: r["objective"] for r in (info.meta.get("score_selection") or {}).get("candidates", [])
+    }
+    for row in rows:
+        row["objective"] = objective.get(row["reduce"])
+    return {"run": str(run), "fit_images": len(fit), "threshold_images": len(held), "candidates": rows}
+
+
+def reduce_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    head = ["run", "image score", "objective", "calibrated threshold", "escapes at it", "fit threshold",
+            "escapes at it"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        for c in r["candidates"]:
+            name = c["reduce"] + (" (chosen)" if c["chosen"] else "")
+            obj = "-" if c["objective"] is None else f"{c['objective']:.4f}"
+            cal, fit = c["calibrated"], c["fit"]
+            cells = [Path(r["run"]).name, name, obj, f"{cal['threshold']:.3f}", f"{cal['escapes']:.3f}",
+                     f"{fit['threshold']:.3f}", f"{fit['escapes']:.3f}"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     from trainer.escapes import THIRDS
 
@@ -105,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", nargs="+", type=Path, required=True, help="one root per run, or one for all")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument(
+        "--reduce", nargs="+", default=None, help="judge these image scores (values of score.reduce) instead"
+    )
     args = ap.parse_args(argv)
     if len(args.data) not in (1, len(args.runs)):
         print(f"error: give one --data for all runs or one per run ({len(args.runs)})", flush=True)
@@ -114,8 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     roots = args.data * len(args.runs) if len(args.data) == 1 else args.data
-    rows = [estimate(run, root) for run, root in zip(args.runs, roots, strict=True)]
-    table = markdown(rows)
+    pairs = list(zip(args.runs, roots, strict=True))
+    if args.reduce:
+        rows = [by_reduce(run, root, args.reduce) for run, root in pairs]
+        table = reduce_markdown(rows)
+    else:
+        rows = [estimate(run, root) for run, root in pairs]
+        table = markdown(rows)
     print(table, end="")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

@@ -28,3 +28,27 @@ def test_a_run_is_judged_at_its_own_threshold(trained_run: Path, synth_data: Pat
     again = escape_estimate.estimate(trained_run, synth_data, batch=1)
     np.testing.assert_allclose(again["synthetic_scores"], scores, rtol=1e-4, atol=1e-4)
     assert escape_estimate.main(["--runs", str(trained_run), str(trained_run), "--data", "a", "b", "c"]) == 2
+
+
+def test_image_scores_are_judged_at_their_own_thresholds(
+    trained_run: Path, synth_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "reduce.json"
+    args = ["--runs", str(trained_run), "--data", str(synth_data), "--json", str(out)]
+    assert escape_estimate.main([*args, "--reduce", "max", "topk_mean"]) == 0
+    (row,) = json.loads(out.read_text())
+    meta = json.loads((trained_run / "run.json").read_text())
+    assert row["threshold_images"] == len(meta["calibration_roles"]["threshold"])
+    by = {c["reduce"]: c for c in row["candidates"]}
+    assert set(by) == {"max", "topk_mean"}
+    (chosen,) = [c for c in row["candidates"] if c["chosen"]]
+    # the run's own image score: its stored threshold, and the plain estimate's escapes (the same defects)
+    assert chosen["calibrated"]["threshold"] == pytest.approx(meta["calibration"]["threshold"], rel=1e-6)
+    plain = escape_estimate.estimate(trained_run, synth_data)
+    assert chosen["calibrated"]["escapes"] == pytest.approx(plain["escapes"], abs=1e-9)
+    for c in row["candidates"]:
+        for where in ("calibrated", "fit"):
+            assert c[where]["n"] == plain["n"] and 0.0 <= c[where]["escapes"] <= 1.0
+    # the two scores differ, and so do their thresholds (each is set on its own scores)
+    assert by["max"]["calibrated"]["threshold"] != by["topk_mean"]["calibrated"]["threshold"]
+    assert by["max"]["fit"]["threshold"] != by["max"]["calibrated"]["threshold"]
