@@ -15,7 +15,8 @@ synthetic defects that score **below the run's calibrated threshold**, without a
   images' own false-reject rate at the threshold beside it (in-sample: the fit images set the cue
   statistics).
 
-``--reduce CANDIDATE ...`` (values of ``score.reduce``) judges image scores instead: for each candidate,
+``--reduce CANDIDATE ...`` (values of ``score.reduce``) or ``--position-weights W ...`` (the position cue's
+weight, for a run with the cue fitted) judges those candidates instead: for each candidate,
 the run's fit images, synthetic defects and threshold images are scored from one pass of cached cues
 (``trainer.select.SharedInputs``; only the image score changes between candidates), and the estimate is
 given at two thresholds set by the product's rule (``trainer.calibrate.fit_threshold`` at the run's
@@ -32,7 +33,7 @@ The fit images also chose the run's cue mix and image score, so the estimate is 
 own choices; it compares runs and settings, it does not predict a line's escape rate.
 
     .venv/bin/python benchmarks/escape_estimate.py --runs RUN ... --data DATA ... [--json OUT]
-        [--markdown OUT] [--reduce CANDIDATE ...]
+        [--markdown OUT] [--reduce CANDIDATE ... | --position-weights W ...]
 
 ``--data``: one data set root per run (MVTec layout), or one for all.
 """
@@ -93,9 +94,12 @@ def estimate(run: Path, data: Path, batch: int = 8) -> dict[str, Any]:
     }
 
 
-def by_reduce(run: Path, data: Path, candidates: Sequence[str], batch: int = 8) -> dict[str, Any]:
-    """Each image-score candidate's escape estimate at its own calibrated threshold and at a threshold
-    from the fit images' own scores (module docstring)."""
+def by_candidate(
+    run: Path, data: Path, setting: str, values: Sequence[Any], batch: int = 8
+) -> dict[str, Any]:
+    """Each candidate's escape estimate at its own calibrated threshold and at a threshold from the fit
+    images' own scores (module docstring); ``setting``: ``reduce`` (``values``: ``score.reduce`` names) or
+    ``position`` (``values``: position-cue weights; the run must have the cue fitted)."""
     import torch
 
     from trainer.calibrate import fit_threshold
@@ -108,7 +112,9 @@ def by_reduce(run: Path, data: Path, candidates: Sequence[str], batch: int = 8) 
     model, info = load_run(run)
     cfg, spec, device = info.config, info.preprocess, torch.device("cpu")
     if cfg.tta.enabled:
-        raise SystemExit(f"error: {run} deploys TTSA; --reduce judges the plain path only")
+        raise SystemExit(f"error: {run} deploys TTSA; only the plain path is judged here")
+    if setting == "position" and model.position is None:
+        raise SystemExit(f"error: {run} has no position cue fitted (position.enabled)")
     calib = info.meta["data"]["split"]["calib"]
     roles = info.meta["calibration_roles"]
     fit = [read_image(data / calib[i]) for i in roles["fit"]]
@@ -125,41 +131,57 @@ def by_reduce(run: Path, data: Path, candidates: Sequence[str], batch: int = 8) 
             threshold_inputs.cues(model),
         ),
     }
-    stored, chosen = float(calibration_for(info, False).threshold), info.config.score.reduce
-    target = float(cfg.calibration.target_frr)
-    post, rows = model.post, []
+    stored, target = float(calibration_for(info, False).threshold), float(cfg.calibration.target_frr)
+    post, weight = model.post, model.position_weight
+    if setting == "reduce":
+        chosen: Any = cfg.score.reduce
+        listed = (info.meta.get("score_selection") or {}).get("candidates", [])
+        objective = {r["reduce"]: r["objective"] for r in listed}
+    else:
+        chosen = weight
+        listed = (info.meta.get("position_selection") or {}).get("rows", [])
+        objective = {r["weight"]: r["objective"] for r in listed}
+    rows = []
     try:
-        for reduce in candidates:
-            model.post = post.with_reduce(reduce)
+        for value in values:
+            if setting == "reduce":
+                model.post = post.with_reduce(value)
+            else:
+                model.position_weight = float(value)
             scores = {name: deployed_scores(model, p, cues) for name, (p, cues) in sets.items()}
-            row: dict[str, Any] = {"reduce": reduce, "chosen": reduce == chosen}
+            row: dict[str, Any] = {
+                setting: value,
+                "chosen": value == chosen,
+                "objective": objective.get(value),
+            }
             for where, good in (("calibrated", scores["threshold"]), ("fit", scores["fit"])):
                 thr, rule = fit_threshold(good, target)
                 table = escape_table(scores["defects"], probe.kinds, probe.contrasts, thr)
                 row[where] = {"threshold": thr, "rule": rule, **table}
-            if reduce == chosen and abs(row["calibrated"]["threshold"] - stored) > 1e-4 * max(1.0, stored):
+            if value == chosen and abs(row["calibrated"]["threshold"] - stored) > 1e-4 * max(1.0, stored):
                 raise SystemExit(
                     f"error: {run}: the threshold images give {row['calibrated']['threshold']:.6f} for "
-                    f"{reduce}, the run stores {stored:.6f}"
+                    f"{setting} {value}, the run stores {stored:.6f}"
                 )
             rows.append(row)
     finally:
-        model.post = post
-    objective = {
-        r["reduce"]: r["objective"] for r in (info.meta.get("score_selection") or {}).get("candidates", [])
+        model.post, model.position_weight = post, weight
+    return {
+        "run": str(run),
+        "setting": setting,
+        "fit_images": len(fit),
+        "threshold_images": len(held),
+        "candidates": rows,
     }
-    for row in rows:
-        row["objective"] = objective.get(row["reduce"])
-    return {"run": str(run), "fit_images": len(fit), "threshold_images": len(held), "candidates": rows}
 
 
-def reduce_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    head = ["run", "image score", "objective", "calibrated threshold", "escapes at it", "fit threshold",
+def candidate_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    head = ["run", "candidate", "objective", "calibrated threshold", "escapes at it", "fit threshold",
             "escapes at it"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         for c in r["candidates"]:
-            name = c["reduce"] + (" (chosen)" if c["chosen"] else "")
+            name = f"{r['setting']} {c[r['setting']]}" + (" (chosen)" if c["chosen"] else "")
             obj = "-" if c["objective"] is None else f"{c['objective']:.4f}"
             cal, fit = c["calibrated"], c["fit"]
             cells = [Path(r["run"]).name, name, obj, f"{cal['threshold']:.3f}", f"{cal['escapes']:.3f}",
@@ -189,8 +211,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", nargs="+", type=Path, required=True, help="one root per run, or one for all")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
-    ap.add_argument(
+    judged = ap.add_mutually_exclusive_group()
+    judged.add_argument(
         "--reduce", nargs="+", default=None, help="judge these image scores (values of score.reduce) instead"
+    )
+    judged.add_argument(
+        "--position-weights",
+        nargs="+",
+        type=float,
+        default=None,
+        help="judge these position-cue weights instead",
     )
     args = ap.parse_args(argv)
     if len(args.data) not in (1, len(args.runs)):
@@ -202,9 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(2)
     roots = args.data * len(args.runs) if len(args.data) == 1 else args.data
     pairs = list(zip(args.runs, roots, strict=True))
-    if args.reduce:
-        rows = [by_reduce(run, root, args.reduce) for run, root in pairs]
-        table = reduce_markdown(rows)
+    if args.reduce or args.position_weights:
+        setting, values = ("reduce", args.reduce) if args.reduce else ("position", args.position_weights)
+        rows = [by_candidate(run, root, setting, values) for run, root in pairs]
+        table = candidate_markdown(rows)
     else:
         rows = [estimate(run, root) for run, root in pairs]
         table = markdown(rows)

@@ -52,3 +52,44 @@ def test_image_scores_are_judged_at_their_own_thresholds(
     # the two scores differ, and so do their thresholds (each is set on its own scores)
     assert by["max"]["calibrated"]["threshold"] != by["topk_mean"]["calibrated"]["threshold"]
     assert by["max"]["fit"]["threshold"] != by["max"]["calibrated"]["threshold"]
+
+
+def test_position_weights_are_judged_at_their_own_thresholds(
+    trained_run: Path, synth_data: Path, tmp_path: Path
+) -> None:
+    from conftest import tiny_config
+
+    from trainer.train import fit
+
+    run = tmp_path / "position_run"
+    cfg = tiny_config(fusion={"select": "none"}, position={"enabled": True, "grid": 4, "candidates": [0.5]})
+    fit(cfg, synth_data, run, progress=False)
+    meta = json.loads((run / "run.json").read_text())
+    out = tmp_path / "weights.json"
+    args = [
+        "--runs",
+        str(run),
+        "--data",
+        str(synth_data),
+        "--json",
+        str(out),
+        "--position-weights",
+        "0",
+        "0.5",
+    ]
+    assert escape_estimate.main(args) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["setting"] == "position" and [c["position"] for c in row["candidates"]] == [0.0, 0.5]
+    (chosen,) = [c for c in row["candidates"] if c["chosen"]]
+    assert chosen["position"] == meta["position_selection"]["weight"]
+    assert chosen["calibrated"]["threshold"] == pytest.approx(meta["calibration"]["threshold"], rel=1e-6)
+    assert chosen["objective"] == pytest.approx(
+        next(r["objective"] for r in meta["position_selection"]["rows"] if r["weight"] == chosen["position"])
+    )
+    off, on = row["candidates"]
+    assert off["calibrated"]["threshold"] != on["calibrated"]["threshold"]  # the cue changes the score
+    # a run without the cue is refused with a one-line reason
+    with pytest.raises(SystemExit, match="has no position cue fitted"):
+        escape_estimate.main(
+            ["--runs", str(trained_run), "--data", str(synth_data), "--position-weights", "0"]
+        )
