@@ -332,7 +332,7 @@ def synthetic_probe(
 ) -> SyntheticProbe | None:
     """:class:`SyntheticProbe` of ``fit_images`` under ``model``'s teacher and student, the defects drawn
     with ``seed`` exactly as :func:`rank_on_synthetic` draws them (other ``kinds``: for diagnostics;
-    ``min_total``: :func:`synthetic_defects`'). ``None`` when no defect survives the resize."""
+    ``min_total``: as in :func:`synthetic_defects`). ``None`` when no defect survives the resize."""
     defects = synthetic_defects(fit_images, seed, kinds, min_total)
     bad = SharedInputs.compute(
         model, [d[0] for d in defects], spec, device, batch_size, [d[1] for d in defects]
