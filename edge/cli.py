@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             faulthandler.enable()
             faulthandler.register(signal.SIGUSR2, all_threads=True)
 
-            code = run_service(args.config, args.set)
+            code = run_service(args.config, args.set, hard_stop=True)
             if code == EXIT_UNHEALTHY:
                 # a thread is stuck in native code (a driver, an inference): it cannot be joined, and
                 # interpreter finalisation could wait on it forever; systemd restarts the service

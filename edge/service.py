@@ -11,14 +11,21 @@
 * Exit codes (:data:`EXIT_CODES`): 0 clean stop, 2 bad config or start-up failure (one ``error:`` line),
   3 the drain deadline passed with parts left (they were published UNKNOWN ``shutdown``), 4 a thread
   died or stayed stuck until stop (the process then ends with ``os._exit``: a thread stuck in native
-  code cannot be joined).
+  code cannot be joined), 1 the stop itself passed its deadline.
+* The stop has a deadline even where closing a socket or joining a thread hangs: with ``hard_stop`` (the
+  ``masf-edge run`` process), once the stop begins the process ends within ``pipeline.drain_timeout_s``
+  plus :data:`STOP_GRACE_S`, interpreter shutdown included; past it every thread's stack is written to
+  stderr (the journal under systemd: where it hung) and the process exits 1, before systemd's
+  ``TimeoutStopSec`` would kill it without a word.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,21 +36,26 @@ from edge.config import EdgeConfig, load_edge_config
 from edge.daemon import Daemon
 from edge.notify import Notifier, WatchdogGate
 
-__all__ = ["EXIT_CODES", "run_service"]
+__all__ = ["EXIT_CODES", "STOP_GRACE_S", "run_service"]
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+EXIT_STOP_DEADLINE = 1  # faulthandler's exit status after it wrote the stacks
 EXIT_CONFIG = 2
 EXIT_DRAIN_INCOMPLETE = 3
 EXIT_UNHEALTHY = 4
 EXIT_CODES = {
     EXIT_OK: "stopped cleanly",
+    EXIT_STOP_DEADLINE: "the stop passed its deadline (every thread's stack is in stderr)",
     EXIT_CONFIG: "bad config or start-up failure",
     EXIT_DRAIN_INCOMPLETE: "stopped with parts not scored before the drain deadline (published UNKNOWN)",
     EXIT_UNHEALTHY: "stopped while unhealthy (a stuck or dead thread)",
 }
 _TICK_S = 0.1
+# after the drain deadline: publisher flush, closing the sockets (2 s each), the metrics server (5 s), the
+# evidence writer, the retraining jobs and the interpreter's own shutdown
+STOP_GRACE_S = 15.0
 _STATUS_EVERY_S = 5.0
 
 
@@ -52,8 +64,12 @@ def run_service(
     overrides: list[str] | None = None,
     cfg: EdgeConfig | None = None,
     stop_event: threading.Event | None = None,
+    hard_stop: bool = False,
 ) -> int:
     """Run the daemon until SIGTERM / SIGINT (or ``stop_event``); returns the exit code.
+
+    ``hard_stop``: this process exists to run the daemon (``masf-edge run``), so once the stop begins it may
+    be ended at the stop's deadline (module docstring); an embedding caller leaves it off.
 
     Raises:
         EdgeError / EngineError: bad config, sockets that cannot be bound, unreadable keys (the CLI
@@ -114,7 +130,13 @@ def run_service(
                 status_due = time.monotonic() + _STATUS_EVERY_S
                 notifier.status(daemon.status_line())
         notifier.stopping(f"stopping: draining parts in flight (up to {cfg.pipeline.drain_timeout_s:g} s)")
-        log.info("stopping: draining parts in flight")
+        limit = cfg.pipeline.drain_timeout_s + STOP_GRACE_S
+        if hard_stop and sys.__stderr__ is not None:
+            # armed until the process ends: a hang in a close, a join or interpreter shutdown is covered
+            faulthandler.dump_traceback_later(limit, exit=True, file=sys.__stderr__)
+            log.info("stopping: draining parts in flight (the process ends within %g s)", limit)
+        else:
+            log.info("stopping: draining parts in flight")
         left = daemon.shutdown(cfg.pipeline.drain_timeout_s)
         if daemon.stuck_threads:
             log.error("stopped with stuck threads (left behind): %s", ", ".join(daemon.stuck_threads))

@@ -1,12 +1,13 @@
 """The daemon (``edge.service`` / ``edge.daemon``) with real cameras and real clients, as a subprocess:
 the GenICam simulator producer, a real RTSP stream, CURVE with an allowed and a refused client, a
-subscriber that never reads, and SIGHUP reloading the config file."""
+subscriber that never reads, SIGHUP reloading the config file, and a stop that hangs."""
 
 from __future__ import annotations
 
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from edge_support import (
+    REPO,
     daemon_process,
     free_port,
     line_config,
@@ -221,3 +223,52 @@ def test_sighup_reloads_the_config_file(tmp_path: Path, bundle: Path) -> None:
     last = after[-1].header
     assert last["threshold"] == 0.05 and last["threshold_source"] == "config" and last["verdict"] == "FAIL"
     assert all(m.header["threshold"] == 0.05 for m in still)  # the refused reload changed nothing
+
+
+_STUCK_STOP = """
+import sys, threading
+import edge.service as service
+from edge.cli import main
+from edge.daemon import Daemon
+
+service.STOP_GRACE_S = 1.0
+closed = Daemon.shutdown
+
+
+def shutdown(self, deadline_s):  # the stop finishes, then a close hangs (e.g. a socket nobody closes)
+    closed(self, deadline_s)
+    threading.Event().wait()
+
+
+Daemon.shutdown = shutdown
+sys.exit(main(["run", "--config", sys.argv[1]]))
+"""
+
+
+def test_a_stop_that_hangs_ends_at_its_deadline_with_every_threads_stack(
+    tmp_path: Path, bundle: Path
+) -> None:
+    """A close that never returns during the stop: the ``masf-edge run`` process still ends, at the drain
+    deadline plus the grace, exit 1, with every thread's stack (the hanging call among them) on stderr."""
+    doc = line_config(tmp_path, [_folder_cam(bundle, tmp_path / "parts")])
+    write_parts(tmp_path / "parts", 4)
+    doc["pipeline"]["drain_timeout_s"] = 0.5
+    cfg = write_config(tmp_path, doc)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STUCK_STOP, str(cfg)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_ready(doc["control"]["address"])
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out[-3000:]
+    assert "the process ends within 1.5 s" in out
+    assert "Timeout (0:00:01.500000)!" in out and "in shutdown" in out  # faulthandler: where it hung
+    assert took < 20, took
