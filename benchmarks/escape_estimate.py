@@ -106,7 +106,7 @@ def by_candidate(
     from trainer.data import read_image
     from trainer.escapes import deployed_scores, escape_table
     from trainer.runs import load_run
-    from trainer.select import SharedInputs, SyntheticProbe, synthetic_probe
+    from trainer.select import SharedInputs, synthetic_probe
     from trainer.train import calibration_for
 
     model, info = load_run(run)
@@ -122,14 +122,14 @@ def by_candidate(
     probe = synthetic_probe(model, fit, spec, device, int(cfg.seed), batch)
     assert probe is not None and probe.kinds is not None and probe.contrasts is not None
     threshold_inputs = SharedInputs.compute(model, held, spec, device, batch)
-    # deployed_scores scores a probe's defective images: the good sets go through it as such
+    # each set's bank cues once: only the image score changes between candidates
     sets = {
-        "defects": (probe, probe.defective.cues(model)),
-        "fit": (SyntheticProbe(probe.good, probe.good, np.zeros(0)), probe.good.cues(model)),
-        "threshold": (
-            SyntheticProbe(probe.good, threshold_inputs, np.zeros(0)),
-            threshold_inputs.cues(model),
-        ),
+        name: (inputs, inputs.cues(model))
+        for name, inputs in (
+            ("defects", probe.defective),
+            ("fit", probe.good),
+            ("threshold", threshold_inputs),
+        )
     }
     stored, target = float(calibration_for(info, False).threshold), float(cfg.calibration.target_frr)
     post, weight = model.post, model.position_weight
@@ -148,7 +148,7 @@ def by_candidate(
                 model.post = post.with_reduce(value)
             else:
                 model.position_weight = float(value)
-            scores = {name: deployed_scores(model, p, cues) for name, (p, cues) in sets.items()}
+            scores = {name: deployed_scores(model, inputs, cues) for name, (inputs, cues) in sets.items()}
             row: dict[str, Any] = {
                 setting: value,
                 "chosen": value == chosen,

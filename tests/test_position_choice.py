@@ -75,10 +75,10 @@ def test_the_escape_estimate_scores_the_synthetic_defects_with_the_cue(
     fit_images = [read_image(synth_data / calib[i]) for i in info.meta["calibration_roles"]["fit"]]
     probe = synthetic_probe(model, fit_images, info.preprocess, torch.device("cpu"), info.config.seed, 4)
     assert probe is not None
-    on = deployed_scores(model, probe)
+    on = deployed_scores(model, probe.defective)
     np.testing.assert_allclose(on, deployed_synthetic_scores(model, info, synth_data), rtol=1e-4, atol=1e-4)
     model.position_weight = 0.0
-    assert np.abs(deployed_scores(model, probe) - on).max() > 1e-3  # the cue moved the scores
+    assert np.abs(deployed_scores(model, probe.defective) - on).max() > 1e-3  # the cue moved the scores
 
 
 def test_the_weight_mixes_the_cue_into_the_score_only(position_run: Path, synth_data: Path) -> None:

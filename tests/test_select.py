@@ -418,7 +418,9 @@ def test_shared_inputs_rank_exactly_like_cues_computed_directly(
     from trainer.inference import predict_arrays
 
     preds = predict_arrays(model, [d[0] for d in defects], spec, device)
-    np.testing.assert_allclose(deployed_scores(model, probe), [p.score for p in preds], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        deployed_scores(model, probe.defective), [p.score for p in preds], rtol=1e-4, atol=1e-4
+    )
     assert probe.kinds == tuple(SELECTION_DEFECTS[j % 4] for j in range(len(defects)))
     assert probe.contrasts is not None and probe.contrasts.shape == (len(defects),)
     assert (probe.contrasts > 0).mean() > 0.9  # nearly every drawn defect changes its pixels

@@ -25,7 +25,7 @@ import torch
 
 from engines.verdict import fails
 from trainer.models.masf import MASF
-from trainer.select import CueSet, SyntheticProbe
+from trainer.select import CueSet, SharedInputs, SyntheticProbe
 
 __all__ = ["THIRDS", "at_threshold", "deployed_scores", "escape_table", "summary", "synthetic_escapes"]
 
@@ -54,17 +54,17 @@ def escape_table(
 
 
 @torch.no_grad()
-def deployed_scores(model: MASF, probe: SyntheticProbe, cues: CueSet | None = None) -> np.ndarray:
-    """Image scores ``[N]`` of the probe's defective images as ``model`` deploys them (``MASF.forward``:
-    the map's and the score's cue mixes, the position cue, the image score; tiled: each image's largest
-    tile score), from the probe's teacher features and distillation cues; ``cues``: their cues under
-    ``model`` when the caller has them (else the bank cues are computed now)."""
-    cues = cues if cues is not None else probe.defective.cues(model)
+def deployed_scores(model: MASF, inputs: SharedInputs, cues: CueSet | None = None) -> np.ndarray:
+    """Image scores ``[N]`` of ``inputs``' images (e.g. a probe's ``defective`` ones) as ``model`` deploys
+    them (``MASF.forward``: the map's and the score's cue mixes, the position cue, the image score; tiled:
+    each image's largest tile score), from their teacher features and distillation cues; ``cues``: their
+    cues under ``model`` when the caller has them (else the bank cues are computed now)."""
+    cues = cues if cues is not None else inputs.cues(model)
     device = next(model.parameters()).device
     size, fusion = model.input_size, model.fusion
     weights = fusion.score_weights()
     out = []
-    for (feats, _, _), (cos, bank, valid) in zip(probe.defective.batches, cues.chunks, strict=True):
+    for (feats, _, _), (cos, bank, valid) in zip(inputs.batches, cues.chunks, strict=True):
         fused = fusion(cos, bank, size)
         scored = fused if weights is None else fusion(cos, bank, size, weights)
         if model.position is not None and model.position_weight > 0:
@@ -84,7 +84,7 @@ def synthetic_escapes(
     None when the probe does not record its defects' kinds and contrasts."""
     if probe.kinds is None or probe.contrasts is None:
         return None
-    scores = deployed_scores(model, probe, cues)
+    scores = deployed_scores(model, probe.defective, cues)
     stored = {
         "scores": [round(float(x), 6) for x in scores],
         "kinds": list(probe.kinds),
