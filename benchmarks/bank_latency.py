@@ -78,6 +78,7 @@ def build(
         # the reference is the graph of the code the issue measured: its kNN selection score took a
         # second elementwise pass (session 19 folded it into the product, as every other graph here has it)
         model.scorer.fused = False
+        model.scorer.grouped = False
     gen = torch.Generator().manual_seed(0)
     for bank, n in zip(model.bank_list(), sizes, strict=True):
         bank.fill(torch.randn(n, bank.bank.shape[1], generator=gen))
@@ -110,13 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs and len(args.runs) % 2:
         parser.error(f"--pairs needs (base, candidate) pairs of runs, got {len(args.runs)} runs")
+    with tempfile.TemporaryDirectory(prefix="bank_latency_") as tmp:  # the graphs, removed at the end
+        return _measure(args, Path(tmp))
+
+
+def _measure(args: argparse.Namespace, tmp: Path) -> int:
+    """Export the graphs into ``tmp``, time them and print the tables."""
     import onnxruntime as ort
 
     from trainer.export.onnx import export_onnx
     from trainer.runs import load_run
 
     torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="bank_latency_"))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     rng = np.random.default_rng(0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -222,8 +223,9 @@ def test_patchcore_repro_config_is_patchcore() -> None:
 
 
 def test_patchcore_repro_graph_exports_with_parity(synth_data: Path, tmp_path: Path) -> None:
-    """The reproduction design, at a tiny size, through fit, export and ORT parity. k = 1 selects with
-    ArgMin (no TopK node), and a bank larger than one slice is searched in slices."""
+    """The reproduction design, at a tiny size, through fit, export and ORT parity. k = 1 selects one
+    best prototype per query (group minima, then a TopK with K = 1 in the best group), and a bank larger
+    than one slice is searched in slices (the slices' best compared with ArgMin)."""
     import onnx
 
     from trainer.export.from_run import export_run
@@ -250,9 +252,18 @@ def test_patchcore_repro_graph_exports_with_parity(synth_data: Path, tmp_path: P
     parity = bundle.manifest["export"]["parity"]  # a failed parity check writes no bundle at all
     assert parity["passed"] is True and parity["verdict_mismatches"] == 0
     graph = onnx.load(str(bundle.onnx_path))
-    ops = {n.op_type for n in graph.graph.node}
-    assert "TopK" not in ops and "ArgMin" in ops
+    assert _topk_ks(graph) == [1, 1, 1, 1]  # two slices, two steps each
+    assert sum(n.op_type == "ReduceMin" for n in graph.graph.node) >= 2
+    assert sum(n.op_type == "ArgMin" for n in graph.graph.node) == 1  # the best of the two slices
     assert math.isfinite(bundle.threshold)
+
+
+def _topk_ks(graph: Any) -> list[int]:
+    """The K of every TopK node of an exported graph, in graph order."""
+    import onnx
+
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    return [int(consts[n.input[1]][0]) for n in graph.graph.node if n.op_type == "TopK"]
 
 
 def test_per_scale_bank_on_a_subset_of_scales_with_the_student(synth_data: Path, tmp_path: Path) -> None:
@@ -286,5 +297,5 @@ def test_joint_spectral_bank_with_the_student_exports_with_parity(synth_data: Pa
     assert parity["passed"] is True and parity["verdict_mismatches"] == 0
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(bundle.onnx_path)).graph.node}
-    assert "ArgMin" in ops and "TopK" not in ops  # one joint bank searched with k = 1
+    ks = _topk_ks(onnx.load(str(bundle.onnx_path)))
+    assert ks == [1, 1]  # one joint bank searched with k = 1, in two steps

@@ -70,7 +70,10 @@ def test_gemm_graph_has_no_dft_and_parses_on_tensorrt10(graph: onnx.ModelProto) 
     assert unsupported_ops(graph) == []
     assert trt10_issues(graph) == []
     # the inference path is all there: teacher convs, the bank search, fusion upsampling and the blur
-    assert ops["Conv"] > 50 and ops["TopK"] == 3 and ops["Resize"] == 3 and ops["MatMul"] >= 9
+    assert ops["Conv"] > 50 and ops["Resize"] == 3 and ops["MatMul"] >= 9
+    # one k-best search per scale's bank, in two steps (a ReduceMin over groups, a second TopK) where
+    # the bank is large enough to group (KNNScorer): here at least one of the three
+    assert ops["TopK"] == 3 + ops.get("ReduceMin", 0) >= 4
     assert set(ops) <= set(supported_ops_table()["supported"])
 
 

@@ -266,6 +266,79 @@ def test_knn_selection_in_one_product_picks_the_same_neighbours(k: int) -> None:
     assert ops["plain"].get("Add", 0) - ops["fused"].get("Add", 0) == 3  # the second pass, gone
 
 
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_grouped_selection_picks_the_same_scores_as_one_topk(k: int) -> None:
+    """The two-step selection (group minima, then the best k of the k best groups) is exact: the same k
+    scores as one TopK over the whole slice, for banks that pad to whole groups, are searched in slices,
+    hold duplicate rows (ties) or are too small to group; so the scores of the scorer are equal too."""
+    gen = torch.Generator().manual_seed(12)
+    for m, bank_chunk in ((203, 8192), (1000, 8192), (300, 128), (40, 8192)):
+        bank = torch.randn(m, 16, generator=gen) * 2
+        bank[m // 2 :: 7] = bank[m // 3]  # duplicate rows: tied selection scores
+        q = torch.randn(2, 7, 5, 16, generator=gen) * 2
+        q[0, 0, 0] = bank[m // 3]  # a query on the duplicated row: k tied neighbours
+        grouped, plain = KNNScorer(k=k, bank_chunk=bank_chunk), KNNScorer(k=k, bank_chunk=bank_chunk)
+        grouped.grouped, plain.grouped = True, False
+        b_aug = torch.cat([-2.0 * bank, (bank * bank).sum(1, keepdim=True)], dim=1)
+        qc = q.reshape(2, 35, 16)
+        sl = b_aug[:bank_chunk]
+        g = grouped._group_size(sl.shape[0], k)
+        assert (g > 0) == (-(-sl.shape[0] // max(8, round(sl.shape[0] ** 0.5))) >= 4 * k)
+        v_g, i_g = grouped._best(qc, sl, k)
+        v_p, _ = plain._best(qc, sl, k)
+        torch.testing.assert_close(v_g.sort(-1).values, v_p.sort(-1).values, atol=0, rtol=0)
+        assert int(i_g.max()) < sl.shape[0] and int(i_g.min()) >= 0  # never a padding row
+        # the indices select the scores reported (ties may pick other rows of the same score)
+        torch.testing.assert_close(plain._scores(qc, sl).gather(-1, i_g), v_g, atol=0, rtol=0)
+        torch.testing.assert_close(grouped(q, bank), plain(q, bank), atol=1e-6, rtol=0)
+        torch.testing.assert_close(grouped(q, bank), _brute_knn(q, bank, k), atol=1e-4, rtol=1e-4)
+    assert KNNScorer(k=k)._group_size(1000, k) == 0  # eager: the one-step form unless asked
+    assert grouped._group_size(1000, k) == 32 and grouped._group_size(40, 3) == 0
+
+
+def test_grouped_selection_exports_and_runs_as_eager_does() -> None:
+    """Exported, the scorer selects in two steps (ReduceMin over groups, GatherElements, TopK) and ONNX
+    Runtime gives eager PyTorch's scores; the two-step graph has no TopK over a whole slice; a NaN query
+    gives a NaN score, not an out-of-range Gather."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    gen = torch.Generator().manual_seed(13)
+    bank = torch.randn(3000, 24, generator=gen)
+    q = torch.randn(2, 32, 32, 24, generator=gen)
+
+    class Graph(torch.nn.Module):
+        def __init__(self, scorer: KNNScorer) -> None:
+            super().__init__()
+            self.scorer = scorer
+            self.register_buffer("bank", bank)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.scorer(x, self.bank)
+
+    for k in (1, 3):
+        scorer = KNNScorer(k=k)
+        assert scorer.grouped is None
+        proto = to_onnx_proto(Graph(scorer).eval(), (q,), ["q"], ["score"], 18, "gemm")
+        ops = op_counts(proto)
+        assert ops["ReduceMin"] == 1 and ops["GatherElements"] == 2 and ops.get("ArgMin", 0) == 0
+        assert ops["TopK"] == 2  # over the 55 group minima, then over the k x 55 candidates
+        consts = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+        assert [int(consts[n.input[1]][0]) for n in proto.graph.node if n.op_type == "TopK"] == [k, k]
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = q.clone()
+        x[1, 3, 4] = float("nan")
+        got = sess.run(None, {"q": x.numpy()})[0]
+        want = scorer(x, bank).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+        assert np.isnan(got[1, 3, 4]) and np.isfinite(np.delete(got.reshape(-1), 32 * 32 + 3 * 32 + 4)).all()
+    plain = KNNScorer(k=3)
+    plain.grouped = False
+    ops = op_counts(to_onnx_proto(Graph(plain).eval(), (q,), ["q"], ["score"], 18, "gemm"))
+    assert ops.get("ReduceMin", 0) == 0 and ops["TopK"] == 1
+
+
 def test_knn_scorer_chunking_gives_same_result() -> None:
     torch.manual_seed(6)
     q = torch.randn(3, 7, 7, 8)

@@ -28,6 +28,8 @@ Shapes: features ``[N, C, h, w]`` -> embeddings ``[N, h, w, C]`` -> bank ``[M, C
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -187,6 +189,9 @@ class RandomSampler:
         gen = torch.Generator().manual_seed(self.seed)
         return torch.randperm(features.shape[0], generator=gen)[: self.size]
 
+
+PAD_SCORE = 1e30
+"""Selection score of the rows that pad a bank slice to whole groups (``KNNScorer``): above any real one."""
 
 # The pruned coreset step gathers the points it measures; below this many (projected) channels a dense pass
 # over every point costs less than the gather (measured on bottle's banks: 24 channels, 2.6x slower with
@@ -365,6 +370,18 @@ class KNNScorer(nn.Module):
         searched in slices: each slice gives its ``k`` best (MatMul + TopK / ArgMin), and the best ``k``
         of those candidates win (a second TopK over ``k x slices`` values), so one step holds at most
         ``N x chunk x bank_chunk`` scores, and ``N x chunk x k x C`` gathered prototypes.
+
+        Within a bank (slice) of ``m`` prototypes the ``k`` best are found in two steps (``grouped``):
+        the scores are cut into groups of ``g ~ sqrt(m)`` prototypes (the slice padded with rows that
+        score ``PAD_SCORE``), each group's minimum taken (ReduceMin), the ``k`` groups with the smallest
+        minima chosen (TopK over ``m / g`` values), and the ``k`` best of those groups' ``k x g`` scores
+        selected (GatherElements + TopK). It is exact: each of the ``k`` smallest scores lies in one of
+        those ``k`` groups, because a group holding one of them has a minimum no larger than it, and
+        ``k`` other groups with smaller minima would make it at best the ``k + 1``-th. On ONNX Runtime's
+        CPU a TopK (or ArgMin) over thousands of scores per query costs several times this (about 4x at
+        ``m = 3000``, ``k = 3``); a small slice (fewer than ``4 k`` groups) keeps the one-step TopK. Eager
+        PyTorch keeps the one-step form (its TopK is the faster there): both select the same scores, so
+        the graph's map and score equal eager's (indices may differ only between tied scores).
     """
 
     def __init__(self, k: int = 1, chunk: int = 1024, bank_chunk: int = 8192) -> None:
@@ -379,6 +396,9 @@ class KNNScorer(nn.Module):
         self.chunk = chunk
         self.bank_chunk = bank_chunk
         self.fused = True  # the selection score in one product (see _scores)
+        # the k best in two steps, group minima first (see the class notes): None = in an exported graph
+        # only (torch's own TopK is faster eager, ONNX Runtime's slower), True = always, False = never
+        self.grouped: bool | None = None
 
     def _scores(self, qc: torch.Tensor, b_aug: torch.Tensor) -> torch.Tensor:
         """``[N, p, C]`` queries and the bank's ``[m, C + 1]`` rows ``[-2 y, |y|^2]`` -> ``[N, p, m]`` =
@@ -389,22 +409,48 @@ class KNNScorer(nn.Module):
             return b_aug[:, -1] + torch.matmul(qc, b_aug[:, :-1].T)
         return torch.matmul(torch.cat([qc, torch.ones_like(qc[..., :1])], dim=-1), b_aug.T)
 
+    def _group_size(self, m: int, k: int) -> int:
+        """Prototypes per group for a slice of ``m`` (``~sqrt(m)``, at least 8); 0: one-step TopK."""
+        grouped = torch.compiler.is_exporting() if self.grouped is None else self.grouped
+        g = max(8, round(math.sqrt(m)))
+        return g if grouped and -(-m // g) >= 4 * k else 0
+
+    def _best(self, qc: torch.Tensor, b_aug: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``[N, p, k]`` and row indices ``[N, p, k]`` of the ``k`` best rows of ``b_aug`` (the ``m``
+        rows of one slice, ``k <= m``) for each query; ``k == 1`` without grouping: ReduceMin + ArgMin."""
+        m = b_aug.shape[0]
+        g = self._group_size(m, k)
+        if not g:
+            score = self._scores(qc, b_aug)
+            if k == 1:
+                v, i = score.min(dim=-1, keepdim=True)
+                return v, i
+            v, i = torch.topk(score, k, dim=-1, largest=False)
+            return v, i
+        groups = -(-m // g)
+        if groups * g > m:  # padding rows [0, .., 0, PAD_SCORE]: a constant of the graph, never selected
+            pad = b_aug.new_zeros(groups * g - m, b_aug.shape[1])
+            pad[:, -1] = PAD_SCORE
+            b_aug = torch.cat([b_aug, pad])
+        score = self._scores(qc, b_aug).unflatten(-1, (groups, g))  # [N, p, groups, g]
+        best_groups = torch.topk(score.amin(dim=-1), k, dim=-1, largest=False).indices  # [N, p, k]
+        cand = torch.gather(score, 2, best_groups[..., None].expand(-1, -1, -1, g)).flatten(2)  # [N, p, k g]
+        v, local = torch.topk(cand, k, dim=-1, largest=False)
+        # a padding row can only be chosen when scores are not finite (NaN queries): its index is clamped
+        # to a real row, so the distance, recomputed from the query, stays NaN instead of failing a Gather
+        return v, (torch.gather(best_groups, -1, local // g) * g + local % g).clamp_max(m - 1)
+
     def _nearest(self, qc: torch.Tensor, b_aug: torch.Tensor, k: int) -> torch.Tensor:
         """Indices ``[N, p, k]`` of the ``k`` best prototypes (rows of ``b_aug``) for each query of ``qc``."""
         m = b_aug.shape[0]
         if m <= self.bank_chunk:
-            score = self._scores(qc, b_aug)
-            if k == 1:
-                return score.argmin(dim=-1, keepdim=True)
-            return torch.topk(score, k, dim=-1, largest=False).indices
+            if k == 1 and not self._group_size(m, k):
+                return self._scores(qc, b_aug).argmin(dim=-1, keepdim=True)
+            return self._best(qc, b_aug, k)[1]
         vals, idxs = [], []
         for start in range(0, m, self.bank_chunk):
-            score = self._scores(qc, b_aug[start : start + self.bank_chunk])
-            kk = min(k, score.shape[-1])
-            if kk == 1:
-                v, i = score.min(dim=-1, keepdim=True)
-            else:
-                v, i = torch.topk(score, kk, dim=-1, largest=False)
+            sl = b_aug[start : start + self.bank_chunk]
+            v, i = self._best(qc, sl, min(k, sl.shape[0]))
             vals.append(v)
             idxs.append(i + start)
         v, i = torch.cat(vals, dim=-1), torch.cat(idxs, dim=-1)  # [N, p, <= k x slices]
