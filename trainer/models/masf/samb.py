@@ -375,8 +375,8 @@ class KNNScorer(nn.Module):
         the scores are cut into groups of ``g ~ sqrt(m)`` prototypes (the slice padded with rows that
         score ``PAD_SCORE``), each group's minimum taken (ReduceMin), the ``k`` groups with the smallest
         minima chosen (TopK over ``m / g`` values), and the ``k`` best of those groups' ``k x g`` scores
-        selected (GatherElements + TopK). It is exact: each of the ``k`` smallest scores lies in one of
-        those ``k`` groups, because a group holding one of them has a minimum no larger than it, and
+        selected (a Gather of those rows + TopK). It is exact: each of the ``k`` smallest scores lies in
+        one of those ``k`` groups, because a group holding one of them has a minimum no larger than it, and
         ``k`` other groups with smaller minima would make it at best the ``k + 1``-th. On ONNX Runtime's
         CPU a TopK (or ArgMin) over thousands of scores per query costs several times this (about 4x at
         ``m = 3000``, ``k = 3``); a small slice (fewer than ``4 k`` groups) keeps the one-step TopK. Eager
@@ -434,7 +434,10 @@ class KNNScorer(nn.Module):
             b_aug = torch.cat([b_aug, pad])
         score = self._scores(qc, b_aug).unflatten(-1, (groups, g))  # [N, p, groups, g]
         best_groups = torch.topk(score.amin(dim=-1), k, dim=-1, largest=False).indices  # [N, p, k]
-        cand = torch.gather(score, 2, best_groups[..., None].expand(-1, -1, -1, g)).flatten(2)  # [N, p, k g]
+        # the chosen groups' rows of g scores: a Gather of whole rows (no index per score to expand)
+        n, p = score.shape[0], score.shape[1]
+        first = torch.arange(n * p, device=score.device).view(n, p, 1) * groups  # each query's first group
+        cand = score.flatten(0, 2)[(first + best_groups).flatten()].view(n, p, k * g)  # [N, p, k g]
         v, local = torch.topk(cand, k, dim=-1, largest=False)
         # a padding row can only be chosen when scores are not finite (NaN queries): its index is clamped
         # to a real row, so the distance, recomputed from the query, stays NaN instead of failing a Gather
