@@ -1,8 +1,9 @@
 """``masf-edge run``: the service's main loop, signals, systemd notification and exit codes.
 
-* Signal handlers only put the signal on a queue; the main loop acts on it: SIGTERM / SIGINT start the
-  graceful stop (parts in flight are scored and published, within ``pipeline.drain_timeout_s``), SIGHUP
-  reloads the config file (as the ``reload`` control request does).
+* Signal handlers only put the signal on a queue (and, with ``hard_stop``, start the stop's deadline
+  below: faulthandler's own timer, no lock or logging of ours); the main loop acts on it: SIGTERM /
+  SIGINT start the graceful stop (parts in flight are scored and published, within
+  ``pipeline.drain_timeout_s``), SIGHUP reloads the config file (as the ``reload`` control request does).
 * systemd (``Type=notify``): ``READY=1`` only after the sockets are bound, the models are loaded and
   warmed up and every camera was opened once (or is known to be down); ``WATCHDOG=1`` from the main
   loop only while the daemon is healthy (:meth:`edge.daemon.Daemon.health`: no stuck capture or
@@ -13,10 +14,11 @@
   died or stayed stuck until stop (the process then ends with ``os._exit``: a thread stuck in native
   code cannot be joined), 1 the stop itself passed its deadline.
 * The stop has a deadline even where closing a socket or joining a thread hangs: with ``hard_stop`` (the
-  ``masf-edge run`` process), once the stop begins the process ends within ``pipeline.drain_timeout_s``
-  plus :data:`STOP_GRACE_S`, interpreter shutdown included; past it every thread's stack is written to
-  stderr (the journal under systemd: where it hung) and the process exits 1, before systemd's
-  ``TimeoutStopSec`` would kill it without a word.
+  ``masf-edge run`` process), from the SIGTERM / SIGINT (or, for ``stop_event``, from the stop's start)
+  the process ends within ``pipeline.drain_timeout_s`` plus :data:`STOP_GRACE_S`, interpreter shutdown
+  included, also when the main loop itself is wedged and never reads the signal; past it every thread's
+  stack is written to stderr (the journal under systemd: where it hung) and the process exits 1, before
+  systemd's ``TimeoutStopSec`` would kill it without a word.
 """
 
 from __future__ import annotations
@@ -80,8 +82,21 @@ def run_service(
         cfg = load_edge_config(path, overrides)
     signals: queue.Queue[int] = queue.Queue()
     signum: int | None
+    limit = cfg.pipeline.drain_timeout_s + STOP_GRACE_S
+    deadline_armed: list[bool] = []  # the stop's deadline is running (armed once)
 
-    def enqueue(signum: int, frame: FrameType | None) -> None:  # only enqueues: no locks, no logging
+    def arm_deadline() -> bool:
+        """Start the stop's deadline (``hard_stop`` only, once); True when this call started it."""
+        if not hard_stop or deadline_armed or sys.__stderr__ is None:
+            return False
+        # armed until the process ends: a hang in the loop, a close, a join or interpreter shutdown
+        faulthandler.dump_traceback_later(limit, exit=True, file=sys.__stderr__)
+        deadline_armed.append(True)
+        return True
+
+    def enqueue(signum: int, frame: FrameType | None) -> None:  # enqueues: no locks, no logging
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            arm_deadline()  # a main loop wedged before it reads the queue still ends at the deadline
         signals.put(signum)
 
     old: dict[int, Any] = {}
@@ -130,10 +145,8 @@ def run_service(
                 status_due = time.monotonic() + _STATUS_EVERY_S
                 notifier.status(daemon.status_line())
         notifier.stopping(f"stopping: draining parts in flight (up to {cfg.pipeline.drain_timeout_s:g} s)")
-        limit = cfg.pipeline.drain_timeout_s + STOP_GRACE_S
-        if hard_stop and sys.__stderr__ is not None:
-            # armed until the process ends: a hang in a close, a join or interpreter shutdown is covered
-            faulthandler.dump_traceback_later(limit, exit=True, file=sys.__stderr__)
+        arm_deadline()  # a stop_event's stop: from now
+        if deadline_armed:
             log.info("stopping: draining parts in flight (the process ends within %g s)", limit)
         else:
             log.info("stopping: draining parts in flight")

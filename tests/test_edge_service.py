@@ -245,6 +245,58 @@ sys.exit(main(["run", "--config", sys.argv[1]]))
 """
 
 
+_WEDGED_LOOP = """
+import os, sys, threading
+import edge.service as service
+from edge.cli import main
+from edge.daemon import Daemon
+
+service.STOP_GRACE_S = 1.0
+ticked = Daemon.tick
+
+
+def tick(self):  # once the test says so, the main loop blocks in a tick and never reads its signal queue
+    ticked(self)
+    if os.path.exists(sys.argv[2]):
+        threading.Event().wait()
+
+
+Daemon.tick = tick
+sys.exit(main(["run", "--config", sys.argv[1]]))
+"""
+
+
+def test_a_main_loop_wedged_before_the_stop_still_ends_at_the_deadline(tmp_path: Path, bundle: Path) -> None:
+    """SIGTERM to a ``masf-edge run`` whose main loop is blocked (it never reads the signal): the deadline
+    starts at the signal, so the process ends at the drain deadline plus the grace, exit 1, with the
+    blocked call in the stacks on stderr."""
+    doc = line_config(tmp_path, [_folder_cam(bundle, tmp_path / "parts")])
+    write_parts(tmp_path / "parts", 4)
+    doc["pipeline"]["drain_timeout_s"] = 0.5
+    cfg = write_config(tmp_path, doc)
+    wedge = tmp_path / "wedge"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WEDGED_LOOP, str(cfg), str(wedge)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_ready(doc["control"]["address"])
+        wedge.touch()
+        time.sleep(1.0)  # a few ticks: the loop is now blocked
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out[-3000:]
+    assert "Timeout (0:00:01.500000)!" in out and "in tick" in out, out[-3000:]
+    assert "stopping" not in out  # the loop never got to the stop: only the deadline ended it
+    assert took < 20, took
+
+
 def test_a_stop_that_hangs_ends_at_its_deadline_with_every_threads_stack(
     tmp_path: Path, bundle: Path
 ) -> None:
