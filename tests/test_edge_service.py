@@ -245,6 +245,31 @@ sys.exit(main(["run", "--config", sys.argv[1]]))
 """
 
 
+def _sigterm_once_ready(
+    script: list[str], doc: dict[str, Any], wedge: Path | None = None
+) -> tuple[int, str, float]:
+    """Run ``python -c *script``, wait until its daemon answers ``status``, create ``wedge`` (when given)
+    and let a second of ticks pass, send SIGTERM; its exit code, output and seconds from the signal to
+    its end (killed after 30 s)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", *script],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_ready(doc["control"]["address"])
+        if wedge is not None:
+            wedge.touch()
+            time.sleep(1.0)  # a few ticks: the loop is now blocked
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        return proc.returncode, out, time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 _WEDGED_LOOP = """
 import os, sys, threading
 import edge.service as service
@@ -275,23 +300,8 @@ def test_a_main_loop_wedged_before_the_stop_still_ends_at_the_deadline(tmp_path:
     doc["pipeline"]["drain_timeout_s"] = 0.5
     cfg = write_config(tmp_path, doc)
     wedge = tmp_path / "wedge"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _WEDGED_LOOP, str(cfg), str(wedge)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        wait_ready(doc["control"]["address"])
-        wedge.touch()
-        time.sleep(1.0)  # a few ticks: the loop is now blocked
-        proc.send_signal(signal.SIGTERM)
-        start = time.monotonic()
-        out, _ = proc.communicate(timeout=30)
-        took = time.monotonic() - start
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, out[-3000:]
+    code, out, took = _sigterm_once_ready([_WEDGED_LOOP, str(cfg), str(wedge)], doc, wedge)
+    assert code == 1, out[-3000:]
     assert "Timeout (0:00:01.500000)!" in out and "in tick" in out, out[-3000:]
     assert "stopping" not in out  # the loop never got to the stop: only the deadline ended it
     assert took < 20, took
@@ -306,21 +316,8 @@ def test_a_stop_that_hangs_ends_at_its_deadline_with_every_threads_stack(
     write_parts(tmp_path / "parts", 4)
     doc["pipeline"]["drain_timeout_s"] = 0.5
     cfg = write_config(tmp_path, doc)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _STUCK_STOP, str(cfg)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        wait_ready(doc["control"]["address"])
-        proc.send_signal(signal.SIGTERM)
-        start = time.monotonic()
-        out, _ = proc.communicate(timeout=30)
-        took = time.monotonic() - start
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, out[-3000:]
+    code, out, took = _sigterm_once_ready([_STUCK_STOP, str(cfg)], doc)
+    assert code == 1, out[-3000:]
     assert "the process ends within 1.5 s" in out
     assert "Timeout (0:00:01.500000)!" in out and "in shutdown" in out  # faulthandler: where it hung
     assert took < 20, took

@@ -229,6 +229,18 @@ def test_knn_scorer_matches_brute_force(k: int) -> None:
     torch.testing.assert_close(got, _brute_knn(q, bank, k), atol=1e-4, rtol=1e-4)
 
 
+class _BankGraph(torch.nn.Module):
+    """A scorer with its bank as a buffer: what an exported graph holds."""
+
+    def __init__(self, scorer: KNNScorer, bank: torch.Tensor) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.register_buffer("bank", bank)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scorer(x, self.bank)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_knn_selection_in_one_product_picks_the_same_neighbours(k: int) -> None:
     """The selection score as one product with ``[-2 y, |y|^2]`` equals ``|y|^2 - 2 x.y`` (the former
@@ -248,18 +260,9 @@ def test_knn_selection_in_one_product_picks_the_same_neighbours(k: int) -> None:
     torch.testing.assert_close(fused(q, bank), plain(q, bank), atol=0, rtol=0)
     torch.testing.assert_close(fused(q, bank), _brute_knn(q, bank, k), atol=1e-4, rtol=1e-4)
 
-    class Graph(torch.nn.Module):
-        def __init__(self, scorer: KNNScorer) -> None:
-            super().__init__()
-            self.scorer = scorer
-            self.register_buffer("bank", bank)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.scorer(x, self.bank)
-
     ops = {}
     for name, scorer in (("fused", fused), ("plain", plain)):
-        proto = to_onnx_proto(Graph(scorer).eval(), (q,), ["q"], ["score"], 18, "gemm")
+        proto = to_onnx_proto(_BankGraph(scorer, bank).eval(), (q,), ["q"], ["score"], 18, "gemm")
         ops[name] = op_counts(proto)
     # 3 bank slices of <= 128: one MatMul each for the selection (+ none elsewhere on the bank side)
     assert ops["fused"]["MatMul"] == ops["plain"]["MatMul"] == 3
@@ -308,19 +311,10 @@ def test_grouped_selection_exports_and_runs_as_eager_does() -> None:
     bank = torch.randn(3000, 24, generator=gen)
     q = torch.randn(2, 32, 32, 24, generator=gen)
 
-    class Graph(torch.nn.Module):
-        def __init__(self, scorer: KNNScorer) -> None:
-            super().__init__()
-            self.scorer = scorer
-            self.register_buffer("bank", bank)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.scorer(x, self.bank)
-
     for k in (1, 3):
         scorer = KNNScorer(k=k)
         assert scorer.grouped is None
-        proto = to_onnx_proto(Graph(scorer).eval(), (q,), ["q"], ["score"], 18, "gemm")
+        proto = to_onnx_proto(_BankGraph(scorer, bank).eval(), (q,), ["q"], ["score"], 18, "gemm")
         ops = op_counts(proto)
         assert ops["ReduceMin"] == 1 and ops["GatherElements"] == 1 and ops.get("ArgMin", 0) == 0
         assert ops["TopK"] == 2  # over the 55 group minima, then over the k x 55 candidates
@@ -335,7 +329,7 @@ def test_grouped_selection_exports_and_runs_as_eager_does() -> None:
         assert np.isnan(got[1, 3, 4]) and np.isfinite(np.delete(got.reshape(-1), 32 * 32 + 3 * 32 + 4)).all()
     plain = KNNScorer(k=3)
     plain.grouped = False
-    ops = op_counts(to_onnx_proto(Graph(plain).eval(), (q,), ["q"], ["score"], 18, "gemm"))
+    ops = op_counts(to_onnx_proto(_BankGraph(plain, bank).eval(), (q,), ["q"], ["score"], 18, "gemm"))
     assert ops.get("ReduceMin", 0) == 0 and ops["TopK"] == 1
 
 
