@@ -85,14 +85,13 @@ def run_service(
     limit = cfg.pipeline.drain_timeout_s + STOP_GRACE_S
     deadline_armed: list[bool] = []  # the stop's deadline is running (armed once)
 
-    def arm_deadline() -> bool:
-        """Start the stop's deadline (``hard_stop`` only, once); True when this call started it."""
+    def arm_deadline() -> None:
+        """Start the stop's deadline (``hard_stop`` only, once)."""
         if not hard_stop or deadline_armed or sys.__stderr__ is None:
-            return False
+            return
         # armed until the process ends: a hang in the loop, a close, a join or interpreter shutdown
         faulthandler.dump_traceback_later(limit, exit=True, file=sys.__stderr__)
         deadline_armed.append(True)
-        return True
 
     def enqueue(signum: int, frame: FrameType | None) -> None:  # enqueues: no locks, no logging
         if signum in (signal.SIGTERM, signal.SIGINT):
