@@ -447,8 +447,6 @@ class KNNScorer(nn.Module):
         """Indices ``[N, p, k]`` of the ``k`` best prototypes (rows of ``b_aug``) for each query of ``qc``."""
         m = b_aug.shape[0]
         if m <= self.bank_chunk:
-            if k == 1 and not self._group_size(m, k):
-                return self._scores(qc, b_aug).argmin(dim=-1, keepdim=True)
             return self._best(qc, b_aug, k)[1]
         vals, idxs = [], []
         for start in range(0, m, self.bank_chunk):
