@@ -83,15 +83,16 @@ def run_service(
     signals: queue.Queue[int] = queue.Queue()
     signum: int | None
     limit = cfg.pipeline.drain_timeout_s + STOP_GRACE_S
-    deadline_armed: list[bool] = []  # the stop's deadline is running (armed once)
+    deadline_armed = False  # the stop's deadline is running (armed once)
 
     def arm_deadline() -> None:
         """Start the stop's deadline (``hard_stop`` only, once)."""
+        nonlocal deadline_armed
         if not hard_stop or deadline_armed or sys.__stderr__ is None:
             return
         # armed until the process ends: a hang in the loop, a close, a join or interpreter shutdown
         faulthandler.dump_traceback_later(limit, exit=True, file=sys.__stderr__)
-        deadline_armed.append(True)
+        deadline_armed = True
 
     def enqueue(signum: int, frame: FrameType | None) -> None:  # enqueues: no locks, no logging
         if signum in (signal.SIGTERM, signal.SIGINT):
