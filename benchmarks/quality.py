@@ -98,6 +98,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "position": ({"position.enabled": True, "position.weight": 0.25}, "", False),
     # Round 15 (fixed before its run): the same in the on-device profile.
     "fast_position": ({"position.enabled": True, "position.weight": 0.25}, "", False),
+    # Round 16: the map's smoothing chosen per part (sigma 4 or 2) is in both shipped profiles ("full",
+    # "fast"); the profiles with sigma 4 fixed, as they were before, are these controls.
+    "sigma4": ({"score.sigma_candidates": []}, "", False),
+    "fast_sigma4": ({"score.sigma_candidates": []}, "", False),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
@@ -109,6 +113,7 @@ VARIANT_CONFIG = {
     "fast": FAST,
     "fast_lite0": FAST,
     "fast_position": FAST,
+    "fast_sigma4": FAST,
 }
 LABELS = {
     "full": "full MASF",
@@ -136,6 +141,8 @@ LABELS = {
     "lite0_distill_only": "distillation only, lite0 teacher",
     "position": "full MASF with the position cue in the image score (weight 0.25 or 0, chosen per part)",
     "fast_position": "on-device profile with the position cue in the image score (weight 0.25 or 0)",
+    "sigma4": "full MASF with the smoothing fixed at sigma 4 (the full profile before round 16)",
+    "fast_sigma4": "on-device profile with the smoothing fixed at sigma 4 (the profile before round 16)",
 }
 METRICS = (
     "image_auroc",
@@ -235,6 +242,8 @@ def evaluate(dataset: str, run_dir: Path, derive: str, tta: bool) -> dict[str, A
     res["fusion_selection"] = selection
     res["score_reduce"] = info.config.score.reduce
     res["score_selection"] = info.meta.get("score_selection")
+    res["score_sigma"] = info.config.score.sigma
+    res["smoothing_selection"] = info.meta.get("smoothing_selection")
     return res
 
 
@@ -261,10 +270,14 @@ def _score(row: dict[str, Any]) -> str:
     """The image score; with the per-part choice, each candidate's synthetic objective."""
     selection = row.get("score_selection")
     reduce = str(row.get("score_reduce", "max"))
-    if not selection:
+    if selection:
+        objectives = ", ".join(f"{c['reduce']} {c['objective']:.4f}" for c in selection["candidates"])
+        reduce = f"{reduce} (chosen: {objectives})"
+    smoothing = row.get("smoothing_selection")
+    if not smoothing:
         return reduce
-    objectives = ", ".join(f"{c['reduce']} {c['objective']:.4f}" for c in selection["candidates"])
-    return f"{reduce} (chosen: {objectives})"
+    sigmas = ", ".join(f"{c['sigma']:g} {c['objective']:.4f}" for c in smoothing["candidates"])
+    return f"{reduce}, sigma {smoothing['sigma']:g} (chosen: {sigmas})"
 
 
 def designs_markdown(rows: list[dict[str, Any]]) -> str:
@@ -446,6 +459,8 @@ def main() -> int:
                         "fusion_selection",
                         "score_reduce",
                         "score_selection",
+                        "score_sigma",
+                        "smoothing_selection",
                         "synthetic",
                         "calibration",
                     )

@@ -1,4 +1,5 @@
-"""Tests for trainer.score_choice: the image score (largest pixel or top-1 % mean) chosen per part."""
+"""Tests for trainer.score_choice: the image score (largest pixel or top-1 % mean) and the map's smoothing
+chosen per part."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conftest import tiny_config
 from engine_support import ExportedBundle, exported_bundle
 
 from trainer.runs import load_run
-from trainer.score_choice import TOPK_LIMIT, eligible, select_score_reduce
+from trainer.score_choice import TOPK_LIMIT, baseline, eligible, select_score_reduce, select_smoothing
 from trainer.select import CueSet
 
 H = W = 32
@@ -144,6 +145,72 @@ def test_given_cues_are_used_as_they_are() -> None:
     assert [r["objective"] for r in chosen.candidates] == [r["objective"] for r in rows]
 
 
+def _smooth(probe: _Probe, sigmas: list[float]) -> tuple[float, list[dict[str, object]]]:
+    model = _FakeModel()
+    chosen = select_smoothing(
+        model,  # type: ignore[arg-type]
+        [np.zeros((H, W, 3), np.uint8)] * 20,
+        None,  # type: ignore[arg-type]
+        torch.device("cpu"),
+        sigmas,
+        0,
+        probe=probe,  # type: ignore[arg-type]
+    )
+    assert chosen is not None
+    assert model.post.sigma == 0.0 and model.post.reduce == "max"  # the model is left as it was
+    assert [r["sigma"] for r in chosen.candidates] == sigmas
+    return chosen.sigma, chosen.candidates
+
+
+def _faint_areas(rng: np.random.Generator, n: int = 20) -> _Probe:
+    """Pixel noise of SD 0.3 everywhere (a grainy texture); each defect an 8x8 area raised by only 0.35,
+    inside the noise of single pixels but far above it once averaged over a few pixels."""
+    good = torch.from_numpy(rng.normal(0, 0.3, (n, H, W)).astype(np.float32))
+    bad = torch.from_numpy(rng.normal(0, 0.3, (2 * n, H, W)).astype(np.float32))
+    masks = np.zeros((2 * n, H, W), dtype=bool)
+    for i, b in enumerate(bad):
+        y, x = rng.integers(6, H - 14, 2)
+        b[y : y + 8, x : x + 8] += 0.35
+        masks[i, y : y + 8, x : x + 8] = True
+    return _Probe(_Inputs(good), _Inputs(bad, masks), np.arange(2 * n) % n)
+
+
+def test_faint_area_defects_in_a_grainy_texture_choose_the_wider_smoothing() -> None:
+    sigma, rows = _smooth(_faint_areas(np.random.default_rng(3)), [0.0, 2.0])
+    assert sigma == 2.0
+    by = {r["sigma"]: r for r in rows}
+    assert by[2.0]["image_auroc"] > by[0.0]["image_auroc"] + 0.1  # type: ignore[operator]
+    assert by[2.0]["pixel_auroc"] > by[0.0]["pixel_auroc"] + 0.1  # type: ignore[operator]  # the map changes too
+    assert by[0.0]["within_1se"] == 0.0 and len(by[0.0]["folds"]) == 5  # type: ignore[arg-type]
+
+
+def test_single_pixel_defects_choose_the_narrower_smoothing() -> None:
+    # no grain; each defect one pixel raised by 3: a blur of sigma 2 spreads it to a fraction of that
+    sigma, rows = _smooth(_probe(0.0, "pixel", np.random.default_rng(1)), [2.0, 0.0])
+    assert sigma == 0.0
+    by = {r["sigma"]: r for r in rows}
+    assert by[0.0]["image_auroc"] > by[2.0]["image_auroc"]  # type: ignore[operator]
+
+
+def test_one_smoothing_candidate_is_no_choice() -> None:
+    probe = _probe(0.0, "pixel", np.random.default_rng(1))
+    args = ([np.zeros((H, W, 3), np.uint8)] * 20, None, torch.device("cpu"))
+    assert select_smoothing(_FakeModel(), *args, [4.0], 0, probe=probe) is None  # type: ignore[arg-type]
+
+
+def test_the_baseline_takes_the_first_score_and_smoothing_candidates() -> None:
+    cfg = tiny_config(
+        score={"select": "synthetic", "reduce": "topk_mean", "sigma": 2.0, "sigma_candidates": [4.0, 2.0]}
+    )
+    assert (baseline(cfg).score.reduce, baseline(cfg).score.sigma) == ("max", 4.0)
+    plain = tiny_config(score={"select": "synthetic", "reduce": "topk_mean", "sigma": 2.0})
+    assert (baseline(plain).score.reduce, baseline(plain).score.sigma) == ("max", 2.0)  # no list: kept
+    off = tiny_config(
+        score={"select": "none", "reduce": "topk_mean", "sigma": 2.0, "sigma_candidates": [4.0]}
+    )
+    assert baseline(off) is off
+
+
 def test_topk_mean_is_only_a_candidate_under_tensorrts_topk_limit() -> None:
     assert eligible(["max", "topk_mean"], (256, 256), 0.01) == ["max", "topk_mean"]  # k = 655
     big = (1024, 1024)  # k = 10,486 at 1 %
@@ -158,7 +225,12 @@ def chosen_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("score_choice")
-    fit(tiny_config(score={"select": "synthetic"}), synth_data, out, progress=False)
+    fit(
+        tiny_config(score={"select": "synthetic", "sigma_candidates": [4.0, 2.0]}),
+        synth_data,
+        out,
+        progress=False,
+    )
     return out
 
 
@@ -175,6 +247,23 @@ def test_fit_stores_the_image_score_choice_and_the_run_reloads_with_it(chosen_ru
     assert info.config.score.select == "synthetic"
 
 
+def test_fit_stores_the_smoothing_choice_before_the_image_score_and_reloads_with_it(chosen_run: Path) -> None:
+    doc = json.loads((chosen_run / "run.json").read_text())
+    sel = doc["smoothing_selection"]
+    assert [r["sigma"] for r in sel["candidates"]] == [4.0, 2.0]
+    assert sel["n_good"] == doc["calibration"]["n_fit_images"]
+    assert sel["n_synthetic"] == doc["fusion_selection"]["n_synthetic"]
+    fine = [r["sigma"] for r in sel["candidates"] if r["within_1se"] == 1.0]
+    assert sel["sigma"] == fine[0]
+    # the image score was chosen on the chosen smoothing: its row for the chosen score is that row
+    chosen = next(r for r in sel["candidates"] if r["sigma"] == sel["sigma"])
+    score_rows = {r["reduce"]: r for r in doc["score_selection"]["candidates"]}
+    assert score_rows["max"]["objective"] == pytest.approx(chosen["objective"], abs=1e-9)
+    model, info = load_run(chosen_run)
+    assert info.config.score.sigma == sel["sigma"] == model.post.sigma
+    assert info.config.score.sigma_candidates == [4.0, 2.0]
+
+
 def test_recalibration_chooses_the_mix_with_the_baseline_score_as_the_fit_did(
     chosen_run: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,31 +274,33 @@ def test_recalibration_chooses_the_mix_with_the_baseline_score_as_the_fit_did(
     import trainer.train
     from trainer.models.masf.ughf import MapPostprocess
 
-    seen: list[str] = []
+    seen: list[tuple[str, float]] = []
     real = trainer.train.select_cue_mix
 
     def spy(model, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(model.post.reduce)
+        seen.append((model.post.reduce, model.post.sigma))
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(trainer.train, "select_cue_mix", spy)
     doc = json.loads((chosen_run / "run.json").read_text())
     model, info = load_run(chosen_run)
-    # whatever the tiny run chose, make the saved score the other candidate than the baseline
-    model.post = MapPostprocess(model.post.sigma, "topk_mean", model.post.topk_fraction)
-    info.config = replace(info.config, score=replace(info.config.score, reduce="topk_mean"))
+    # whatever the tiny run chose, make the saved score and smoothing the others than the baseline's
+    model.post = MapPostprocess(2.0, "topk_mean", model.post.topk_fraction)
+    info.config = replace(info.config, score=replace(info.config.score, reduce="topk_mean", sigma=2.0))
     again = trainer.train.recalibrate(model, info, synth_data)
-    assert seen == ["max"]
+    assert seen == [("max", 4.0)]
     assert again.config.fusion.cos_weight == doc["fusion_selection"]["cos_weight"]
     assert again.config.score.reduce == doc["score_selection"]["reduce"] == model.post.reduce
+    assert again.config.score.sigma == doc["smoothing_selection"]["sigma"] == model.post.sigma
     assert again.meta["score_selection"]["candidates"] == doc["score_selection"]["candidates"]
+    assert again.meta["smoothing_selection"]["candidates"] == doc["smoothing_selection"]["candidates"]
 
 
 def test_runs_without_the_choice_keep_the_configured_score(trained_run: Path) -> None:
     doc = json.loads((trained_run / "run.json").read_text())
-    assert doc["score_selection"] is None
+    assert doc["score_selection"] is None and doc["smoothing_selection"] is None
     _, info = load_run(trained_run)
-    assert info.config.score.reduce == "max"
+    assert (info.config.score.reduce, info.config.score.sigma) == ("max", 4.0)
 
 
 def test_a_top_pixels_mean_run_exports_with_parity(

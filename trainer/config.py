@@ -285,6 +285,17 @@ class ScoreSection:
             "rule": "a non-empty list of distinct values among 'max', 'topk_mean'",
         },
     )
+    # With select: synthetic, the map's smoothing sigma is chosen among these first (after the cue mix,
+    # before the image score; the same synthetic defects, one standard error, the earliest listed kept
+    # unless another is measurably better): a part whose defects are a few pixels wide may need less
+    # smoothing than a grainy texture. Empty: sigma as configured.
+    sigma_candidates: list[float] = field(
+        default_factory=list,
+        metadata={
+            "check": lambda v: len(v) == len(set(v)) and all(x >= 0 for x in v),
+            "rule": "a list of distinct non-negative numbers (empty: keep sigma)",
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ a recalibration alike, so that recalibrating a saved run (whose config holds the
 the fit's choices.
 
 ``topk_mean`` is only a candidate when its ``k`` stays under TensorRT's TopK limit (``k < 3840`` per
-model input), so that every backend can run the chosen score. Measured: ``benchmarks/RESULTS.md``.
+model input), so that every backend can run the chosen score.
+
+The map's smoothing (``score.sigma``, a Gaussian of that many frame pixels) is chosen the same way when
+``score.sigma_candidates`` lists more than one value (:func:`select_smoothing`): after the cue mix and
+before the image score, which is then chosen on the chosen smoothing. A blur as wide as a defect lifts a
+defect area out of a grainy texture; a narrower one keeps a defect of a few pixels from being spread
+thin. Here every term of the objective can differ (the map changes). Measured:
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,48 +40,121 @@ import torch
 from engines.preprocess import PreprocessSpec
 from trainer.config import Config
 from trainer.models.masf import MASF
+from trainer.models.masf.ughf import MapPostprocess
 from trainer.select import CueSet, SyntheticProbe, model_mix, rank_mixes, synthetic_probe, within_one_se
 
-__all__ = ["TOPK_LIMIT", "ScoreSelection", "baseline", "eligible", "select_score_reduce"]
+__all__ = [
+    "TOPK_LIMIT",
+    "ScoreSelection",
+    "SmoothingSelection",
+    "baseline",
+    "eligible",
+    "select_score_reduce",
+    "select_smoothing",
+]
 
 _logger = logging.getLogger(__name__)
 
 TOPK_LIMIT = 3840  # TensorRT's TopK: k < 3840 per call
+_RULE = (
+    "graded synthetic defects in calibration fit images; image AUROC + pixel AUROC + AUPRO; "
+    "1-SE, the earliest listed candidate"
+)
 
 
 @dataclass(frozen=True)
-class ScoreSelection:
-    """The chosen ``score.reduce`` and every candidate's row (objective, standard error, folds)."""
+class _Choice:
+    """A chosen post-processing setting (named by the subclass's ``KEY``) and every candidate's row
+    (objective, standard error, folds)."""
 
-    reduce: str
+    KEY: ClassVar[str]
     candidates: list[dict[str, Any]]
     n_good: int
     n_synthetic: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rule": "graded synthetic defects in calibration fit images; image AUROC + pixel AUROC + AUPRO; "
-            "1-SE, the earliest listed candidate",
-            "reduce": self.reduce,
+            "rule": _RULE,
+            self.KEY: getattr(self, self.KEY),
             "n_good": self.n_good,
             "n_synthetic": self.n_synthetic,
             "candidates": self.candidates,
         }
 
 
+@dataclass(frozen=True)
+class ScoreSelection(_Choice):
+    """The chosen ``score.reduce`` and every candidate's row."""
+
+    KEY: ClassVar[str] = "reduce"
+    reduce: str = "max"
+
+
+@dataclass(frozen=True)
+class SmoothingSelection(_Choice):
+    """The chosen ``score.sigma`` and every candidate's row."""
+
+    KEY: ClassVar[str] = "sigma"
+    sigma: float = 4.0
+
+
 def baseline(cfg: Config) -> Config:
-    """``cfg`` with the image score the earlier choices are made with: the first of ``score.candidates``
-    when ``score.select`` is ``synthetic``, else ``cfg`` unchanged."""
+    """``cfg`` with the image score and smoothing the earlier choices are made with: the first of
+    ``score.candidates`` and of ``score.sigma_candidates`` (when it lists any) when ``score.select`` is
+    ``synthetic``, else ``cfg`` unchanged."""
     sc = cfg.score
-    if sc.select != "synthetic" or sc.reduce == sc.candidates[0]:
+    if sc.select != "synthetic":
         return cfg
-    return replace(cfg, score=replace(sc, reduce=sc.candidates[0]))
+    reduce = sc.candidates[0]
+    sigma = sc.sigma_candidates[0] if sc.sigma_candidates else sc.sigma
+    if (sc.reduce, sc.sigma) == (reduce, sigma):
+        return cfg
+    return replace(cfg, score=replace(sc, reduce=reduce, sigma=sigma))
 
 
 def eligible(candidates: Sequence[str], input_size: tuple[int, int], topk_fraction: float) -> list[str]:
     """The candidates every backend can run at this model input size (``topk_mean``: ``k < 3840``)."""
     k = max(1, round(topk_fraction * input_size[0] * input_size[1]))
     return [c for c in candidates if c != "topk_mean" or k < TOPK_LIMIT]
+
+
+def _rank_posts(
+    model: MASF,
+    n_fit: int,
+    probe: SyntheticProbe,
+    cues: tuple[CueSet, CueSet] | None,
+    key: str,
+    posts: Sequence[tuple[Any, MapPostprocess]],
+) -> tuple[int, list[dict[str, Any]]]:
+    """Each ``(value, post)`` of ``posts`` ranked with the model's cues and mix on ``probe``'s synthetic
+    defects: the chosen index (one-standard-error rule, the earliest listed) and one row per candidate
+    (``{key: value, metrics..., "folds": [...]}``). The model's ``post`` is restored."""
+    kept = model.post
+    good, bad = cues if cues is not None else (probe.good.cues(model), probe.defective.cues(model))
+    groups = (np.arange(n_fit), probe.sources)
+    mix = [model_mix(model)]
+    rows: list[dict[str, Any]] = []
+    folds: list[list[float]] = []
+    try:
+        for value, post in posts:
+            model.post = post
+            values: list[list[float]] = []
+            _, ranked = rank_mixes(model, good, bad, probe.masks, mix, groups, fold_values=values)
+            metrics = {k: ranked[0][k] for k in ("image_auroc", "pixel_auroc", "aupro", "objective")}
+            rows.append({key: value, **metrics})
+            folds.append(values[0])
+    finally:
+        model.post = kept
+    chosen = min(within_one_se(rows, np.asarray(folds)))
+    for row, f in zip(rows, folds, strict=True):
+        row["folds"] = f
+    _logger.info(
+        "%s %s chosen on synthetic defects (%s)",
+        "image score" if key == "reduce" else "smoothing sigma",
+        rows[chosen][key],
+        ", ".join(f"{r[key]} {r['objective']:.4f}" for r in rows),
+    )
+    return chosen, rows
 
 
 @torch.no_grad()
@@ -105,27 +185,32 @@ def select_score_reduce(
         probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
         if probe is None:
             return None
-    good, bad = cues if cues is not None else (probe.good.cues(model), probe.defective.cues(model))
-    groups = (np.arange(len(fit_images)), probe.sources)
-    mix = [model_mix(model)]
-    rows: list[dict[str, Any]] = []
-    folds: list[list[float]] = []
-    try:
-        for reduce in names:
-            model.post = post.with_reduce(reduce)
-            values: list[list[float]] = []
-            _, ranked = rank_mixes(model, good, bad, probe.masks, mix, groups, fold_values=values)
-            metrics = {k: ranked[0][k] for k in ("image_auroc", "pixel_auroc", "aupro", "objective")}
-            rows.append({"reduce": reduce, **metrics})
-            folds.append(values[0])
-    finally:
-        model.post = post
-    chosen = rows[min(within_one_se(rows, np.asarray(folds)))]["reduce"]
-    for row, f in zip(rows, folds, strict=True):
-        row["folds"] = f
-    _logger.info(
-        "image score %s chosen on synthetic defects (%s)",
-        chosen,
-        ", ".join(f"{r['reduce']} {r['objective']:.4f}" for r in rows),
-    )
-    return ScoreSelection(chosen, rows, len(fit_images), len(probe.sources))
+    posts = [(name, post.with_reduce(name)) for name in names]
+    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, "reduce", posts)
+    return ScoreSelection(rows, len(fit_images), len(probe.sources), reduce=names[chosen])
+
+
+@torch.no_grad()
+def select_smoothing(
+    model: MASF,
+    fit_images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    candidates: Sequence[float],
+    seed: int,
+    batch_size: int = 8,
+    probe: SyntheticProbe | None = None,
+    cues: tuple[CueSet, CueSet] | None = None,
+) -> SmoothingSelection | None:
+    """Rank ``candidates`` (values of ``score.sigma``) for ``model`` as it is, with its image score, on
+    the synthetic defects of ``fit_images``; arguments as :func:`select_score_reduce`. ``None`` with
+    fewer than two candidates or when no defect survives the resize. The model is left unchanged."""
+    if len(candidates) < 2:
+        return None
+    if probe is None:
+        probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
+        if probe is None:
+            return None
+    posts = [(float(s), model.post.with_sigma(float(s))) for s in candidates]
+    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, "sigma", posts)
+    return SmoothingSelection(rows, len(fit_images), len(probe.sources), sigma=float(candidates[chosen]))

@@ -65,7 +65,13 @@ from trainer.position_choice import (
     set_position_statistics,
 )
 from trainer.runs import RunInfo, save_run
-from trainer.score_choice import ScoreSelection, baseline, select_score_reduce
+from trainer.score_choice import (
+    ScoreSelection,
+    SmoothingSelection,
+    baseline,
+    select_score_reduce,
+    select_smoothing,
+)
 from trainer.select import (
     CueSet,
     MixSelection,
@@ -345,7 +351,7 @@ class Calibrated:
     """What :func:`calibrate_model` decided: the config with the chosen cue mix and image score, a
     calibration per inference path (``{"plain": ..., "tta": ...}``), the cue-mix selection (``None``: not
     run), the roles of the calibration images (indices into the run's calibration list) and the
-    image-score selection (``None``: not run)."""
+    image-score and smoothing selections (``None``: not run)."""
 
     config: Config
     by_path: dict[str, Calibration]
@@ -355,6 +361,7 @@ class Calibrated:
     review: list[tuple[int, float]] | None = None
     position: PositionSelection | None = None
     escapes: dict[str, Any] | None = None
+    smoothing: SmoothingSelection | None = None
 
     def reindexed(self, keep: Sequence[int]) -> Calibrated:
         """The same, its roles and review as indices into a longer list of which the calibrated images
@@ -369,6 +376,7 @@ class Calibrated:
         return {
             "calibration_by_path": {k: v.to_dict() for k, v in self.by_path.items()},
             "fusion_selection": self.selection.to_dict() if self.selection else None,
+            "smoothing_selection": self.smoothing.to_dict() if self.smoothing else None,
             "score_selection": self.score.to_dict() if self.score else None,
             "position_selection": self.position.to_dict() if self.position else None,
             "calibration_roles": self.roles,
@@ -420,9 +428,9 @@ def calibrate_model(
     probe: SyntheticProbe | None = None,
     probe_cues: tuple[CueSet, CueSet] | None = None,
 ) -> Calibrated:
-    """Cue statistics, the cue mix (``fusion.select``) and the image score (``score.select``) on the fit
-    images, then a threshold for each inference path on the threshold images (disjoint,
-    :func:`calibration_roles`).
+    """Cue statistics, the cue mix (``fusion.select``), the map's smoothing and the image score
+    (``score.select``) on the fit images, then a threshold for each inference path on the threshold
+    images (disjoint, :func:`calibration_roles`).
 
     Both paths are calibrated so that an evaluation or a deployment with or without TTSA always uses the
     threshold of the path it runs (a TTSA score is on another scale than a plain one). The chosen mix is
@@ -441,6 +449,8 @@ def calibrate_model(
         cfg = baseline(cfg)
         if model.post.reduce != cfg.score.reduce:
             model.post = model.post.with_reduce(cfg.score.reduce)
+        if model.post.sigma != cfg.score.sigma:
+            model.post = model.post.with_sigma(cfg.score.sigma)
         good_cues, _ = cue_batches(model, fit_images, spec, device, cfg.train.batch_size)
         set_cue_statistics(model, good_cues.chunks)
         if cfg.fusion.select == "synthetic":
@@ -471,11 +481,17 @@ def calibrate_model(
             1 - a,
             "" if sa is None else f", image score {sa:.2f} / {1 - sa:.2f}",
         )
-    score = None
+    score = smoothing = None
     if cfg.score.select == "synthetic":
-        sc = cfg.score
         bs = cfg.train.batch_size
         cues = probe_cues if fitted else None
+        sigmas = cfg.score.sigma_candidates
+        if len(sigmas) > 1:
+            smoothing = select_smoothing(model, fit_images, spec, device, sigmas, cfg.seed, bs, probe, cues)
+        if smoothing is not None:
+            model.post = model.post.with_sigma(smoothing.sigma)
+            cfg = replace(cfg, score=replace(cfg.score, sigma=smoothing.sigma))
+        sc = cfg.score
         score = select_score_reduce(model, fit_images, spec, device, sc.candidates, cfg.seed, bs, probe, cues)
         if score is not None:
             model.post = model.post.with_reduce(score.reduce)
@@ -500,7 +516,7 @@ def calibrate_model(
     if probe is not None and not cfg.tta.enabled:  # the probe's cues are the plain path's
         bad = probe_cues[1] if fitted and probe_cues is not None else None
         escapes = synthetic_escapes(model, probe, result["plain"].threshold, bad)
-    return Calibrated(cfg, result, selection, roles, score, review, position, escapes)
+    return Calibrated(cfg, result, selection, roles, score, review, position, escapes, smoothing)
 
 
 def set_thresholds(

@@ -235,6 +235,10 @@ class MapPostprocess(nn.Module):
         """The same smoothing with another image score ``reduce``, on this module's device."""
         return MapPostprocess(self.sigma, reduce, self.topk_fraction).to(self.kernel.device)
 
+    def with_sigma(self, sigma: float) -> MapPostprocess:
+        """The same image score with another smoothing ``sigma``, on this module's device."""
+        return MapPostprocess(sigma, self.reduce, self.topk_fraction).to(self.kernel.device)
+
     def smooth(self, m: torch.Tensor) -> torch.Tensor:
         """``[N, 1, H, W]`` -> blurred map of the same shape."""
         if self.sigma <= 0:
