@@ -15,9 +15,10 @@ from one pass per mix.
 
     .venv/bin/python benchmarks/split_mix_diag.py --run RUN --data DATA_ROOT [--out split_mix.json]
 
-Image scores use the image score the product's cue-mix selection uses (the first of
-``score.candidates`` with ``score.select: synthetic``: ``max``), as a fit would rank the pairs;
-``--deployed-score`` uses the run's own ``score.reduce`` instead.
+Image scores use the image score and smoothing the product's cue-mix selection uses (the first of
+``score.candidates`` and of ``score.sigma_candidates`` with ``score.select: synthetic``: ``max``, sigma 4
+in the shipped profiles), as a fit would rank the pairs; ``--deployed-score`` uses the run's own
+``score.reduce`` and ``score.sigma`` instead.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="the run's data set root (MVTec layout)")
     ap.add_argument("--out", type=Path, default=Path("split_mix.json"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--deployed-score", action="store_true", help="the run's own score.reduce")
+    ap.add_argument(
+        "--deployed-score", action="store_true", help="the run's own score.reduce and score.sigma"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -76,7 +79,7 @@ def main() -> None:
     if not (model.use_student and model.use_bank):
         raise SystemExit(f"{args.run}: the run has one cue; there is no mix to split")
     cfg = info.config if args.deployed_score else baseline(info.config)
-    model.post = model.post.with_reduce(cfg.score.reduce)
+    model.post = model.post.with_reduce(cfg.score.reduce).with_sigma(cfg.score.sigma)
     calib = [read_image(args.data / p) for p in info.meta["data"]["split"]["calib"]]
     fit_idx, _ = calibration_roles(cfg, len(calib))
     fit_images = [calib[i] for i in fit_idx]
