@@ -1,4 +1,5 @@
-"""Choose a part's image score, its largest map pixel or the mean of its largest pixels, without test images.
+"""Choose a part's image score (its largest map pixel or the mean of its largest pixels) and the map's
+smoothing, without test images.
 
 The image score reduces the smoothed anomaly map to one number (``score.reduce``): ``max`` (its largest
 pixel, PatchCore's) or ``topk_mean`` (the mean of its ``score.topk_fraction`` largest pixels, 1 % by
@@ -87,7 +88,7 @@ class ScoreSelection(_Choice):
     """The chosen ``score.reduce`` and every candidate's row."""
 
     KEY: ClassVar[str] = "reduce"
-    reduce: str = "max"
+    reduce: str
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class SmoothingSelection(_Choice):
     """The chosen ``score.sigma`` and every candidate's row."""
 
     KEY: ClassVar[str] = "sigma"
-    sigma: float = 4.0
+    sigma: float
 
 
 def baseline(cfg: Config) -> Config:
