@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,19 +74,20 @@ def _probe(hot_good: float, defect: str, rng: np.random.Generator, n: int = 20) 
     return _Probe(_Inputs(good), _Inputs(bad, masks), sources)
 
 
-def _select(probe: _Probe, candidates: list[str]) -> tuple[str, list[dict[str, object]]]:
+def _choose(select: Any, probe: _Probe, candidates: list[Any]) -> Any:
+    """``select`` (a selection of this module) run on ``probe`` for a fake model, which it must leave as
+    it was."""
     model = _FakeModel()
-    chosen = select_score_reduce(
-        model,  # type: ignore[arg-type]
-        [np.zeros((H, W, 3), np.uint8)] * 20,
-        None,  # type: ignore[arg-type]
-        torch.device("cpu"),
-        candidates,
-        0,
-        probe=probe,  # type: ignore[arg-type]
+    chosen = select(
+        model, [np.zeros((H, W, 3), np.uint8)] * 20, None, torch.device("cpu"), candidates, 0, probe=probe
     )
     assert chosen is not None
-    assert model.post.reduce == "max"  # the model is left as it was
+    assert (model.post.reduce, model.post.sigma) == ("max", 0.0)  # the model is left as it was
+    return chosen
+
+
+def _select(probe: _Probe, candidates: list[str]) -> tuple[str, list[dict[str, object]]]:
+    chosen = _choose(select_score_reduce, probe, candidates)
     return chosen.reduce, chosen.candidates
 
 
@@ -146,18 +148,7 @@ def test_given_cues_are_used_as_they_are() -> None:
 
 
 def _smooth(probe: _Probe, sigmas: list[float]) -> tuple[float, list[dict[str, object]]]:
-    model = _FakeModel()
-    chosen = select_smoothing(
-        model,  # type: ignore[arg-type]
-        [np.zeros((H, W, 3), np.uint8)] * 20,
-        None,  # type: ignore[arg-type]
-        torch.device("cpu"),
-        sigmas,
-        0,
-        probe=probe,  # type: ignore[arg-type]
-    )
-    assert chosen is not None
-    assert model.post.sigma == 0.0 and model.post.reduce == "max"  # the model is left as it was
+    chosen = _choose(select_smoothing, probe, sigmas)
     assert [r["sigma"] for r in chosen.candidates] == sigmas
     return chosen.sigma, chosen.candidates
 
