@@ -287,6 +287,37 @@ def test_recalibration_chooses_the_mix_with_the_baseline_score_as_the_fit_did(
     assert again.meta["smoothing_selection"]["candidates"] == doc["smoothing_selection"]["candidates"]
 
 
+def test_both_choices_share_one_probe_when_the_mix_is_not_chosen(
+    chosen_run: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a cue-mix selection nothing else draws the synthetic defects: they are drawn once for the
+    smoothing and the image score (and the escape estimate), not once per choice."""
+    from dataclasses import replace
+
+    import trainer.score_choice
+    import trainer.train
+
+    calls: list[str] = []
+
+    def counting(where: str, real: Any) -> Any:
+        def probe(*args: Any, **kwargs: Any) -> Any:
+            calls.append(where)
+            return real(*args, **kwargs)
+
+        return probe
+
+    monkeypatch.setattr(trainer.train, "synthetic_probe", counting("train", trainer.train.synthetic_probe))
+    monkeypatch.setattr(
+        trainer.score_choice, "synthetic_probe", counting("choice", trainer.score_choice.synthetic_probe)
+    )
+    model, info = load_run(chosen_run)
+    info.config = replace(info.config, fusion=replace(info.config.fusion, select="none"))
+    again = trainer.train.recalibrate(model, info, synth_data)
+    assert calls == ["train"]
+    assert again.meta["smoothing_selection"] is not None and again.meta["score_selection"] is not None
+    assert again.meta["synthetic_escapes"] is not None
+
+
 def test_runs_without_the_choice_keep_the_configured_score(trained_run: Path) -> None:
     doc = json.loads((trained_run / "run.json").read_text())
     assert doc["score_selection"] is None and doc["smoothing_selection"] is None

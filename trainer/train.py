@@ -487,6 +487,8 @@ def calibrate_model(
         cues = probe_cues if fitted else None
         sigmas = cfg.score.sigma_candidates
         if len(sigmas) > 1:
+            if probe is None:  # one probe for both choices (and the escape estimate)
+                probe = synthetic_probe(model, fit_images, spec, device, cfg.seed, bs)
             smoothing = select_smoothing(model, fit_images, spec, device, sigmas, cfg.seed, bs, probe, cues)
         if smoothing is not None:
             model.post = model.post.with_sigma(smoothing.sigma)
