@@ -136,7 +136,10 @@ def by_candidate(
     if setting == "reduce":
         chosen: Any = cfg.score.reduce
         listed = (info.meta.get("score_selection") or {}).get("candidates", [])
-        objective = {r["reduce"]: r["objective"] for r in listed}
+        # a joint choice lists every (sigma, reduce) pair: the rows of the run's sigma
+        objective = {
+            r["reduce"]: r["objective"] for r in listed if r.get("sigma", cfg.score.sigma) == cfg.score.sigma
+        }
     else:
         chosen = weight
         listed = (info.meta.get("position_selection") or {}).get("rows", [])

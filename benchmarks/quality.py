@@ -102,6 +102,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     # "fast"); the profiles with sigma 4 fixed, as they were before, are these controls.
     "sigma4": ({"score.sigma_candidates": []}, "", False),
     "fast_sigma4": ({"score.sigma_candidates": []}, "", False),
+    # Round 17: the smoothing and the image score chosen together (score.joint) in both shipped profiles;
+    # round 16's one-after-the-other choice as the controls.
+    "sequential": ({"score.joint": False}, "", False),
+    "fast_sequential": ({"score.joint": False}, "", False),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
@@ -114,6 +118,7 @@ VARIANT_CONFIG = {
     "fast_lite0": FAST,
     "fast_position": FAST,
     "fast_sigma4": FAST,
+    "fast_sequential": FAST,
 }
 LABELS = {
     "full": "full MASF",
@@ -143,6 +148,8 @@ LABELS = {
     "fast_position": "on-device profile with the position cue in the image score (weight 0.25 or 0)",
     "sigma4": "full MASF with the smoothing fixed at sigma 4 (the full profile before round 16)",
     "fast_sigma4": "on-device profile with the smoothing fixed at sigma 4 (the profile before round 16)",
+    "sequential": "full MASF with the smoothing, then the image score chosen (the profile before round 17)",
+    "fast_sequential": "on-device profile with the smoothing, then the image score chosen (before round 17)",
 }
 METRICS = (
     "image_auroc",
@@ -270,6 +277,11 @@ def _score(row: dict[str, Any]) -> str:
     """The image score; with the per-part choice, each candidate's synthetic objective."""
     selection = row.get("score_selection")
     reduce = str(row.get("score_reduce", "max"))
+    if selection and "sigma" in selection:  # chosen together with the smoothing
+        pairs = ", ".join(
+            f"{c['sigma']:g}/{c['reduce']} {c['objective']:.4f}" for c in selection["candidates"]
+        )
+        return f"{reduce}, sigma {selection['sigma']:g} (chosen together: {pairs})"
     if selection:
         objectives = ", ".join(f"{c['reduce']} {c['objective']:.4f}" for c in selection["candidates"])
         reduce = f"{reduce} (chosen: {objectives})"

@@ -29,7 +29,7 @@ def chosen_row(run: Path) -> dict[str, Any]:
     doc = json.loads(path.read_text())
     scores = doc.get("score_selection") or {}
     for cand in scores.get("candidates", []):
-        if cand["reduce"] == scores.get("reduce"):
+        if cand["reduce"] == scores.get("reduce") and cand.get("sigma") == scores.get("sigma"):
             return dict(cand)
     for cand in (doc.get("fusion_selection") or {}).get("candidates", []):
         if cand.get("chosen"):

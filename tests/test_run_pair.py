@@ -37,6 +37,15 @@ def test_the_deployed_score_row_is_taken(tmp_path: Path) -> None:
     assert run_pair.chosen_row(run)["folds"] == [2.0] * 5
 
 
+def test_a_joint_choice_takes_the_row_of_its_sigma_and_score(tmp_path: Path) -> None:
+    rows = [{**_row(r, [float(i)] * 5), "sigma": s} for i, (s, r) in enumerate([(4.0, "max"), (2.0, "max")])]
+    run = tmp_path / "joint"
+    run.mkdir()
+    doc = {"score_selection": {"reduce": "max", "sigma": 2.0, "candidates": rows}, "fusion_selection": {}}
+    (run / "run.json").write_text(json.dumps(doc))
+    assert run_pair.chosen_row(run)["folds"] == [1.0] * 5  # not the first "max" row (sigma 4)
+
+
 def test_paired_mean_and_standard_error_by_hand() -> None:
     a = _row("max", [2.0, 2.1, 2.2, 2.3, 2.4])
     b = _row("max", [2.1, 2.1, 2.4, 2.3, 2.6])

@@ -14,7 +14,15 @@ from conftest import tiny_config
 from engine_support import ExportedBundle, exported_bundle
 
 from trainer.runs import load_run
-from trainer.score_choice import TOPK_LIMIT, baseline, eligible, select_score_reduce, select_smoothing
+from trainer.score_choice import (
+    TOPK_LIMIT,
+    baseline,
+    choose_pair,
+    eligible,
+    select_pair,
+    select_score_reduce,
+    select_smoothing,
+)
 from trainer.select import CueSet
 
 H = W = 32
@@ -189,6 +197,74 @@ def test_one_smoothing_candidate_is_no_choice() -> None:
     assert select_smoothing(_FakeModel(), *args, [4.0], 0, probe=probe) is None  # type: ignore[arg-type]
 
 
+_PAIRS = [(4.0, "max"), (4.0, "topk_mean"), (2.0, "max"), (2.0, "topk_mean")]
+
+
+def _pair_rows(gaps: list[list[float]]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The four pairs' rows: each pair's folds are the best pair's (the last) less its per-fold gaps."""
+    best = np.array([2.0, 2.1, 1.9, 2.0, 2.0])
+    folds = np.array([best - np.array(g) for g in gaps] + [best])
+    rows = [
+        {"sigma": s, "reduce": r, "objective": float(f.mean())}
+        for (s, r), f in zip(_PAIRS, folds, strict=True)
+    ]
+    return rows, folds
+
+
+def test_the_pair_rule_takes_the_fewest_changes_within_one_se_then_the_higher_objective() -> None:
+    far = [0.3, 0.3, 0.3, 0.3, 0.31]  # behind by 0.302, SE 0.002: measurably worse
+    near_lower = [0.0, 0.1, -0.1, 0.05, 0.05]  # behind by 0.02, SE 0.034: within
+    near_higher = [0.0, 0.05, -0.05, 0.03, 0.02]  # behind by 0.01, SE 0.019: within
+    rows, folds = _pair_rows([far, near_lower, near_higher])
+    # both one-change pairs are within one SE of the best (two changes): the higher objective of the
+    # two wins; taking the earliest listed would give (4, topk_mean), taking the best (2, topk_mean)
+    assert choose_pair(rows, folds) == 2
+    assert [r["within_1se"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    # the first pair within one SE is kept although three pairs score higher
+    rows, folds = _pair_rows([[0.0, 0.1, -0.1, 0.05, 0.0], near_lower, near_higher])
+    assert choose_pair(rows, folds) == 0
+    # only the best is within one SE: it is taken, two changes and all
+    rows, folds = _pair_rows([far, far, [0.2, 0.21, 0.2, 0.2, 0.2]])
+    assert choose_pair(rows, folds) == 3
+
+
+def test_the_pairs_are_ranked_on_the_rows_each_choice_alone_would_give() -> None:
+    """Every (sigma, score) pair's row is the one the smoothing or the image-score choice computes for
+    that setting on the same defects; the chosen pair is the pair rule's over them."""
+    probe = _probe(4.0, "area", np.random.default_rng(4))
+    args = ([np.zeros((H, W, 3), np.uint8)] * 20, None, torch.device("cpu"))
+    model = _FakeModel()
+    chosen = select_pair(model, *args, [0.0, 2.0], ["max", "topk_mean"], 0, probe=probe)  # type: ignore[arg-type]
+    assert chosen is not None
+    assert (model.post.reduce, model.post.sigma) == ("max", 0.0)  # the model is left as it was
+    rows = chosen.candidates
+    assert [(r["sigma"], r["reduce"]) for r in rows] == [
+        (0.0, "max"),
+        (0.0, "topk_mean"),
+        (2.0, "max"),
+        (2.0, "topk_mean"),
+    ]
+    by = {(r["sigma"], r["reduce"]): r["objective"] for r in rows}
+    smooth = select_smoothing(model, *args, [0.0, 2.0], 0, probe=probe)  # type: ignore[arg-type]
+    assert smooth is not None
+    assert [r["objective"] for r in smooth.candidates] == [by[0.0, "max"], by[2.0, "max"]]
+    for sigma in (0.0, 2.0):
+        model.post = model.post.with_sigma(sigma)
+        alone = select_score_reduce(model, *args, ["max", "topk_mean"], 0, probe=probe)  # type: ignore[arg-type]
+        assert alone is not None
+        assert [r["objective"] for r in alone.candidates] == [by[sigma, "max"], by[sigma, "topk_mean"]]
+    folds = np.array([r["folds"] for r in rows])
+    assert (chosen.sigma, chosen.reduce) == _pairs_of(rows)[choose_pair([dict(r) for r in rows], folds)]
+    assert chosen.to_dict()["sigma"] == chosen.sigma and "fewest changes" in chosen.to_dict()["rule"]
+    # a grainy texture (a hot grain in every good map) with area defects: not the unsmoothed largest pixel
+    assert (chosen.sigma, chosen.reduce) != (0.0, "max")
+    assert select_pair(model, *args, [4.0], ["max"], 0, probe=probe) is None  # type: ignore[arg-type]
+
+
+def _pairs_of(rows: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    return [(r["sigma"], r["reduce"]) for r in rows]
+
+
 def test_the_baseline_takes_the_first_score_and_smoothing_candidates() -> None:
     cfg = tiny_config(
         score={"select": "synthetic", "reduce": "topk_mean", "sigma": 2.0, "sigma_candidates": [4.0, 2.0]}
@@ -285,6 +361,48 @@ def test_recalibration_chooses_the_mix_with_the_baseline_score_as_the_fit_did(
     assert again.config.score.sigma == doc["smoothing_selection"]["sigma"] == model.post.sigma
     assert again.meta["score_selection"]["candidates"] == doc["score_selection"]["candidates"]
     assert again.meta["smoothing_selection"]["candidates"] == doc["smoothing_selection"]["candidates"]
+
+
+def test_a_joint_choice_is_recorded_with_every_pair_and_the_run_reloads_with_it(
+    chosen_run: Path, synth_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``score.joint``: the recalibration of the saved run ranks the four pairs (the mix still chosen with
+    the first pair), whose rows are the fit's one-after-the-other rows where they overlap; the chosen
+    pair is the run's score and smoothing, saved and reloaded."""
+    from dataclasses import replace
+
+    import trainer.train
+    from trainer.runs import save_run
+
+    seen: list[tuple[str, float]] = []
+    real = trainer.train.select_cue_mix
+
+    def spy(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((model.post.reduce, model.post.sigma))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.train, "select_cue_mix", spy)
+    doc = json.loads((chosen_run / "run.json").read_text())
+    model, info = load_run(chosen_run)
+    info.config = replace(info.config, score=replace(info.config.score, joint=True))
+    again = trainer.train.recalibrate(model, info, synth_data)
+    assert seen == [("max", 4.0)]
+    sel = again.meta["score_selection"]
+    assert again.meta["smoothing_selection"] is None
+    rows = {(r["sigma"], r["reduce"]): r["objective"] for r in sel["candidates"]}
+    assert list(rows) == [(4.0, "max"), (4.0, "topk_mean"), (2.0, "max"), (2.0, "topk_mean")]
+    for r in doc["smoothing_selection"]["candidates"]:
+        assert rows[r["sigma"], "max"] == r["objective"]
+    sigma = doc["smoothing_selection"]["sigma"]
+    for r in doc["score_selection"]["candidates"]:
+        assert rows[sigma, r["reduce"]] == r["objective"]
+    assert (again.config.score.sigma, again.config.score.reduce) == (sel["sigma"], sel["reduce"])
+    assert (model.post.sigma, model.post.reduce) == (sel["sigma"], sel["reduce"])
+    assert sel["n_synthetic"] == doc["fusion_selection"]["n_synthetic"]
+    save_run(tmp_path / "joint", model, again)
+    reloaded, info2 = load_run(tmp_path / "joint")
+    assert (reloaded.post.sigma, reloaded.post.reduce) == (sel["sigma"], sel["reduce"])
+    assert info2.config.score.joint is True
 
 
 def test_both_choices_share_one_probe_when_the_mix_is_not_chosen(

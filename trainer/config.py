@@ -296,6 +296,10 @@ class ScoreSection:
             "rule": "a list of distinct non-negative numbers (empty: keep sigma)",
         },
     )
+    # With select: synthetic and sigma_candidates, choose sigma and reduce together: every pair is ranked
+    # and, among the pairs within one standard error of the best, the fewest changes from the first pair
+    # (the first of each list) win, then the higher objective. false: the smoothing first, then reduce.
+    joint: bool = _f(False)
 
 
 @dataclass(frozen=True)

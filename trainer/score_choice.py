@@ -24,14 +24,20 @@ The map's smoothing (``score.sigma``, a Gaussian of that many frame pixels) is c
 ``score.sigma_candidates`` lists more than one value (:func:`select_smoothing`): after the cue mix and
 before the image score, which is then chosen on the chosen smoothing. A blur as wide as a defect lifts a
 defect area out of a grainy texture; a narrower one keeps a defect of a few pixels from being spread
-thin. Here every term of the objective can differ (the map changes). Measured:
-``benchmarks/RESULTS.md``.
+thin. Here every term of the objective can differ (the map changes).
+
+With ``score.joint`` the two are chosen together instead (:func:`select_pair`): every (sigma, image score)
+pair is ranked, and among the pairs within one standard error of the best the one with the fewest
+changes from the first pair wins, then the higher objective (the cue mix's rule). One after the other,
+the smoothing is chosen with ``max`` and the image score only on the chosen smoothing, each keeping its
+first candidate within one standard error, which can stop at a pair the joint ranking puts measurably
+behind another. Measured: ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -46,10 +52,13 @@ from trainer.select import CueSet, SyntheticProbe, model_mix, rank_mixes, synthe
 
 __all__ = [
     "TOPK_LIMIT",
+    "PairSelection",
     "ScoreSelection",
     "SmoothingSelection",
     "baseline",
+    "choose_pair",
     "eligible",
+    "select_pair",
     "select_score_reduce",
     "select_smoothing",
 ]
@@ -61,22 +70,27 @@ _RULE = (
     "graded synthetic defects in calibration fit images; image AUROC + pixel AUROC + AUPRO; "
     "1-SE, the earliest listed candidate"
 )
+_JOINT_RULE = (
+    "graded synthetic defects in calibration fit images; image AUROC + pixel AUROC + AUPRO; "
+    "1-SE, the fewest changes from the first (sigma, reduce) pair, then the higher objective"
+)
 
 
 @dataclass(frozen=True)
 class _Choice:
-    """A chosen post-processing setting (named by the subclass's ``KEY``) and every candidate's row
-    (objective, standard error, folds)."""
+    """A chosen post-processing setting (the fields named by the subclass's ``KEYS``) and every
+    candidate's row (objective, standard error, folds)."""
 
-    KEY: ClassVar[str]
+    KEYS: ClassVar[tuple[str, ...]]
+    RULE: ClassVar[str] = _RULE
     candidates: list[dict[str, Any]]
     n_good: int
     n_synthetic: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rule": _RULE,
-            self.KEY: getattr(self, self.KEY),
+            "rule": self.RULE,
+            **{k: getattr(self, k) for k in self.KEYS},
             "n_good": self.n_good,
             "n_synthetic": self.n_synthetic,
             "candidates": self.candidates,
@@ -87,15 +101,26 @@ class _Choice:
 class ScoreSelection(_Choice):
     """The chosen ``score.reduce`` and every candidate's row."""
 
-    KEY: ClassVar[str] = "reduce"
+    KEYS: ClassVar[tuple[str, ...]] = ("reduce",)
     reduce: str
+
+
+@dataclass(frozen=True)
+class PairSelection(ScoreSelection):
+    """The chosen ``score.sigma`` and ``score.reduce``, chosen together, and every pair's row (each with
+    its ``sigma`` and ``reduce``). Stored as the run's ``score_selection``, with ``sigma`` beside
+    ``reduce``."""
+
+    KEYS: ClassVar[tuple[str, ...]] = ("reduce", "sigma")
+    RULE: ClassVar[str] = _JOINT_RULE
+    sigma: float
 
 
 @dataclass(frozen=True)
 class SmoothingSelection(_Choice):
     """The chosen ``score.sigma`` and every candidate's row."""
 
-    KEY: ClassVar[str] = "sigma"
+    KEYS: ClassVar[tuple[str, ...]] = ("sigma",)
     sigma: float
 
 
@@ -124,12 +149,12 @@ def _rank_posts(
     n_fit: int,
     probe: SyntheticProbe,
     cues: tuple[CueSet, CueSet] | None,
-    key: str,
-    posts: Sequence[tuple[Any, MapPostprocess]],
+    posts: Sequence[tuple[dict[str, Any], MapPostprocess]],
+    choose: Callable[[list[dict[str, Any]], np.ndarray], int],
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Each ``(value, post)`` of ``posts`` ranked with the model's cues and mix on ``probe``'s synthetic
-    defects: the chosen index (one-standard-error rule, the earliest listed) and one row per candidate
-    (``{key: value, metrics..., "folds": [...]}``). The model's ``post`` is restored."""
+    """Each ``(label, post)`` of ``posts`` ranked with the model's cues and mix on ``probe``'s synthetic
+    defects: the index ``choose(rows, folds)`` picks and one row per candidate (``{**label, metrics...,
+    "folds": [...]}``). The model's ``post`` is restored."""
     kept = model.post
     good, bad = cues if cues is not None else (probe.good.cues(model), probe.defective.cues(model))
     groups = (np.arange(n_fit), probe.sources)
@@ -137,25 +162,47 @@ def _rank_posts(
     rows: list[dict[str, Any]] = []
     folds: list[list[float]] = []
     try:
-        for value, post in posts:
+        for label, post in posts:
             model.post = post
             values: list[list[float]] = []
             _, ranked = rank_mixes(model, good, bad, probe.masks, mix, groups, fold_values=values)
             metrics = {k: ranked[0][k] for k in ("image_auroc", "pixel_auroc", "aupro", "objective")}
-            rows.append({key: value, **metrics})
+            rows.append({**label, **metrics})
             folds.append(values[0])
     finally:
         model.post = kept
-    chosen = min(within_one_se(rows, np.asarray(folds)))
+    chosen = choose(rows, np.asarray(folds))
     for row, f in zip(rows, folds, strict=True):
         row["folds"] = f
     _logger.info(
-        "%s %s chosen on synthetic defects (%s)",
-        "image score" if key == "reduce" else "smoothing sigma",
-        rows[chosen][key],
-        ", ".join(f"{r[key]} {r['objective']:.4f}" for r in rows),
+        "%s chosen on synthetic defects (%s)",
+        _label(rows[chosen], posts[0][0]),
+        ", ".join(f"{_label(r, posts[0][0])} {r['objective']:.4f}" for r in rows),
     )
     return chosen, rows
+
+
+def _label(row: dict[str, Any], keys: dict[str, Any]) -> str:
+    return " ".join(f"{k} {row[k]}" for k in keys)
+
+
+def _earliest(rows: list[dict[str, Any]], folds: np.ndarray) -> int:
+    """The one-standard-error rule of a single setting: the earliest listed within one standard error."""
+    return within_one_se(rows, folds)[0]
+
+
+def choose_pair(rows: list[dict[str, Any]], folds: np.ndarray) -> int:
+    """The one-standard-error rule for (sigma, reduce) pairs (``rows``, the first being the product's
+    pair; ``folds``: ``[pair, fold]``): among the pairs within one standard error of the best, the
+    fewest changes from the first pair (0, 1 or 2 settings), then the higher objective. Fills each row's
+    ``se`` and ``within_1se``. Returns its index."""
+    first = rows[0]
+
+    def key(i: int) -> tuple[int, float]:
+        r = rows[i]
+        return (r["sigma"] != first["sigma"]) + (r["reduce"] != first["reduce"]), -r["objective"]
+
+    return min(within_one_se(rows, folds), key=key)
 
 
 @torch.no_grad()
@@ -186,8 +233,8 @@ def select_score_reduce(
         probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
         if probe is None:
             return None
-    posts = [(name, post.with_reduce(name)) for name in names]
-    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, "reduce", posts)
+    posts = [({"reduce": name}, post.with_reduce(name)) for name in names]
+    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, posts, _earliest)
     return ScoreSelection(rows, len(fit_images), len(probe.sources), reduce=names[chosen])
 
 
@@ -212,6 +259,42 @@ def select_smoothing(
         probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
         if probe is None:
             return None
-    posts = [(float(s), model.post.with_sigma(float(s))) for s in candidates]
-    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, "sigma", posts)
+    posts = [({"sigma": float(s)}, model.post.with_sigma(float(s))) for s in candidates]
+    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, posts, _earliest)
     return SmoothingSelection(rows, len(fit_images), len(probe.sources), sigma=float(candidates[chosen]))
+
+
+@torch.no_grad()
+def select_pair(
+    model: MASF,
+    fit_images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    sigmas: Sequence[float],
+    reduces: Sequence[str],
+    seed: int,
+    batch_size: int = 8,
+    probe: SyntheticProbe | None = None,
+    cues: tuple[CueSet, CueSet] | None = None,
+) -> PairSelection | None:
+    """Rank every pair of ``sigmas`` (values of ``score.sigma``) and the eligible ``reduces`` (values of
+    ``score.reduce``), sigma by sigma, for ``model`` as it is, on the synthetic defects of ``fit_images``;
+    other arguments as :func:`select_score_reduce`. Among the pairs within one standard error of the
+    best, the chosen one changes the fewest settings from the first pair, then has the higher objective
+    (the cue-mix choice's rule, :func:`trainer.select.within_one_se`): choosing the two one after the
+    other, each keeping its first candidate within one standard error, can stop at a pair that the joint
+    ranking puts measurably behind. ``None`` with fewer than two pairs or when no defect survives the
+    resize. The model is left unchanged."""
+    post = model.post
+    names = eligible(reduces, model.input_size, post.topk_fraction)
+    pairs = [(float(s), r) for s in sigmas for r in names]
+    if len(pairs) < 2:
+        return None
+    if probe is None:
+        probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
+        if probe is None:
+            return None
+    posts = [({"sigma": s, "reduce": r}, post.with_sigma(s).with_reduce(r)) for s, r in pairs]
+    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, posts, choose_pair)
+    sigma, reduce = pairs[chosen]
+    return PairSelection(rows, len(fit_images), len(probe.sources), reduce=reduce, sigma=sigma)

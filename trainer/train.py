@@ -69,6 +69,7 @@ from trainer.score_choice import (
     ScoreSelection,
     SmoothingSelection,
     baseline,
+    select_pair,
     select_score_reduce,
     select_smoothing,
 )
@@ -351,7 +352,8 @@ class Calibrated:
     """What :func:`calibrate_model` decided: the config with the chosen cue mix and image score, a
     calibration per inference path (``{"plain": ..., "tta": ...}``), the cue-mix selection (``None``: not
     run), the roles of the calibration images (indices into the run's calibration list) and the
-    image-score and smoothing selections (``None``: not run)."""
+    image-score and smoothing selections (``None``: not run; a joint choice of both is a
+    :class:`~trainer.score_choice.PairSelection` in ``score``)."""
 
     config: Config
     by_path: dict[str, Calibration]
@@ -481,23 +483,36 @@ def calibrate_model(
             1 - a,
             "" if sa is None else f", image score {sa:.2f} / {1 - sa:.2f}",
         )
-    score = smoothing = None
+    score: ScoreSelection | None = None
+    smoothing: SmoothingSelection | None = None
     if cfg.score.select == "synthetic":
         bs = cfg.train.batch_size
         cues = probe_cues if fitted else None
-        sigmas = cfg.score.sigma_candidates
-        if len(sigmas) > 1:
-            if probe is None:  # one probe for both choices (and the escape estimate)
-                probe = synthetic_probe(model, fit_images, spec, device, cfg.seed, bs)
-            smoothing = select_smoothing(model, fit_images, spec, device, sigmas, cfg.seed, bs, probe, cues)
-        if smoothing is not None:
-            model.post = model.post.with_sigma(smoothing.sigma)
-            cfg = replace(cfg, score=replace(cfg.score, sigma=smoothing.sigma))
         sc = cfg.score
-        score = select_score_reduce(model, fit_images, spec, device, sc.candidates, cfg.seed, bs, probe, cues)
-        if score is not None:
-            model.post = model.post.with_reduce(score.reduce)
-            cfg = replace(cfg, score=replace(sc, reduce=score.reduce))
+        if len(sc.sigma_candidates) > 1 and probe is None:  # one probe for every choice (and the escapes)
+            probe = synthetic_probe(model, fit_images, spec, device, cfg.seed, bs)
+        if sc.joint and len(sc.sigma_candidates) > 1:
+            score = select_pair(
+                model, fit_images, spec, device, sc.sigma_candidates, sc.candidates, cfg.seed, bs, probe, cues
+            )
+            if score is not None:
+                model.post = model.post.with_sigma(score.sigma).with_reduce(score.reduce)
+                cfg = replace(cfg, score=replace(sc, sigma=score.sigma, reduce=score.reduce))
+        else:
+            if len(sc.sigma_candidates) > 1:
+                smoothing = select_smoothing(
+                    model, fit_images, spec, device, sc.sigma_candidates, cfg.seed, bs, probe, cues
+                )
+            if smoothing is not None:
+                model.post = model.post.with_sigma(smoothing.sigma)
+                cfg = replace(cfg, score=replace(cfg.score, sigma=smoothing.sigma))
+            sc = cfg.score
+            score = select_score_reduce(
+                model, fit_images, spec, device, sc.candidates, cfg.seed, bs, probe, cues
+            )
+            if score is not None:
+                model.post = model.post.with_reduce(score.reduce)
+                cfg = replace(cfg, score=replace(sc, reduce=score.reduce))
     position = None
     if model.position is not None:
         pc, bs = cfg.position, cfg.train.batch_size
