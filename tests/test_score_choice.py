@@ -331,6 +331,21 @@ def test_fit_stores_the_smoothing_choice_before_the_image_score_and_reloads_with
     assert info.config.score.sigma_candidates == [4.0, 2.0]
 
 
+def _mix_choices(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
+    """The (image score, sigma) the model holds at each cue-mix choice from now on (filled as they run)."""
+    import trainer.train
+
+    seen: list[tuple[str, float]] = []
+    real = trainer.train.select_cue_mix
+
+    def spy(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((model.post.reduce, model.post.sigma))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.train, "select_cue_mix", spy)
+    return seen
+
+
 def test_recalibration_chooses_the_mix_with_the_baseline_score_as_the_fit_did(
     chosen_run: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -341,14 +356,7 @@ def test_recalibration_chooses_the_mix_with_the_baseline_score_as_the_fit_did(
     import trainer.train
     from trainer.models.masf.ughf import MapPostprocess
 
-    seen: list[tuple[str, float]] = []
-    real = trainer.train.select_cue_mix
-
-    def spy(model, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append((model.post.reduce, model.post.sigma))
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(trainer.train, "select_cue_mix", spy)
+    seen = _mix_choices(monkeypatch)
     doc = json.loads((chosen_run / "run.json").read_text())
     model, info = load_run(chosen_run)
     # whatever the tiny run chose, make the saved score and smoothing the others than the baseline's
@@ -374,14 +382,7 @@ def test_a_joint_choice_is_recorded_with_every_pair_and_the_run_reloads_with_it(
     import trainer.train
     from trainer.runs import save_run
 
-    seen: list[tuple[str, float]] = []
-    real = trainer.train.select_cue_mix
-
-    def spy(model, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append((model.post.reduce, model.post.sigma))
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(trainer.train, "select_cue_mix", spy)
+    seen = _mix_choices(monkeypatch)
     doc = json.loads((chosen_run / "run.json").read_text())
     model, info = load_run(chosen_run)
     info.config = replace(info.config, score=replace(info.config.score, joint=True))
