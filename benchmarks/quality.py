@@ -105,6 +105,13 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     # Round 17: the smoothing and the image score chosen together (score.joint) in both shipped profiles;
     # round 16's one-after-the-other choice as the controls.
     "sequential": ({"score.joint": False}, "", False),
+    # Round 18 (fixed before its run): the position cue in the full profile only where its weight beats 0
+    # by more than one standard error on the part's synthetic defects.
+    "position_gain": (
+        {"position.enabled": True, "position.weight": 0.25, "position.require_gain": True},
+        "",
+        False,
+    ),
     "fast_sequential": ({"score.joint": False}, "", False),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
@@ -149,6 +156,7 @@ LABELS = {
     "sigma4": "full MASF with the smoothing fixed at sigma 4 (the full profile before round 16)",
     "fast_sigma4": "on-device profile with the smoothing fixed at sigma 4 (the profile before round 16)",
     "sequential": "full MASF with the smoothing, then the image score chosen (the profile before round 17)",
+    "position_gain": "full MASF with the position cue where it beats weight 0 by more than one SE",
     "fast_sequential": "on-device profile with the smoothing, then the image score chosen (before round 17)",
 }
 METRICS = (

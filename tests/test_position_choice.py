@@ -169,6 +169,42 @@ def test_the_part_keeps_the_configured_weight_unless_its_data_says_otherwise() -
     assert choose_weight([dict(r) for r in rows], tight, default=0.0) == 1
 
 
+def test_require_gain_leans_the_weight_to_zero(
+    position_run: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``position.require_gain``: the recalibrated run ranks the same weights on the same defects, and the
+    one-standard-error rule takes the weight nearest 0 (the cue only where it measurably helps), not the
+    nearest the configured 0.5; the record says so."""
+    from dataclasses import replace
+
+    import trainer.position_choice
+    import trainer.train
+
+    leans: list[float] = []
+    real = trainer.position_choice.choose_weight
+
+    def spy(rows: Any, folds: Any, default: float) -> int:
+        leans.append(default)
+        return real(rows, folds, default)
+
+    monkeypatch.setattr(trainer.position_choice, "choose_weight", spy)
+    doc = json.loads((position_run / "run.json").read_text())
+    model, info = load_run(position_run)
+    pc = replace(info.config.position, weight=0.5, require_gain=True)
+    info.config = replace(info.config, position=pc)
+    again = trainer.train.recalibrate(model, info, synth_data)
+    assert leans == [0.0]
+    sel = again.meta["position_selection"]
+    assert [r["objective"] for r in sel["rows"]] == [
+        r["objective"] for r in doc["position_selection"]["rows"]
+    ]
+    folds = np.array([r["folds"] for r in sel["rows"]])
+    want = sel["rows"][real([dict(r) for r in sel["rows"]], folds, 0.0)]["weight"]
+    assert sel["weight"] == want == model.position_weight == again.config.position.weight
+    assert "nearest 0" in sel["rule"]
+    assert "nearest the configured" in doc["position_selection"]["rule"]
+
+
 def test_config_checks_the_position_fields() -> None:
     with pytest.raises(ConfigError, match=r"position\.grid must be a positive int"):
         config_from_dict({"position": {"grid": 0}})

@@ -8,8 +8,9 @@
    the selection's objective with paired folds and the one-standard-error rule: among the weights within
    one standard error of the best, the one nearest the configured ``position.weight`` (0 is always a
    candidate: the cue is then not computed). So a part keeps the configured weight unless its own fit
-   images say another is better beyond noise. Only the image score changes, so only the image AUROC term
-   can move.
+   images say another is better beyond noise. With ``position.require_gain`` the rule leans to 0 instead:
+   a part pays for the cue at inference only where a weight above 0 beats 0 by more than one standard
+   error. Only the image score changes, so only the image AUROC term can move.
 """
 
 from __future__ import annotations
@@ -94,11 +95,13 @@ class PositionSelection:
     rows: list[dict[str, Any]]
     n_good: int
     n_synthetic: int
+    require_gain: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        nearest = "0 (the cue only where it measurably helps)" if self.require_gain else "the configured one"
         return {
             "rule": "graded synthetic defects in calibration fit images; image AUROC + pixel AUROC + AUPRO; "
-            "1-SE, the weight nearest the configured one",
+            f"1-SE, the weight nearest {nearest}",
             "weight": self.weight,
             "n_good": self.n_good,
             "n_synthetic": self.n_synthetic,
@@ -122,12 +125,14 @@ def select_position_weight(
     default: float,
     cues: tuple[CueSet, CueSet] | None = None,
     good_maps: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    require_gain: bool = False,
 ) -> PositionSelection:
     """Choose the position cue's weight in the image score's map for ``model`` as it is (cue statistics,
     mix, image score and the position cue's statistics set) among ``candidates`` and 0, on ``probe``
     (``cues``: its good and defective cues under ``model``, when the caller has them; ``good_maps``: the
     good images' :func:`position_maps`, likewise), by :func:`choose_weight` with the configured weight
-    ``default``; applies it to ``model``."""
+    ``default``, or with 0 when ``require_gain`` (a weight above 0 only where it beats 0 by more than one
+    standard error: the cue costs time at inference); applies it to ``model``."""
     cue = model.position
     assert cue is not None
     good, bad = cues if cues is not None else (probe.good.cues(model), probe.defective.cues(model))
@@ -166,10 +171,10 @@ def select_position_weight(
         row: dict[str, Any] = {"weight": w, **_objective(scores, labels, maps, truth)}
         folds.append([f["objective"] for f in objective_by_fold(scores, labels, maps, truth, fold)])
         rows.append(row)
-    chosen = choose_weight(rows, np.asarray(folds), default)
+    chosen = choose_weight(rows, np.asarray(folds), 0.0 if require_gain else default)
     for i, (row, f) in enumerate(zip(rows, folds, strict=True)):
         row["chosen"], row["folds"] = float(i == chosen), f
     weight = rows[chosen]["weight"]
     model.position_weight = weight
     _logger.info("position cue weight %.2f in the image score (chosen on synthetic defects)", weight)
-    return PositionSelection(weight, rows, pt.n_good, pt.n_bad)
+    return PositionSelection(weight, rows, pt.n_good, pt.n_bad, require_gain)

@@ -522,7 +522,9 @@ def calibrate_model(
         good_maps = set_position_statistics(model, good)
         if pc.select == "synthetic" and probe is not None:
             cues = probe_cues if fitted else None
-            position = select_position_weight(model, probe, pc.candidates, pc.weight, cues, good_maps)
+            position = select_position_weight(
+                model, probe, pc.candidates, pc.weight, cues, good_maps, pc.require_gain
+            )
         model.position_weight = position.weight if position is not None else pc.weight
         cfg = replace(cfg, position=replace(pc, weight=model.position_weight))
     result, review = set_thresholds(
