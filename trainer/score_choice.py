@@ -146,15 +146,25 @@ def eligible(candidates: Sequence[str], input_size: tuple[int, int], topk_fracti
 
 def _rank_posts(
     model: MASF,
-    n_fit: int,
-    probe: SyntheticProbe,
+    fit_images: Sequence[np.ndarray],
+    spec: PreprocessSpec,
+    device: torch.device,
+    seed: int,
+    batch_size: int,
+    probe: SyntheticProbe | None,
     cues: tuple[CueSet, CueSet] | None,
     posts: Sequence[tuple[dict[str, Any], MapPostprocess]],
     choose: Callable[[list[dict[str, Any]], np.ndarray], int],
-) -> tuple[int, list[dict[str, Any]]]:
-    """Each ``(label, post)`` of ``posts`` ranked with the model's cues and mix on ``probe``'s synthetic
-    defects: the index ``choose(rows, folds)`` picks and one row per candidate (``{**label, metrics...,
-    "folds": [...]}``). The model's ``post`` is restored."""
+) -> tuple[int, list[dict[str, Any]], SyntheticProbe] | None:
+    """Each ``(label, post)`` of ``posts`` ranked with the model's cues and mix on the synthetic defects
+    of ``fit_images`` (``probe``, drawn here with ``seed`` when the caller has none): the index
+    ``choose(rows, folds)`` picks, one row per candidate (``{**label, metrics..., "folds": [...]}``) and
+    the probe. ``None`` when no defect survives the resize. The model's ``post`` is restored."""
+    if probe is None:
+        probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
+        if probe is None:
+            return None
+    n_fit = len(fit_images)
     kept = model.post
     good, bad = cues if cues is not None else (probe.good.cues(model), probe.defective.cues(model))
     groups = (np.arange(n_fit), probe.sources)
@@ -179,7 +189,7 @@ def _rank_posts(
         _label(rows[chosen], posts[0][0]),
         ", ".join(f"{_label(r, posts[0][0])} {r['objective']:.4f}" for r in rows),
     )
-    return chosen, rows
+    return chosen, rows, probe
 
 
 def _label(row: dict[str, Any], keys: dict[str, Any]) -> str:
@@ -229,12 +239,11 @@ def select_score_reduce(
         _logger.info("score.reduce topk_mean left out: its k would reach TensorRT's TopK limit")
     if len(names) < 2:
         return None
-    if probe is None:
-        probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
-        if probe is None:
-            return None
     posts = [({"reduce": name}, post.with_reduce(name)) for name in names]
-    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, posts, _earliest)
+    ranked = _rank_posts(model, fit_images, spec, device, seed, batch_size, probe, cues, posts, _earliest)
+    if ranked is None:
+        return None
+    chosen, rows, probe = ranked
     return ScoreSelection(rows, len(fit_images), len(probe.sources), reduce=names[chosen])
 
 
@@ -255,12 +264,11 @@ def select_smoothing(
     fewer than two candidates or when no defect survives the resize. The model is left unchanged."""
     if len(candidates) < 2:
         return None
-    if probe is None:
-        probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
-        if probe is None:
-            return None
     posts = [({"sigma": float(s)}, model.post.with_sigma(float(s))) for s in candidates]
-    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, posts, _earliest)
+    ranked = _rank_posts(model, fit_images, spec, device, seed, batch_size, probe, cues, posts, _earliest)
+    if ranked is None:
+        return None
+    chosen, rows, probe = ranked
     return SmoothingSelection(rows, len(fit_images), len(probe.sources), sigma=float(candidates[chosen]))
 
 
@@ -290,11 +298,10 @@ def select_pair(
     pairs = [(float(s), r) for s in sigmas for r in names]
     if len(pairs) < 2:
         return None
-    if probe is None:
-        probe = synthetic_probe(model, fit_images, spec, device, seed, batch_size)
-        if probe is None:
-            return None
     posts = [({"sigma": s, "reduce": r}, post.with_sigma(s).with_reduce(r)) for s, r in pairs]
-    chosen, rows = _rank_posts(model, len(fit_images), probe, cues, posts, choose_pair)
+    ranked = _rank_posts(model, fit_images, spec, device, seed, batch_size, probe, cues, posts, choose_pair)
+    if ranked is None:
+        return None
+    chosen, rows, probe = ranked
     sigma, reduce = pairs[chosen]
     return PairSelection(rows, len(fit_images), len(probe.sources), reduce=reduce, sigma=sigma)
