@@ -34,8 +34,12 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them (its
+# module fixtures are made once); much of it waits on subprocesses, sockets and single-threaded export
+# tracing, so two workers finish well before one even on two cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: venv system-deps
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: venv
 	$(VENV)/bin/ruff check trainer engines edge tests benchmarks

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 import yaml
+from net_support import free_port
 
 from engines.bundle import Bundle, write_bundle
 from engines.preprocess import PreprocessSpec
@@ -189,21 +189,6 @@ def write_parts(folder: Path, n: int, defect_every: int = 3, **kw: Any) -> list[
         cv2.imwrite(str(folder / f"{i:04d}.png"), bgr)
         labels.append(defect)
     return labels
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never one this test process has handed out before: the kernel may give a
-    just-released port again, and two of a config's ports must differ (seen with two test runs at once)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def line_config(tmp: Path, cameras: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from trainer.data import read_image
 from trainer.export.parity import MAP_RTOL, SCORE_RTOL
 from trainer.torch_backend import TorchBackend
 
+pytestmark = pytest.mark.slow  # the session's exported bundles (plain and tiled) are made here first
+
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 

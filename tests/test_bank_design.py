@@ -222,6 +222,7 @@ def test_patchcore_repro_config_is_patchcore() -> None:
     assert (cfg.data.input_size, cfg.data.resize, cfg.student.enabled) == ([256, 256], "stretch", False)
 
 
+@pytest.mark.slow
 def test_patchcore_repro_graph_exports_with_parity(synth_data: Path, tmp_path: Path) -> None:
     """The reproduction design, at a tiny size, through fit, export and ORT parity. k = 1 selects one
     best prototype per query (group minima, then a TopK with K = 1 in the best group), and a bank larger
@@ -282,6 +283,7 @@ def test_per_scale_bank_on_a_subset_of_scales_with_the_student(synth_data: Path,
     assert out.anomaly_map.shape == (1, 1, 64, 64) and torch.isfinite(out.pred_score).all()
 
 
+@pytest.mark.slow
 def test_joint_spectral_bank_with_the_student_exports_with_parity(synth_data: Path, tmp_path: Path) -> None:
     """What ``masf_lite2.yaml``'s ``joint`` design deploys next to the student: a mixed cue (distillation
     per scale + one joint spectral bank map at scale 1), fused separately, through export and ORT parity."""

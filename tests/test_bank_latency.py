@@ -27,6 +27,7 @@ def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
     assert ratio == 2.0 and 1.0 <= low <= ratio <= high <= 2.0
 
 
+@pytest.mark.slow
 def test_runs_are_timed_beside_the_reference_graph(trained_run: Path, tmp_path: Path) -> None:
     # the run twice as a (base, candidate) pair: two sessions of one graph, timed side by side
     out = subprocess.run(

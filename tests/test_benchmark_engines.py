@@ -42,6 +42,7 @@ def _positive(path: str) -> bool:
     return leaf.endswith(("_ms", "_bytes", "_mib", "bytes")) or "ratio" in leaf or leaf in ("raw_ms", "n")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_engine_benchmark_smoke(trained_run: Path, exported: ExportedBundle, tmp_path: Path) -> None:
     bench = _load_script()

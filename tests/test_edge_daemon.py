@@ -251,6 +251,7 @@ def test_control_socket_last_status_threshold_trigger_and_bad_requests(tmp_path:
             sub.close()
 
 
+@pytest.mark.slow
 def test_a_camera_that_disappears_and_returns(tmp_path: Path, bundle: Path) -> None:
     parts = tmp_path / "parts"
     write_parts(parts, 4, defect_every=0)

@@ -24,6 +24,7 @@ from edge_support import (
     write_config,
     write_parts,
 )
+from net_support import free_udp_base
 
 from edge.keys import CurveClient, make_keypair
 from edge.protocol import Message
@@ -78,12 +79,14 @@ def _rtsp_tools() -> bool:
     return shutil.which("rtsp-server-perl") is not None and shutil.which("ffmpeg") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _rtsp_tools(), reason="needs Debian rtsp-server-perl and ffmpeg (make system-deps)")
 def test_rtsp_camera_through_the_daemon(tmp_path: Path, bundle: Path) -> None:
     client, source_port = free_port(), free_port()
     server = subprocess.Popen(
         ["rtsp-server-perl", "-c", str(client), "-s", str(source_port),
-         "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1"],
+         "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
+         "--rtp_start_port", str(free_udp_base())],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(1.0)
@@ -166,6 +169,7 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_a_subscriber_that_never_reads_does_not_grow_or_block_the_daemon(tmp_path: Path) -> None:
     big = make_tiny_bundle(tmp_path / "big", height=256, width=256).path  # ~60 KB heatmaps
     write_parts(tmp_path / "parts", 20, height=256, width=256)

@@ -181,6 +181,7 @@ def _export_checked(model: Any, info: Any, out: Path, tta: bool, images: list[np
     return export_onnx(model, info, out, tta=tta, parity_images=images, parity_batch_sizes=(1, 2), threads=1)
 
 
+@pytest.mark.slow
 def test_tta_export_gemm_matches_torch(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
     """The TTSA path: its views run as a batch inside the graph; the phase rotation is a gemm island."""
     model, info = load_run(trained_run)
@@ -196,6 +197,7 @@ def test_tta_export_gemm_matches_torch(trained_run: Path, synth_data: Path, tmp_
     assert not hasattr(model, "perturb")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tta", [False, True])
 def test_a_score_with_its_own_cue_mix_exports_with_parity(
     trained_run: Path, synth_data: Path, tmp_path: Path, tta: bool

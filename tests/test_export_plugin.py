@@ -32,6 +32,8 @@ from trainer.export.onnx import export_onnx, spectral_scopes
 from trainer.export.parity import MAP_RTOL, SCORE_RTOL
 from trainer.runs import load_run
 
+pytestmark = pytest.mark.slow  # its module fixtures export the tiny run in two spectral modes
+
 torch.set_num_threads(1)
 
 

@@ -252,6 +252,7 @@ def test_make_cert_files_and_one_line_errors(tmp_path: Path) -> None:
         busy.close()
 
 
+@pytest.mark.slow
 def test_opcua_gateway_mirrors_the_daemon(line: dict[str, Any]) -> None:
     doc, certs, endpoint, tmp = line["doc"], line["certs"], line["endpoint"], line["tmp"]
     published: dict[tuple[str, int], dict[str, Any]] = {}

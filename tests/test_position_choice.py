@@ -109,6 +109,7 @@ def test_the_weight_mixes_the_cue_into_the_score_only(position_run: Path, synth_
     np.testing.assert_allclose([b.score for b in on], want, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tta", [False, True])
 def test_the_cue_exports_with_parity(position_run: Path, synth_data: Path, tmp_path: Path, tta: bool) -> None:
     model, info = load_run(position_run)
@@ -128,6 +129,7 @@ def test_the_cue_exports_with_parity(position_run: Path, synth_data: Path, tmp_p
     assert all(np.isfinite(p.score) for p in predict_arrays(deployed, images, info.preprocess, cpu))
 
 
+@pytest.mark.slow
 def test_weight_zero_skips_the_cue_in_the_graph(position_run: Path, synth_data: Path, tmp_path: Path) -> None:
     model, info = load_run(position_run)
     model.position_weight = 0.0

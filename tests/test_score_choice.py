@@ -444,6 +444,7 @@ def test_runs_without_the_choice_keep_the_configured_score(trained_run: Path) ->
     assert (info.config.score.reduce, info.config.score.sigma) == ("max", 4.0)
 
 
+@pytest.mark.slow
 def test_a_top_pixels_mean_run_exports_with_parity(
     synth_data: Path, exported: ExportedBundle, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

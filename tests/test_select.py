@@ -359,6 +359,7 @@ def test_tiled_selection_scores_stitched_frames_like_the_deployed_model(
     assert rows[0]["aupro"] == pytest.approx(px["aupro"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["plain", "tiled"])
 def test_shared_inputs_rank_exactly_like_cues_computed_directly(
     which: str, request: pytest.FixtureRequest

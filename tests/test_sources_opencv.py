@@ -8,7 +8,6 @@ with ``rtsp_transport="udp"``.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from net_support import free_port, free_udp_base
 
 from edge.config import SourceSection
 from edge.errors import SourceError
@@ -114,9 +114,7 @@ def test_open_errors_say_what_to_check(tmp_path: Path) -> None:
     (tmp_path / "notes.avi").write_text("not a video")
     with pytest.raises(SourceError, match=r"cannot open file .*notes.avi with OpenCV .*decode"):
         _source(str(tmp_path / "notes.avi"))
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     with pytest.raises(SourceError, match=r"cannot open stream rtsp://admin:\*\*\*@127.0.0.1") as err:
         _source(f"rtsp://admin:pw@127.0.0.1:{port}/cam", read_timeout_s=1.0, open_timeout_s=2.0)
     assert "pw" not in str(err.value) and "reachable" in str(err.value)
@@ -148,31 +146,6 @@ def test_a_file_has_no_trigger_and_close_is_idempotent(tmp_path: Path) -> None:
 # -- a real RTSP camera on loopback --------------------------------------------------------------------
 
 
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _free_udp_base(count: int = 8) -> int:
-    """An even UDP port with ``count`` free ports from it (the relay's RTP/RTCP ports)."""
-    for _ in range(50):
-        base = random.randrange(30000, 60000, 2)
-        socks = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free UDP port range")
-
-
 def _stop(proc: subprocess.Popen[bytes], kill: bool = False) -> None:
     if proc.poll() is None:
         proc.kill() if kill else proc.terminate()
@@ -187,14 +160,14 @@ class RtspCamera:
     """rtsp-server-perl relay + ffmpeg pushing a 256x256 H.264 test pattern at 10 fps."""
 
     def __init__(self) -> None:
-        self.port, src_port = _free_tcp_port(), _free_tcp_port()
+        self.port, src_port = free_port(), free_port()
         self.url = f"rtsp://127.0.0.1:{self.port}/cam"
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "stdin": subprocess.DEVNULL}
         self.server = subprocess.Popen(
             [
                 "rtsp-server-perl", "-c", str(self.port), "-s", str(src_port),
                 "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
-                "--rtp_start_port", str(_free_udp_base()),
+                "--rtp_start_port", str(free_udp_base()),
             ],
             **quiet,  # type: ignore[call-overload]
         )  # fmt: skip
@@ -247,6 +220,7 @@ def _open_when_published(url: str, timeout: float, **kw: object) -> OpenCVSource
             time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_rtsp_camera_frames_then_stream_lost(rtsp_camera: RtspCamera) -> None:
     before = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
     src = _open_when_published(rtsp_camera.url, 20.0, read_timeout_s=1.0, rtsp_transport="udp")
