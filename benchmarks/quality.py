@@ -113,6 +113,18 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
         False,
     ),
     "fast_sequential": ({"score.joint": False}, "", False),
+    # The single cues of round 18's run (the full profile since): each cue alone, recalibrated, its position
+    # weight chosen again by the same rule.
+    "position_gain_bank_only": (
+        {"position.enabled": True, "position.weight": 0.25, "position.require_gain": True},
+        "bank_only",
+        False,
+    ),
+    "position_gain_distill_only": (
+        {"position.enabled": True, "position.weight": 0.25, "position.require_gain": True},
+        "distill_only",
+        False,
+    ),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
@@ -158,6 +170,8 @@ LABELS = {
     "sequential": "full MASF with the smoothing, then the image score chosen (the profile before round 17)",
     "position_gain": "full MASF with the position cue where it beats weight 0 by more than one SE",
     "fast_sequential": "on-device profile with the smoothing, then the image score chosen (before round 17)",
+    "position_gain_bank_only": "bank only, from the full profile's run with the position cue (round 18)",
+    "position_gain_distill_only": "distillation only, from the full profile's run with the position cue",
 }
 METRICS = (
     "image_auroc",
@@ -259,6 +273,8 @@ def evaluate(dataset: str, run_dir: Path, derive: str, tta: bool) -> dict[str, A
     res["score_selection"] = info.meta.get("score_selection")
     res["score_sigma"] = info.config.score.sigma
     res["smoothing_selection"] = info.meta.get("smoothing_selection")
+    res["position_weight"] = float(model.position_weight) if model.position is not None else None
+    res["position_selection"] = info.meta.get("position_selection")
     return res
 
 
@@ -282,7 +298,14 @@ def _design(row: dict[str, Any]) -> str:
 
 
 def _score(row: dict[str, Any]) -> str:
-    """The image score; with the per-part choice, each candidate's synthetic objective."""
+    """The image score; with the per-part choice, each candidate's synthetic objective; the position cue's
+    weight where the run has the cue."""
+    text = _reduce_and_sigma(row)
+    weight = row.get("position_weight")
+    return text if weight is None else f"{text}; position cue weight {weight:g}"
+
+
+def _reduce_and_sigma(row: dict[str, Any]) -> str:
     selection = row.get("score_selection")
     reduce = str(row.get("score_reduce", "max"))
     if selection and "sigma" in selection:  # chosen together with the smoothing
