@@ -504,6 +504,8 @@ def main() -> int:
                         "score_selection",
                         "score_sigma",
                         "smoothing_selection",
+                        "position_weight",
+                        "position_selection",
                         "synthetic",
                         "calibration",
                     )
