@@ -5,12 +5,14 @@ processes run at once: the kernel may hand the just-released port to the other p
 server binds it. So each process takes its ports from its own slice of 20000-31999, below Linux's
 ephemeral range (32768-60999, where the kernel picks ports for ``bind(0)`` and outgoing connections),
 walking the slice in order and keeping a port only when it can be bound right now. A process never hands
-out the same port twice until it has walked its whole slice.
+out the same port twice until it has walked its whole slice. The walk starts at an offset drawn from the
+test run (xdist's run id, else the process id), so two test runs on one machine do not walk in step.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 
 __all__ = ["free_port", "free_udp_base", "port_slice"]
@@ -45,7 +47,8 @@ def _take(count: int, kind: int, step: int = 1) -> int:
     ``step``); the cursor moves past them."""
     ports = port_slice()
     if not _cursor:
-        _cursor.append(ports.start)
+        run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+        _cursor.append(ports.start + random.Random(run).randrange(len(ports)))
     for _ in range(2 * len(ports)):
         base = _cursor[0]
         base += -base % step

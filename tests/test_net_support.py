@@ -30,9 +30,18 @@ def test_ports_are_distinct_free_and_in_this_process_slice(monkeypatch: pytest.M
     assert base % 2 == 0 and base not in taken and all(p in mine for p in range(base, base + 4))
 
 
+def test_two_runs_start_their_walk_at_different_places(monkeypatch: pytest.MonkeyPatch) -> None:
+    starts = []
+    for run in ("run-a", "run-b", "run-a"):
+        monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", run)
+        monkeypatch.setattr(net_support, "_cursor", [])
+        starts.append(free_port())
+    assert starts[0] != starts[1] and starts[0] == starts[2]
+
+
 def test_a_busy_port_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(net_support, "_cursor", [])
     first = port_slice().start
+    monkeypatch.setattr(net_support, "_cursor", [first])
     with socket.socket() as busy:
         try:
             busy.bind(("127.0.0.1", first))
