@@ -37,6 +37,14 @@ CONFIG = REPO / "configs" / "train" / "masf_lite2.yaml"
 REPRO = REPO / "configs" / "train" / "patchcore_repro.yaml"
 FAST = REPO / "configs" / "train" / "masf_lite2_fast.yaml"
 
+# Round 18's overrides (the full profile since): the position cue, weight 0.25, where it beats 0 by
+# more than one standard error.
+POSITION_GAIN: dict[str, Any] = {
+    "position.enabled": True,
+    "position.weight": 0.25,
+    "position.require_gain": True,
+}
+
 # name -> (training overrides, derived variant of that run, evaluate with TTSA?)
 # Derived variants switch a branch off in a trained run and recalibrate on the run's own calibration
 # images. This is exactly what training with that branch disabled gives: the student's training does not
@@ -107,24 +115,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, bool]] = {
     "sequential": ({"score.joint": False}, "", False),
     # Round 18 (fixed before its run): the position cue in the full profile only where its weight beats 0
     # by more than one standard error on the part's synthetic defects.
-    "position_gain": (
-        {"position.enabled": True, "position.weight": 0.25, "position.require_gain": True},
-        "",
-        False,
-    ),
+    "position_gain": (POSITION_GAIN, "", False),
     "fast_sequential": ({"score.joint": False}, "", False),
     # The single cues of round 18's run (the full profile since): each cue alone, recalibrated, its position
     # weight chosen again by the same rule.
-    "position_gain_bank_only": (
-        {"position.enabled": True, "position.weight": 0.25, "position.require_gain": True},
-        "bank_only",
-        False,
-    ),
-    "position_gain_distill_only": (
-        {"position.enabled": True, "position.weight": 0.25, "position.require_gain": True},
-        "distill_only",
-        False,
-    ),
+    "position_gain_bank_only": (POSITION_GAIN, "bank_only", False),
+    "position_gain_distill_only": (POSITION_GAIN, "distill_only", False),
 }
 # Variants trained from another config than CONFIG (the overrides apply to it).
 VARIANT_CONFIG = {
