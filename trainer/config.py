@@ -322,7 +322,7 @@ class PositionSection:
             "rule": "a non-empty list of weights in [0, 1)",
         },
     )
-    # With select: synthetic, lean to 0 instead of `weight`: the cue (and its cost at inference, 3-4 ms per
+    # With select: synthetic, lean to 0 instead of `weight`: the cue (and its cost at inference, 2-4 ms per
     # image on a 2-core CPU) only where a weight above 0 beats 0 by more than one standard error.
     require_gain: bool = _f(False)
 
